@@ -1,0 +1,219 @@
+"""The validated configuration of a prune-and-evaluate job, its loaders and its canonical hash.
+
+Every error becomes a `ConfigError` whose message is one line naming the field, so the CLI and the
+UI can show it as it is. Fields left at their default are dropped from the canonical form, so adding
+a field with a default later does not change existing hashes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from backend.model_ids import NOOP_MODEL, check_model_id
+from backend.pruning import get_method
+from backend.registry import UnknownName
+from backend.tasks import get_task
+
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_STRING = 1000
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message is one line and names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_STRING, allow_inf_nan=False)
+
+
+def _check_relative_path(path: str) -> str:
+    if "://" in path or ".." in Path(path).parts:
+        raise ValueError(f"path must be a plain file path without '..' or a URL scheme: {path!r}")
+    return path
+
+
+class PruningConfig(_Strict):
+    method: str = "dense"
+    sparsity: float = Field(0.0, ge=0.0, lt=1.0)
+    """Fraction in [0, 1): of weights (unstructured), of layers (depth: n = round(sparsity x L))."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Method-specific knobs, validated by the method's own `Params` model."""
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "PruningConfig":
+        try:
+            method = get_method(self.method)
+        except UnknownName as exc:
+            raise ValueError(str(exc)) from None
+        method.check_sparsity(self.sparsity)
+        try:
+            params = method.Params(**self.params)
+        except ValidationError as exc:
+            raise ValueError(f"params: {_first_error(exc)}") from None
+        return self.model_copy(update={"params": params.model_dump(mode="json", exclude_defaults=True)})
+
+    def method_params(self) -> BaseModel:
+        return get_method(self.method).Params(**self.params)
+
+
+class CalibrationConfig(_Strict):
+    source: Literal["synthetic", "text"] = "synthetic"
+    path: str | None = None
+    """For `text`: a plain-text file; relative paths resolve against PRUNEBOARD_DATA_DIR."""
+    num_samples: int = Field(8, ge=1, le=4096)
+    seq_len: int = Field(128, ge=8, le=32768)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "CalibrationConfig":
+        if self.source == "text":
+            if not self.path:
+                raise ValueError("source 'text' needs a path")
+            _check_relative_path(self.path)
+        elif self.path is not None:
+            raise ValueError(f"source {self.source!r} takes no path")
+        return self
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int | None = Field(None, ge=1, le=32768)
+    """None: the task's default budget."""
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class TaskConfig(_Strict):
+    name: str = Field(max_length=200)
+    limit: int | None = Field(None, ge=1, le=1_000_000)
+    """Evaluate only the first `limit` rows (None: all)."""
+    num_fewshot: int = Field(0, ge=0, le=25)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        try:
+            get_task(name)
+        except UnknownName as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(8, ge=1, le=1024)
+
+
+class NoopArgs(_Strict):
+    sleep_ms: int = Field(0, ge=0, le=3_600_000)
+    fail: str | None = None
+    """When set, the pipeline raises RuntimeError(fail): for failure-path tests."""
+
+
+class HFModelArgs(_Strict):
+    revision: str | None = Field(None, max_length=100)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class JobConfig(_Strict):
+    model: str = Field(max_length=300)
+    paradigm: Literal["instruct", "think"] = "instruct"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    tasks: list[TaskConfig] = Field(min_length=1, max_length=50)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, model: str) -> str:
+        return check_model_id(model)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_to_tasks(cls, tasks: Any) -> Any:
+        if isinstance(tasks, list):
+            return [{"name": t} if isinstance(t, str) else t for t in tasks]
+        return tasks
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_sorted(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task listed twice: {', '.join(dupes)}")
+        return sorted(tasks, key=lambda t: t.name)  # order does not change results or the hash
+
+    @model_validator(mode="after")
+    def _check_model_args(self) -> "JobConfig":
+        args_model = NoopArgs if self.model == NOOP_MODEL else HFModelArgs
+        try:
+            args = args_model(**self.model_args)
+        except ValidationError as exc:
+            raise ValueError(f"model_args: {_first_error(exc)}") from None
+        return self.model_copy(update={"model_args": args.model_dump(mode="json", exclude_defaults=True)})
+
+    def noop_args(self) -> NoopArgs:
+        return NoopArgs(**self.model_args)
+
+    def hf_args(self) -> HFModelArgs:
+        return HFModelArgs(**self.model_args)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def validate_config(data: Any) -> JobConfig:
+    """Validate a parsed document; raise ConfigError naming the field."""
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise ConfigError(f"config must be a mapping of fields, got {kind}")
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def parse_config_text(text: str, fmt: Literal["yaml", "json"] = "yaml") -> JobConfig:
+    """Parse YAML (safe_load only) or JSON text into a validated config."""
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"malformed {fmt.upper()}: {first}") from None
+    return validate_config(data)
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Load a config file; `.json` is JSON, anything else YAML."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.__class__.__name__}") from None
+    return parse_config_text(text, "json" if path.suffix.lower() == ".json" else "yaml")
+
+
+def canonical_dict(config: JobConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude_defaults=True)
+
+
+def canonical_json(config: JobConfig) -> str:
+    return json.dumps(canonical_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: JobConfig) -> str:
+    """Identifies a run: sha256 of the canonical JSON."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()

@@ -1,0 +1,204 @@
+"""The pure prune-and-evaluate pipeline: `run(config, events, completed) -> RunResult`.
+
+It never touches the database: executors (local worker, remote worker, Ray) call it, forward its
+events, and store the returned result. Stages: load -> calibrate -> prune -> evaluate -> efficiency.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from backend import settings
+from backend.config import JobConfig, canonical_dict, config_hash
+from backend.events import EventSink, Progress, SampleDone
+from backend.manifest import environment
+from backend.model_ids import NOOP_MODEL
+from backend.pruning import get_method
+from backend.result import RunResult, SampleRecord
+from backend.tasks import get_task
+from backend.tasks.base import TaskDataMissing
+
+logger = logging.getLogger("pruneboard.pipeline")
+
+# Share of overall progress per stage: evaluation dominates on every model we run.
+STAGES: dict[str, tuple[float, float]] = {
+    "load": (0.0, 0.10),
+    "calibrate": (0.10, 0.15),
+    "prune": (0.15, 0.35),
+    "evaluate": (0.35, 0.95),
+    "efficiency": (0.95, 1.0),
+}
+
+
+class _Reporter:
+    """Maps per-stage fractions onto overall progress and times each stage."""
+
+    def __init__(self, events: EventSink):
+        self.events = events
+        self.seconds: dict[str, float] = {}
+        self._stage = ""
+        self._started = 0.0
+
+    def stage(self, name: str, text: str) -> None:
+        self._close()
+        self._stage, self._started = name, time.perf_counter()
+        self.update(0.0, text)
+
+    def update(self, fraction: float, text: str) -> None:
+        start, end = STAGES[self._stage]
+        overall = start + (end - start) * min(max(fraction, 0.0), 1.0)
+        self.events(Progress(fraction=round(overall, 4), stage=self._stage, text=text))
+
+    def stage_progress(self) -> Callable[[float, str], None]:
+        return self.update
+
+    def _close(self) -> None:
+        if self._stage:
+            self.seconds[self._stage] = round(time.perf_counter() - self._started, 3)
+
+    def finish(self) -> dict[str, float]:
+        self._close()
+        self._stage = ""
+        return self.seconds
+
+
+def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] = ()) -> RunResult:
+    """Prune the configured model and evaluate it; raise on any failure (`Cancelled` included)."""
+    if config.model == NOOP_MODEL:
+        return _run_noop(config, events)
+    completed = list(completed)
+    data_dir = settings.data_dir()
+    method_cls = get_method(config.pruning.method)
+    _preflight(config, data_dir)
+
+    reporter = _Reporter(events)
+    _seed_everything(config.seed)
+
+    reporter.stage("load", f"loading {config.model}")
+    from backend.models import load_model
+
+    loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg))
+
+    calibration = None
+    if method_cls.needs_calibration:
+        reporter.stage("calibrate", f"building calibration set ({config.calibration.source})")
+        from backend.calibration import build_calibration
+
+        calibration = build_calibration(config.calibration, loaded.tokenizer, data_dir)
+
+    reporter.stage("prune", f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
+    report = method_cls().prune(
+        loaded.model,
+        config.pruning.sparsity,
+        config.pruning.method_params(),
+        calibration.tensor if calibration is not None else None,
+        reporter.stage_progress(),
+    )
+
+    reporter.stage("evaluate", f"evaluating {len(config.tasks)} task(s)")
+    from backend.evaluation import evaluate
+
+    with tempfile.TemporaryDirectory(prefix="pruneboard-eval-") as workdir:
+        evaluation = evaluate(
+            loaded.model,
+            loaded.tokenizer,
+            list(config.tasks),
+            config.evaluation,
+            paradigm=config.paradigm,
+            dtype=loaded.dtype,
+            data_dir=data_dir,
+            workdir=Path(workdir),
+            progress=reporter.stage_progress(),
+            on_sample=lambda sample: events(SampleDone(sample)),
+            completed=completed,
+        )
+
+    reporter.stage("efficiency", "measuring parameters and throughput")
+    from backend.efficiency import measure_efficiency
+
+    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device)
+    reporter.update(1.0, "done")
+    stage_seconds = reporter.finish()
+
+    manifest = {
+        **environment(),
+        "config_hash": config_hash(config),
+        "config": canonical_dict(config),
+        "seed": config.seed,
+        "model": {"id": config.model, "fingerprint": loaded.fingerprint, "files": loaded.files},
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "lm_eval_version": evaluation.lm_eval_version,
+        "tasks": evaluation.task_manifest,
+        "calibration": None
+        if calibration is None
+        else {"source": calibration.source, "sha256": calibration.sha256,
+              "shape": list(calibration.tensor.shape)},
+        "resumed_samples": len(completed),
+    }
+    return RunResult(
+        scores=evaluation.scores,
+        samples=evaluation.samples,
+        efficiency=efficiency,
+        prune_report=_report_dict(report),
+        manifest=manifest,
+        stage_seconds=stage_seconds,
+    )
+
+
+def _preflight(config: JobConfig, data_dir: Path) -> None:
+    """Cheap checks that must fail before any model is loaded."""
+    for task in config.tasks:
+        spec = get_task(task.name)
+        if not spec.data_present(data_dir):
+            missing = [f for f in spec.data_files if not (data_dir / f).exists()]
+            raise TaskDataMissing(
+                f"task {task.name!r} needs {', '.join(missing)} under PRUNEBOARD_DATA_DIR={data_dir} "
+                "(see the README's task table)"
+            )
+    if get_method(config.pruning.method).needs_calibration:
+        from backend.calibration import check_calibration
+
+        check_calibration(config.calibration, data_dir)
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _report_dict(report) -> dict:
+    return {
+        "method": report.method,
+        "requested_sparsity": report.requested_sparsity,
+        "achieved_sparsity": report.achieved_sparsity,
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "params_removed": report.params_before - report.params_after,
+        **report.details,
+    }
+
+
+def _run_noop(config: JobConfig, events: EventSink) -> RunResult:
+    """builtin:noop: no torch, sleeps `sleep_ms` while reporting, for queue tests and benchmarks."""
+    args = config.noop_args()
+    steps = 4 if args.sleep_ms >= 4 else 1
+    for step in range(steps):
+        events(Progress(fraction=step / steps, stage="noop", text=f"sleeping {step + 1}/{steps}"))
+        time.sleep(args.sleep_ms / 1000 / steps)
+    if args.fail:
+        logger.error("noop job failing on request: %s", args.fail)
+        raise RuntimeError(args.fail)
+    events(Progress(fraction=1.0, stage="noop", text="done"))
+    return RunResult(
+        scores=[], samples=[], efficiency={}, prune_report={"method": config.pruning.method},
+        manifest={**environment(), "config_hash": config_hash(config), "config": canonical_dict(config)},
+    )

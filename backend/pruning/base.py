@@ -1,0 +1,82 @@
+"""The contract every pruning method implements, and the method registry."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from backend.registry import Registry
+
+if TYPE_CHECKING:  # torch stays out of import time
+    import torch
+
+
+class NoParams(BaseModel):
+    """Methods without knobs besides `sparsity`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class PruneReport:
+    """What pruning did, measured on the pruned model (never the requested figures)."""
+
+    method: str
+    requested_sparsity: float
+    achieved_sparsity: float
+    """Fraction of zero weights over the linears the method prunes (or of layers, for depth)."""
+    params_before: int
+    params_after: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class PruningMethod(abc.ABC):
+    """A pruning method: `prune` changes the model in place and reports what it did.
+
+    Class attributes: `name` (registry key), `family` (dense | unstructured | depth | width | dynamic),
+    `Params` (pydantic model of method-specific knobs), `needs_calibration`, `description`.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    needs_calibration: ClassVar[bool] = False
+    sparsity_meaning: ClassVar[str] = "fraction of weights set to zero"
+
+    @classmethod
+    def check_sparsity(cls, sparsity: float) -> None:
+        """Raise ValueError when the sparsity makes no sense for this method (before any work)."""
+
+    @abc.abstractmethod
+    def prune(
+        self,
+        model: "torch.nn.Module",
+        sparsity: float,
+        params: BaseModel,
+        calibration: "torch.Tensor | None",
+        progress: Callable[[float, str], None],
+    ) -> PruneReport:
+        """Prune `model` in place. `calibration` is a (num_samples, seq_len) token-id tensor or None.
+
+        `progress(fraction, text)` reports progress within the pruning stage and may raise `Cancelled`.
+        """
+
+
+_METHODS: Registry[type[PruningMethod]] = Registry("pruning method", "backend.pruning")
+
+
+def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
+    if not issubclass(cls, PruningMethod):
+        raise TypeError(f"{cls!r} is not a PruningMethod")
+    return _METHODS.register(cls.name, cls)
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    return _METHODS.get(name)
+
+
+def list_methods() -> list[type[PruningMethod]]:
+    return _METHODS.items()

@@ -1,0 +1,64 @@
+"""Typed records that cross the pipeline boundary; all JSON-serialisable for remote executors."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One evaluated sample: what the model saw, what it said, and how it was scored."""
+
+    task: str
+    doc_id: int
+    prompt: str
+    output: str
+    extracted: str | None
+    gold: str
+    correct: bool | None
+    prompt_tokens: int
+    output_tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task, self.doc_id)
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """An aggregate metric of one task in one run."""
+
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    higher_is_better: bool
+    primary: bool
+    comparability_key: str
+
+
+@dataclass
+class RunResult:
+    """Everything a finished run produced. The executor stores it in one transaction."""
+
+    scores: list[ScoreRecord]
+    samples: list[SampleRecord]
+    efficiency: dict[str, Any]
+    prune_report: dict[str, Any]
+    manifest: dict[str, Any]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+        return cls(
+            scores=[ScoreRecord(**s) for s in data["scores"]],
+            samples=[SampleRecord(**s) for s in data["samples"]],
+            efficiency=data["efficiency"],
+            prune_report=data["prune_report"],
+            manifest=data["manifest"],
+            stage_seconds=data.get("stage_seconds", {}),
+        )

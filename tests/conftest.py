@@ -1,0 +1,49 @@
+"""Shared fixtures: an isolated PRUNEBOARD_HOME per test, one persistent model cache, real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# Models are cached across tests and runs (downloads and conversions are slow); never committed.
+TEST_MODEL_CACHE = ROOT / "var" / "test-cache"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Each test gets its own home (database, exports) but shares the model cache."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PRUNEBOARD_HOME", str(home))
+    monkeypatch.setenv("PRUNEBOARD_CACHE_DIR", str(TEST_MODEL_CACHE))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("PRUNEBOARD_ALLOW_NOOP", "1")
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(SHARED_DATA))
+    return home
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; skipped when absent, except under CI=true where it must exist."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {SHARED_DATA} is missing")
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct, loaded once per session: (model, tokenizer).
+
+    Tests that prune must work on a copy (`copy.deepcopy(model)`), never on this object.
+    """
+    os.environ.setdefault("PRUNEBOARD_CACHE_DIR", str(TEST_MODEL_CACHE))
+    from backend.models import load_model
+
+    loaded = load_model("builtin:smollm2-135m-instruct")
+    return loaded
