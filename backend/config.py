@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from backend.model_ids import NOOP_MODEL, check_model_id
 from backend.pruning import get_method
@@ -44,18 +52,30 @@ class PruningConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     """Method-specific knobs, validated by the method's own `Params` model."""
 
-    @model_validator(mode="after")
-    def _check_method(self) -> "PruningConfig":
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
         try:
-            method = get_method(self.method)
+            get_method(name)
         except UnknownName as exc:
             raise ValueError(str(exc)) from None
-        method.check_sparsity(self.sparsity)
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _normalise_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "method" not in info.data:  # the method itself was invalid; that error is reported
+            return params
         try:
-            params = method.Params(**self.params)
+            checked = get_method(info.data["method"]).Params(**params)
         except ValidationError as exc:
-            raise ValueError(f"params: {_first_error(exc)}") from None
-        return self.model_copy(update={"params": params.model_dump(mode="json", exclude_defaults=True)})
+            raise ValueError(_first_error(exc)) from None
+        return checked.model_dump(mode="json", exclude_defaults=True)
+
+    @model_validator(mode="after")
+    def _check_sparsity(self) -> "PruningConfig":
+        get_method(self.method).check_sparsity(self.sparsity)
+        return self
 
     def method_params(self) -> BaseModel:
         return get_method(self.method).Params(**self.params)
@@ -150,14 +170,15 @@ class JobConfig(_Strict):
             raise ValueError(f"task listed twice: {', '.join(dupes)}")
         return sorted(tasks, key=lambda t: t.name)  # order does not change results or the hash
 
-    @model_validator(mode="after")
-    def _check_model_args(self) -> "JobConfig":
-        args_model = NoopArgs if self.model == NOOP_MODEL else HFModelArgs
+    @field_validator("model_args")
+    @classmethod
+    def _check_model_args(cls, model_args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        args_model = NoopArgs if info.data.get("model") == NOOP_MODEL else HFModelArgs
         try:
-            args = args_model(**self.model_args)
+            args = args_model(**model_args)
         except ValidationError as exc:
-            raise ValueError(f"model_args: {_first_error(exc)}") from None
-        return self.model_copy(update={"model_args": args.model_dump(mode="json", exclude_defaults=True)})
+            raise ValueError(_first_error(exc)) from None
+        return args.model_dump(mode="json", exclude_defaults=True)
 
     def noop_args(self) -> NoopArgs:
         return NoopArgs(**self.model_args)
