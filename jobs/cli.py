@@ -1,0 +1,282 @@
+"""`python -m jobs`: submit, watch, cancel and retry jobs, run workers, list methods and tasks.
+
+Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
+2 bad input (an invalid config, an unknown job id, bad arguments). Errors are one line on stderr,
+logs go to stderr, and stdout carries only the answer. Only `worker` imports torch (through the
+pipeline, when a job starts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from jobs.states import JobState
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_CONFLICT, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Fail(Exception):
+    """A one-line error for the user, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(" ".join(str(message).split()))
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs", description="PruneBoard job queue.",
+        epilog="Exit codes: 0 ok, 1 not allowed in the job's state, 2 bad input or unknown job.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="validate a YAML/JSON config and queue it")
+    submit.add_argument("config", metavar="CONFIG", help="config file (.json is JSON, else YAML); '-' reads stdin")
+    submit.add_argument("--json", action="store_true", help='print {"id", "state", "existing"}')
+    submit.add_argument("--force", action="store_true", help="queue a new job even if this config ran before")
+    submit.add_argument("--submitter", default=None, help="recorded with the job (default: cli:$USER)")
+
+    status = commands.add_parser("status", help="show jobs (newest first) or one job")
+    status.add_argument("id", type=int, nargs="?", metavar="ID")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--limit", type=int, default=50)
+    status.add_argument("--state", choices=[state.value for state in JobState])
+
+    for name, text in (("cancel", "cancel a queued or running job"), ("retry", "queue a failed or cancelled job again")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("id", type=int, metavar="ID")
+        sub.add_argument("--json", action="store_true")
+
+    worker = commands.add_parser("worker", help="run jobs in this process")
+    worker.add_argument("--drain", action="store_true", help="exit once no job is queued")
+    worker.add_argument("--id", dest="worker_id", metavar="NAME", help="worker id (default hostname:pid)")
+
+    for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    handler = {
+        "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
+        "worker": _worker, "methods": _methods, "tasks": _tasks,
+    }[args.command]
+    try:
+        handler(args)
+    except _Fail as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _submit(args: argparse.Namespace) -> None:
+    config = _load_config(args.config)  # fully validated before the database is opened
+    from jobs import queue
+
+    submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
+    job, existing = queue.submit(config, force=args.force, submitter=submitter)
+    if existing:
+        logging.getLogger(__name__).info("job %d has this config already (%s)", job.id, job.state.value)
+    if args.json:
+        _print_json({"id": job.id, "state": job.state.value, "existing": existing})
+    else:
+        print(job.id)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from db.queries import job_detail, list_jobs
+    from db.session import read_session
+
+    with read_session() as session:
+        if args.id is not None:
+            detail = job_detail(session, args.id)
+            if detail is None:
+                raise _Fail(f"no job with id {args.id}")
+            jobs = [detail]
+        else:
+            jobs = list_jobs(session, limit=args.limit, state=args.state)
+    if args.json:
+        _print_json({"jobs": jobs})
+    elif args.id is not None:
+        _print_detail(jobs[0])
+    else:
+        _print_table(jobs)
+
+
+def _cancel(args: argparse.Namespace) -> None:
+    from jobs import queue
+
+    state = _transition(lambda: queue.cancel(args.id))
+    _answer(args, {"id": args.id, "state": state.value}, f"job {args.id}: {_cancel_text(state)}")
+
+
+def _retry(args: argparse.Namespace) -> None:
+    from jobs import queue
+
+    job = _transition(lambda: queue.retry(args.id))
+    _answer(args, {"id": job.id, "state": job.state.value}, f"job {job.id}: queued again")
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from jobs.worker import Worker
+
+    Worker(worker_id=args.worker_id).run(drain=args.drain)
+
+
+def _methods(args: argparse.Namespace) -> None:
+    from backend.pruning import list_methods
+
+    methods = [
+        {
+            "name": m.name,
+            "family": m.family,
+            "description": m.description,
+            "sparsity_meaning": m.sparsity_meaning,
+            "needs_calibration": m.needs_calibration,
+            "parameters": m.Params.model_json_schema(),
+        }
+        for m in list_methods()
+    ]
+    if args.json:
+        _print_json({"methods": methods})
+        return
+    for m in methods:
+        params = ", ".join(m["parameters"].get("properties", {})) or "-"
+        print(f"{m['name']:<16} {m['family']:<13} params: {params}")
+        print(f"{'':<16} {m['description']} (sparsity: {m['sparsity_meaning']})")
+
+
+def _tasks(args: argparse.Namespace) -> None:
+    from backend import settings
+    from backend.tasks import list_tasks
+
+    data_dir = settings.data_dir()
+    tasks = [
+        {
+            "name": t.name,
+            "category": t.category,
+            "output_type": t.output_type,
+            "primary_metric": t.primary_metric,
+            "higher_is_better": t.higher_is_better,
+            "metrics": list(t.metrics),
+            "description": t.description,
+            "data_files": list(t.data_files),
+            "data_present": t.data_present(data_dir),
+        }
+        for t in list_tasks()
+    ]
+    if args.json:
+        _print_json({"data_dir": str(data_dir), "tasks": tasks})
+        return
+    for t in tasks:
+        data = "data ok" if t["data_present"] else f"MISSING {', '.join(t['data_files'])} in {data_dir}"
+        arrow = "higher" if t["higher_is_better"] else "lower"
+        print(f"{t['name']:<20} {t['category']:<15} {t['output_type']:<14} {t['primary_metric']} ({arrow} is better)  {data}")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _load_config(path: str):
+    from backend.config import ConfigError, load_config, parse_config_text
+
+    try:
+        if path == "-":
+            return parse_config_text(sys.stdin.read())
+        return load_config(path)
+    except ConfigError as exc:
+        raise _Fail(str(exc)) from None
+    except RecursionError:
+        raise _Fail("config is nested too deeply") from None
+    except (ValueError, TypeError) as exc:  # anything else a document can provoke in validation
+        raise _Fail(f"invalid config: {exc}") from None
+
+
+def _transition(action):
+    from jobs.states import InvalidTransition, JobNotFound
+
+    try:
+        return action()
+    except JobNotFound as exc:
+        raise _Fail(str(exc), EXIT_BAD_INPUT) from None
+    except InvalidTransition as exc:
+        raise _Fail(str(exc), EXIT_CONFLICT) from None
+
+
+def _cancel_text(state) -> str:
+    return {"cancelled": "cancelled", "running": "cancel requested; its worker stops it within a heartbeat"}.get(
+        state.value, state.value
+    )
+
+
+def _answer(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        _print_json(data)
+    else:
+        print(text)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=None, default=str))
+
+
+def _print_table(jobs: list[dict[str, Any]]) -> None:
+    header = f"{'ID':>5}  {'STATE':<9}  {'PROG':>4}  {'STAGE':<10}  {'MODEL':<28}  {'METHOD':<12}  {'SPARS':>5}  {'TRY':>3}  ERROR"
+    print(header)
+    for j in jobs:
+        error = f"{j['error_type']}: {j['error_message']}" if j["error_type"] else ""
+        print(
+            f"{j['id']:>5}  {j['state']:<9}  {j['progress'] * 100:>3.0f}%  {(j['stage'] or '')[:10]:<10}  "
+            f"{j['model'][-28:]:<28}  {j['method'][:12]:<12}  {j['sparsity']:>5.2f}  {j['attempts']:>3}  {error[:60]}"
+        )
+
+
+def _print_detail(job: dict[str, Any]) -> None:
+    for key in ("id", "state", "progress", "stage", "stage_text", "model", "paradigm", "method", "sparsity",
+                "attempts", "requeues", "worker_id", "created_at", "started_at", "finished_at",
+                "error_type", "error_message"):
+        if job.get(key) not in (None, ""):
+            print(f"{key:>14}: {job[key]}")
+    for score in job["scores"]:
+        mark = "*" if score["primary"] else " "
+        print(f"{'score':>14}: {mark}{score['task']} {score['metric']} = {score['value']}")
+    if job.get("log_tail"):
+        print("      log tail:")
+        for line in job["log_tail"].splitlines()[-20:]:
+            print(f"    {line}")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (callers in-process may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # leave an embedding application's (or pytest's) logging alone
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
