@@ -30,7 +30,7 @@ def main() -> None:
     os.environ.update(PRUNEBOARD_HOME=home, PRUNEBOARD_ALLOW_NOOP="1")
     os.environ.pop("DATABASE_URL", None)
     from backend.config import validate_config
-    from db.queries import list_jobs
+    from db.schema import Job
     from db.session import read_session
     from jobs import queue
 
@@ -46,15 +46,13 @@ def main() -> None:
         proc.wait()
     wall = time.perf_counter() - started
 
-    with read_session() as session:
-        jobs = list_jobs(session, limit=args.jobs + 10)
-    states = {job["state"] for job in jobs}
-    if states != {"succeeded"} or len(jobs) != args.jobs or any(job["attempts"] != 1 for job in jobs):
+    with read_session() as session:  # full-precision timestamps straight from the rows
+        jobs = session.query(Job.state, Job.attempts, Job.started_at, Job.finished_at).all()
+    states = {job.state.value for job in jobs}
+    if states != {"succeeded"} or len(jobs) != args.jobs or any(job.attempts != 1 for job in jobs):
         raise SystemExit(f"unexpected outcome: states {states}, {len(jobs)} jobs")
-    from datetime import datetime
-
-    first = min(datetime.fromisoformat(job["started_at"].rstrip("Z")) for job in jobs)
-    last = max(datetime.fromisoformat(job["finished_at"].rstrip("Z")) for job in jobs)
+    first = min(job.started_at for job in jobs)
+    last = max(job.finished_at for job in jobs)
     span = (last - first).total_seconds()
     per_job_ms = span * args.workers / args.jobs * 1000
     print(f"{args.jobs} noop jobs, {args.workers} workers: all succeeded once; drain span {span:.2f} s "
