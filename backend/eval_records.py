@@ -1,0 +1,114 @@
+"""Per-sample records and aggregate scores built from lm-eval's logged samples.
+
+Split from `backend.evaluation` (which runs lm-eval); the record layout is documented there.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from backend.result import SampleRecord, ScoreRecord
+
+if TYPE_CHECKING:
+    from backend.evaluation import _Prepared
+
+def _metric_key(metric: str, filter_name: str, n_filters: int) -> str:
+    return metric if n_filters == 1 else f"{metric},{filter_name}"
+
+
+def _count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def records(p: _Prepared, examples: list[dict[str, Any]], tokenizer) -> list[SampleRecord]:
+    if p.spec.output_type == "loglikelihood":
+        return [_choice_record(p, ex, tokenizer) for ex in sorted(examples, key=lambda e: e["doc_id"])]
+    return _generation_records(p, examples, tokenizer)
+
+
+def _example_metrics(ex: dict[str, Any], n_filters: int) -> dict[str, float]:
+    return {_metric_key(m, ex["filter"], n_filters): float(ex[m]) for m in ex["metrics"]}
+
+
+def _choice_record(p: _Prepared, ex: dict[str, Any], tokenizer) -> SampleRecord:
+    task, doc = p.task, ex["doc"]
+    contexts = [args[0] for args in ex["arguments"]]
+    continuations = [args[1] for args in ex["arguments"]]
+    lls = [float(resp[0]) for resp in ex["filtered_resps"]]
+    pred = max(range(len(lls)), key=lambda i: (lls[i], -i))  # first maximum, as np.argmax
+    choices = task.doc_to_choice(doc)
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    if isinstance(gold, str):
+        gold = choices.index(gold) if gold in choices else -1
+    output = "\n".join(
+        f"{'*' if i == pred else ' '} [{i}] {ll:.4f} {choice}"
+        for i, (ll, choice) in enumerate(zip(lls, choices))
+    )
+    metrics = _example_metrics(ex, 1)
+    return SampleRecord(
+        task=p.spec.name,
+        doc_id=int(ex["doc_id"]),
+        prompt="\n".join(dict.fromkeys(contexts)),
+        output=output,
+        extracted=str(pred),
+        gold=str(gold),
+        correct=bool(metrics.get(p.spec.primary_metric)),
+        prompt_tokens=_count_tokens(tokenizer, contexts[pred]),
+        output_tokens=_count_tokens(tokenizer, continuations[pred]),
+        metrics=metrics,
+    )
+
+
+def _generation_records(p: _Prepared, examples: list[dict[str, Any]], tokenizer) -> list[SampleRecord]:
+    n_filters = len(p.lm_config.get("filter_list") or [None])
+    by_doc: dict[int, list[dict[str, Any]]] = {}
+    for ex in examples:
+        by_doc.setdefault(int(ex["doc_id"]), []).append(ex)
+    records = []
+    for doc_id in sorted(by_doc):
+        group = by_doc[doc_id]
+        metrics: dict[str, float] = {}
+        extracted = None
+        for ex in group:
+            ex_metrics = _example_metrics(ex, n_filters)
+            metrics.update(ex_metrics)
+            if p.spec.primary_metric in ex_metrics:
+                extracted = ex["filtered_resps"][0]
+        first = group[0]
+        prompt = first["arguments"][0][0]
+        output = first["resps"][0][0]
+        records.append(SampleRecord(
+            task=p.spec.name,
+            doc_id=doc_id,
+            prompt=prompt,
+            output=output,
+            extracted=None if extracted is None else str(extracted),
+            gold=str(first["target"]),
+            correct=bool(metrics.get(p.spec.primary_metric)),
+            prompt_tokens=_count_tokens(tokenizer, prompt),
+            output_tokens=_count_tokens(tokenizer, output),
+            metrics=metrics,
+        ))
+    return records
+
+
+def aggregate(p: _Prepared, samples: list[SampleRecord]) -> list[ScoreRecord]:
+    """Every metric of the task over all its samples: lm-eval's `mean` and `mean_stderr`."""
+    from lm_eval.api.metrics import mean, mean_stderr
+
+    key = p.manifest["comparability_key"]
+    scores = []
+    for metric in p.metric_names:
+        missing = [s.doc_id for s in samples if metric not in s.metrics]
+        if missing:
+            raise RuntimeError(f"{p.spec.name}: samples {missing[:5]} have no metric {metric!r}")
+        values = [s.metrics[metric] for s in samples]
+        scores.append(ScoreRecord(
+            task=p.spec.name,
+            metric=metric,
+            value=float(mean(values)),
+            stderr=float(mean_stderr(values)) if len(values) > 1 else None,
+            higher_is_better=p.spec.higher_is_better,
+            primary=metric == p.spec.primary_metric,
+            comparability_key=key,
+        ))
+    return scores
