@@ -19,6 +19,17 @@ class SampleRecord:
     prompt_tokens: int
     output_tokens: int
     metrics: dict[str, float] = field(default_factory=dict)
+    reasoning: str | None = None
+    """Think paradigm: the reasoning part of `output` (between the model's thinking markers)."""
+    answer: str | None = None
+    """The part of `output` after the reasoning (the whole output for instruct models)."""
+    finish_reason: str | None = None
+    """"stop" (the model ended) or "length" (the token budget ran out)."""
+    thinking_tokens: int | None = None
+    truncated: bool = False
+    """Think paradigm: no end-of-thinking marker was produced."""
+    repetition: float | None = None
+    """Share of repeated n-grams in the output (a degeneration indicator)."""
 
     @property
     def key(self) -> tuple[str, int]:
