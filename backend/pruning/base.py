@@ -50,6 +50,15 @@ class PruningMethod(abc.ABC):
     def check_sparsity(cls, sparsity: float) -> None:
         """Raise ValueError when the sparsity makes no sense for this method (before any work)."""
 
+    @classmethod
+    def check_params(cls, sparsity: float, params: BaseModel) -> None:
+        """Raise ValueError when the sparsity and the validated params contradict each other."""
+
+    @classmethod
+    def uses_calibration(cls, params: BaseModel) -> bool:
+        """Whether a run with these params needs calibration data (default: `needs_calibration`)."""
+        return cls.needs_calibration
+
     @abc.abstractmethod
     def prune(
         self,

@@ -4,9 +4,15 @@ The baseline of Han et al. 2015 (https://arxiv.org/abs/1506.02626) as used in th
 (https://arxiv.org/abs/2306.11695): in every nn.Linear of every decoder block the round(s x numel)
 weights of smallest |W| are set to zero. Embeddings and lm_head are never pruned.
 
-Example config: `pruning: {method: magnitude, sparsity: 0.5}`.
-Lifecycle: for each block -> for each linear -> `magnitude_mask` -> zero the masked weights;
-then measure the zeros actually present.
+Comparison group: per matrix (unstructured); with an N:M pattern, each group of M consecutive input
+weights of a row loses its N smallest |W|. Non-uniform allocations (`owl`, `layer-influence`, see
+`backend.pruning.allocation`) need calibration data to measure the layers; the pruning itself never
+does, so the uniform default runs without the layer-by-layer driver.
+
+Example config: `pruning: {method: magnitude, sparsity: 0.5}` or
+`pruning: {method: magnitude, sparsity: 0.5, params: {pattern: "2:4"}}`.
+Lifecycle: (allocation) -> for each block -> for each linear -> `magnitude_mask` / `nm_mask` ->
+zero the masked weights; then measure the zeros actually present.
 """
 from __future__ import annotations
 
@@ -15,11 +21,16 @@ from typing import TYPE_CHECKING, Callable
 from pydantic import BaseModel
 
 from backend.pruning.base import PruneReport, PruningMethod, register_method
+from backend.pruning.sparsity import SparsityParams, check_sparsity_params
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Magnitude", "magnitude_mask"]
+__all__ = ["Magnitude", "MagnitudeParams", "magnitude_mask"]
+
+
+class MagnitudeParams(SparsityParams):
+    """`pattern`, `allocation`, `owl_m`, `deviation` (see `SparsityParams`)."""
 
 
 def magnitude_mask(weight: "torch.Tensor", sparsity: float) -> "torch.Tensor":
@@ -49,37 +60,52 @@ class Magnitude(PruningMethod):
 
     name = "magnitude"
     family = "unstructured"
-    description = "unstructured magnitude pruning, per-matrix threshold (Han et al. 2015)"
+    description = "unstructured or N:M magnitude pruning, per-matrix threshold (Han et al. 2015)"
+    Params = MagnitudeParams
+
+    @classmethod
+    def check_params(cls, sparsity: float, params: BaseModel) -> None:
+        check_sparsity_params(sparsity, params)
+
+    @classmethod
+    def uses_calibration(cls, params: BaseModel) -> bool:
+        return getattr(params, "allocation", "uniform") != "uniform"
 
     def prune(
         self,
         model: "torch.nn.Module",
         sparsity: float,
-        params: BaseModel,
+        params: BaseModel | None,
         calibration: "torch.Tensor | None",
         progress: Callable[[float, str], None],
     ) -> PruneReport:
         import torch
 
-        from backend.models import count_parameters
-        from backend.pruning.layers import count_linear_zeros, get_decoder_layers, prunable_linears
+        from backend.pruning.allocation import allocate
+        from backend.pruning.masks import nm_mask
+        from backend.pruning.sparsity import PrunedStats, check_model
 
-        layers = get_decoder_layers(model)
-        params_before = count_parameters(model)
+        params = params if params is not None else self.Params()
+        self.check_params(sparsity, params)
+        nm = params.nm()
+        linears = check_model(model, nm)
+        start = PrunedStats.begin(model)
+        budgets, planned, details = allocate(model, linears, sparsity, params, calibration,
+                                             lambda f, t: progress(0.5 * f, t), nm=nm)
+        first = 0.0 if params.allocation == "uniform" else 0.5
         matrices = 0
         with torch.no_grad():
-            for index, layer in enumerate(layers):
-                for linear in prunable_linears(layer).values():
-                    linear.weight.masked_fill_(magnitude_mask(linear.weight, sparsity), 0)
+            for index, group in enumerate(linears):
+                for name, linear in group.items():
+                    weight = linear.weight
+                    if nm is not None:
+                        mask = nm_mask(weight.abs(), *nm)
+                    else:
+                        mask = magnitude_mask(weight, budgets[index][name] / weight.numel())
+                    weight.masked_fill_(mask, 0)
                     matrices += 1
-                progress((index + 1) / len(layers), f"magnitude: layer {index + 1}/{len(layers)}")
-        zeros, total = count_linear_zeros(model)
-        return PruneReport(
-            method=self.name,
-            requested_sparsity=sparsity,
-            achieved_sparsity=zeros / total,
-            params_before=params_before,
-            params_after=count_parameters(model),
-            details={"comparison_group": "per_matrix", "pruned_matrices": matrices,
-                     "zero_weights": zeros, "prunable_weights": total},
-        )
+                progress(first + (1 - first) * (index + 1) / len(linears),
+                         f"magnitude: layer {index + 1}/{len(linears)}")
+        group_name = "per_matrix" if nm is None else "per_group_of_m_inputs"
+        return start.report(self.name, sparsity, params, planned, group_name,
+                            {**details, "pruned_matrices": matrices})
