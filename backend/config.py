@@ -74,7 +74,9 @@ class PruningConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_sparsity(self) -> "PruningConfig":
-        get_method(self.method).check_sparsity(self.sparsity)
+        method = get_method(self.method)
+        method.check_sparsity(self.sparsity)
+        method.check_params(self.sparsity, self.method_params())
         return self
 
     def method_params(self) -> BaseModel:
@@ -82,12 +84,26 @@ class PruningConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    source: Literal["synthetic", "text"] = "synthetic"
+    source: Literal["synthetic", "text", "task-aligned", "self-generated"] = "synthetic"
+    """synthetic: random token ids; text: a local plain-text file (named hub datasets are not
+    fetched: the hub is not reachable from workers, so download the text to a file first);
+    task-aligned: a task's training split rendered with the model's chat template (question as
+    the user turn, worked answer as the assistant turn); self-generated: the dense model answers a
+    task's training prompts through its chat template and those conversations are the text."""
     path: str | None = None
     """For `text`: a plain-text file; relative paths resolve against PRUNEBOARD_DATA_DIR."""
+    task: str | None = Field(None, max_length=100)
+    """For `task-aligned` and `self-generated`: the prompt source (`backend.calibration.CALIBRATION_TASKS`)."""
+    split: Literal["train", "test"] = "train"
+    """Which split of `task` to draw from; `test` is allowed but flagged as a leak when evaluated on."""
     num_samples: int = Field(8, ge=1, le=4096)
     seq_len: int = Field(128, ge=8, le=32768)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    """For `self-generated`: generation budget per prompt."""
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    """For `self-generated`: 0 is greedy; above 0 samples with a per-prompt seed derived from `seed`."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check_source(self) -> "CalibrationConfig":
@@ -97,6 +113,17 @@ class CalibrationConfig(_Strict):
             _check_relative_path(self.path)
         elif self.path is not None:
             raise ValueError(f"source {self.source!r} takes no path")
+        if self.source in ("task-aligned", "self-generated"):
+            from backend.calibration import CALIBRATION_TASKS  # lazy: calibration imports this module
+
+            if self.task not in CALIBRATION_TASKS:
+                known = ", ".join(sorted(CALIBRATION_TASKS))
+                raise ValueError(f"source {self.source!r} needs a task, one of: {known} (got {self.task!r})")
+        elif self.task is not None or self.split != "train":
+            raise ValueError(f"source {self.source!r} takes no task or split")
+        generation = (self.max_new_tokens, self.temperature, self.top_p)
+        if self.source != "self-generated" and generation != (256, 0.0, 1.0):
+            raise ValueError("max_new_tokens, temperature and top_p apply to source 'self-generated' only")
         return self
 
 
@@ -105,6 +132,21 @@ class GenerationConfig(_Strict):
     """None: the task's default budget."""
     temperature: float = Field(0.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    num_samples: int = Field(1, ge=1, le=64)
+    """Test-time scaling: k samples per prompt (k > 1 needs temperature > 0 and a task with
+    `test_time_scaling`); adds `pass@1`, `pass@k` and `maj@k` metrics."""
+    thinking_budget: int | None = Field(None, ge=1, le=32768)
+    """Think paradigm, budget forcing: cap the reasoning at this many tokens, then append the
+    end-of-thinking marker and let the model answer (None: no cap)."""
+    extend_thinking: int = Field(0, ge=0, le=16)
+    """Think paradigm: when the model ends its reasoning, replace the marker by "Wait" up to this
+    many times so it keeps thinking."""
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> "GenerationConfig":
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are identical)")
+        return self
 
 
 class TaskConfig(_Strict):
@@ -113,6 +155,9 @@ class TaskConfig(_Strict):
     """Evaluate only the first `limit` rows (None: all)."""
     num_fewshot: int = Field(0, ge=0, le=25)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    window: int | None = Field(None, ge=8, le=32768)
+    """Perplexity tasks: tokens per non-overlapping window (None: the task's default, 512);
+    `limit` then counts windows."""
 
     @field_validator("name")
     @classmethod
@@ -123,9 +168,34 @@ class TaskConfig(_Strict):
             raise ValueError(str(exc)) from None
         return name
 
+    @model_validator(mode="after")
+    def _check_window(self) -> "TaskConfig":
+        if self.window is not None and get_task(self.name).output_type != "perplexity":
+            raise ValueError(f"window applies to perplexity tasks only, not {self.name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_test_time_scaling(self) -> "TaskConfig":
+        if self.generation.num_samples > 1 and not get_task(self.name).test_time_scaling:
+            raise ValueError(f"generation.num_samples > 1 is not supported by task {self.name!r}")
+        return self
+
 
 class EvaluationConfig(_Strict):
-    batch_size: int = Field(8, ge=1, le=1024)
+    batch_size: int | Literal["auto"] = 8
+    """Requests per model batch (1..1024), or "auto": lm-eval's HFLM finds the largest batch that fits."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """hf: lm-eval's HFLM on the in-memory pruned model. vllm: CUDA workers with `vllm` installed;
+    the pruned weights are saved to a temporary directory and loaded by lm-eval's vLLM backend."""
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _check_batch_size(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise ValueError(f"must be an integer from 1 to 1024 or 'auto', got {value!r}")
+        return value
 
 
 class NoopArgs(_Strict):
@@ -137,6 +207,9 @@ class NoopArgs(_Strict):
 class HFModelArgs(_Strict):
     revision: str | None = Field(None, max_length=100)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    think_markers: tuple[str, str] | None = None
+    """Think paradigm: (start, end) of the model's reasoning block; None: by model family
+    (`backend.scoring.THINK_MARKERS`, default `<think>` / `</think>`)."""
 
 
 class JobConfig(_Strict):
@@ -148,6 +221,8 @@ class JobConfig(_Strict):
     tasks: list[TaskConfig] = Field(min_length=1, max_length=50)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    keep_model: bool = False
+    """Save the pruned model (safetensors, config, tokenizer) under $PRUNEBOARD_HOME/models/<config_hash>/."""
 
     @field_validator("model")
     @classmethod
@@ -179,6 +254,15 @@ class JobConfig(_Strict):
         except ValidationError as exc:
             raise ValueError(_first_error(exc)) from None
         return args.model_dump(mode="json", exclude_defaults=True)
+
+    @model_validator(mode="after")
+    def _check_thinking_controls(self) -> "JobConfig":
+        for task in self.tasks:
+            gen = task.generation
+            if self.paradigm != "think" and (gen.thinking_budget is not None or gen.extend_thinking):
+                raise ValueError(f"tasks.{task.name}.generation: thinking_budget and extend_thinking "
+                                 "need paradigm 'think'")
+        return self
 
     def noop_args(self) -> NoopArgs:
         return NoopArgs(**self.model_args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from backend.result import SampleRecord, ScoreRecord
+from backend.scoring import repetition_rate, split_thinking
 
 if TYPE_CHECKING:
     from backend.evaluation import _Prepared
@@ -51,7 +52,8 @@ def _choice_record(p: _Prepared, ex: dict[str, Any], tokenizer) -> SampleRecord:
         output=output,
         extracted=str(pred),
         gold=str(gold),
-        correct=bool(metrics.get(p.spec.primary_metric)),
+        # > 0.5 for graded scores such as TruthfulQA's mc2 probability mass; 0/1 accuracies unchanged
+        correct=metrics.get(p.spec.primary_metric, 0.0) > 0.5,
         prompt_tokens=_count_tokens(tokenizer, contexts[pred]),
         output_tokens=_count_tokens(tokenizer, continuations[pred]),
         metrics=metrics,
@@ -73,9 +75,13 @@ def _generation_records(p: _Prepared, examples: list[dict[str, Any]], tokenizer)
             metrics.update(ex_metrics)
             if p.spec.primary_metric in ex_metrics:
                 extracted = ex["filtered_resps"][0]
+                if isinstance(extracted, (list, tuple)):  # k samples (no take_first): the first one's
+                    extracted = extracted[0] if extracted else None
         first = group[0]
         prompt = first["arguments"][0][0]
         output = first["resps"][0][0]
+        output_tokens = _count_tokens(tokenizer, output)
+        trace = _trace_fields(p, output, output_tokens, tokenizer)
         records.append(SampleRecord(
             task=p.spec.name,
             doc_id=doc_id,
@@ -85,10 +91,31 @@ def _generation_records(p: _Prepared, examples: list[dict[str, Any]], tokenizer)
             gold=str(first["target"]),
             correct=bool(metrics.get(p.spec.primary_metric)),
             prompt_tokens=_count_tokens(tokenizer, prompt),
-            output_tokens=_count_tokens(tokenizer, output),
+            output_tokens=output_tokens,
             metrics=metrics,
+            **trace,
         ))
     return records
+
+
+def _trace_fields(p: _Prepared, output: str, output_tokens: int, tokenizer) -> dict[str, Any]:
+    """reasoning / answer / finish_reason / thinking_tokens / truncated / repetition of a generation.
+
+    Think paradigm: `split_thinking` with the task's markers (no end marker: truncated, answer "").
+    Instruct: the whole output is the answer. finish_reason is "length" when the output has at
+    least the budget's tokens (re-tokenized, as `output_tokens`), else "stop". repetition is
+    `backend.scoring.repetition_rate` (share of repeated word 4-grams) of the whole output.
+    """
+    budget = (p.generation or {}).get("max_gen_toks")
+    finish = "length" if budget is not None and output_tokens >= budget else "stop"
+    fields: dict[str, Any] = {"finish_reason": finish, "repetition": repetition_rate(output)}
+    if p.think is not None:
+        reasoning, answer, truncated = split_thinking(output, p.think.markers)
+        fields.update(reasoning=reasoning, answer=answer, truncated=truncated,
+                      thinking_tokens=_count_tokens(tokenizer, reasoning or ""))
+    else:
+        fields.update(reasoning=None, answer=output, truncated=False, thinking_tokens=None)
+    return fields
 
 
 def aggregate(p: _Prepared, samples: list[SampleRecord]) -> list[ScoreRecord]:
@@ -102,11 +129,18 @@ def aggregate(p: _Prepared, samples: list[SampleRecord]) -> list[ScoreRecord]:
         if missing:
             raise RuntimeError(f"{p.spec.name}: samples {missing[:5]} have no metric {metric!r}")
         values = [s.metrics[metric] for s in samples]
+        value = float(mean(values))
+        stderr = float(mean_stderr(values)) if len(values) > 1 else None
+        weight = dict(p.spec.metric_weights).get(metric)
+        if weight is not None:  # a weighted mean (IFEval's instruction level); lm-eval gives no stderr
+            weights = [s.metrics.get(weight, 1.0) for s in samples]
+            value = sum(v * w for v, w in zip(values, weights)) / (sum(weights) or 1.0)
+            stderr = None
         scores.append(ScoreRecord(
             task=p.spec.name,
             metric=metric,
-            value=float(mean(values)),
-            stderr=float(mean_stderr(values)) if len(values) > 1 else None,
+            value=value,
+            stderr=stderr,
             higher_is_better=p.spec.higher_is_better,
             primary=metric == p.spec.primary_metric,
             comparability_key=key,

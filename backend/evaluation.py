@@ -28,7 +28,10 @@ Sample records:
   `"* [0] -12.3456 Paris"` with `*` on the chosen (argmax) option; `extracted` and `gold` are option
   indices; output tokens are those of the chosen continuation.
 * generation tasks: `prompt` is the chat-templated text, `output` the full reply, `extracted` the
-  primary filter's answer.
+  primary filter's answer (of the first sample when `num_samples` > 1); `reasoning`, `answer`,
+  `truncated`, `finish_reason`, `thinking_tokens` and `repetition` as in `eval_records._trace_fields`.
+* think paradigm: stop strings apply only after the end-of-thinking marker (`backend.thinking`);
+  `thinking_budget` / `extend_thinking` generate one sequence at a time.
 Token counts use the model's tokenizer without added special tokens.
 
 Metric names are lm-eval's `metric,filter` keys, shortened to `metric` for tasks with one filter
@@ -46,11 +49,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from backend.config import EvaluationConfig, TaskConfig
+from backend.eval_backends import fixed_batch_size, resolve_batch_size
 from backend.eval_records import aggregate
 from backend.eval_records import records as build_records
 from backend.manifest import package_version
 from backend.result import SampleRecord, ScoreRecord
-from backend.scoring import SCORER_VERSION, reasoning_filter
+from backend.scoring import SCORER_VERSION, cut_at_stop, reasoning_filter, split_thinking, think_markers
 from backend.tasks import get_task
 from backend.tasks.base import TaskSpec
 
@@ -89,6 +93,8 @@ class _Prepared:
     manifest: dict[str, Any]
     weight: float = 0.0
     metric_names: tuple[str, ...] = field(default=())
+    think: Any = None
+    """Think paradigm, generation tasks: the `backend.thinking.ThinkControl` of this task."""
 
 
 def evaluate(
@@ -105,13 +111,22 @@ def evaluate(
     on_sample: Callable[[SampleRecord], None],
     completed: Iterable[SampleRecord] = (),
     seed: int | None = None,
+    think_markers: tuple[str, str] | None = None,
 ) -> EvalOutput:
     """Evaluate `model` on `tasks`; raise whatever `progress` or `on_sample` raise.
 
     `seed`, when given, sets lm-eval's python, numpy, torch and few-shot seeds (they matter for
     few-shot sampling and sampled generation); None keeps lm-eval's defaults. `completed` samples
-    of other tasks, or beyond a task's limit, are ignored and not returned.
+    of other tasks, or beyond a task's limit, are ignored and not returned. `think_markers`
+    overrides the model family's reasoning markers (think paradigm).
     """
+    markers = tuple(think_markers) if think_markers else think_markers_for_model(model)
+    device = _device_type(model)
+    if any(get_task(tc.name).runner is not None for tc in tasks):  # e.g. perplexity: no lm-eval
+        return _evaluate_with_runners(
+            model, tokenizer, tasks, evaluation, paradigm=paradigm, dtype=dtype, data_dir=data_dir,
+            workdir=workdir, progress=progress, on_sample=on_sample, completed=completed, seed=seed,
+            think_markers=think_markers)
     lm_eval_version = package_version("lm_eval")
     seeds = dict(LM_EVAL_DEFAULT_SEEDS) if seed is None else {k: seed for k in LM_EVAL_DEFAULT_SEEDS}
     done_before: dict[tuple[str, int], SampleRecord] = {s.key: s for s in completed}
@@ -120,7 +135,8 @@ def evaluate(
     progress(0.0, f"building {len(tasks)} task(s)")
     prepared = [
         _prepare(tc, paradigm=paradigm, dtype=dtype, data_dir=data_dir, workdir=workdir,
-                 seeds=seeds, lm_eval_version=lm_eval_version, completed=done_before)
+                 seeds=seeds, lm_eval_version=lm_eval_version, completed=done_before,
+                 device=device, markers=markers)
         for tc in tasks
     ]
     # Log-likelihood tasks (no chat template) first, then generation tasks (chat template).
@@ -129,13 +145,15 @@ def evaluate(
 
     new_samples: dict[str, list[SampleRecord]] = {}
     if any(p.todo for p in prepared):
-        lm = _make_lm(model, tokenizer, evaluation.batch_size, tracker)
+        lm = _make_evaluation_lm(model, tokenizer, evaluation, tracker, device=device, workdir=workdir,
+                                 dtype=dtype)
         for p in prepared:
             if not p.todo:
                 continue
             logger.info("evaluating %s: %d of %d documents (%d resumed)",
                         p.spec.name, len(p.todo), p.n_docs, len(p.kept))
             tracker.start_task(p.spec.name, p.weight)
+            lm.think_control = p.think
             examples = _run_lm_eval(lm, p, seeds)
             records = build_records(p, examples, tokenizer)
             for record in records:
@@ -159,22 +177,73 @@ def evaluate(
     return EvalOutput(scores=scores, samples=samples, task_manifest=manifest, lm_eval_version=lm_eval_version)
 
 
+def _evaluate_with_runners(model, tokenizer, tasks: list[TaskConfig], evaluation: EvaluationConfig, *,
+                           progress: Callable[[float, str], None], completed: Iterable[SampleRecord],
+                           on_sample: Callable[[SampleRecord], None], dtype: str, data_dir: Path,
+                           **kwargs: Any) -> EvalOutput:
+    """lm-eval tasks through `evaluate`, then tasks with their own `runner` (progress split by count)."""
+    completed = list(completed)
+    direct = [tc for tc in tasks if get_task(tc.name).runner is not None]
+    others = [tc for tc in tasks if tc not in direct]
+    share = len(others) / len(tasks)
+    output = EvalOutput(scores=[], samples=[], task_manifest={}, lm_eval_version=package_version("lm_eval"))
+    if others:
+        output = evaluate(model, tokenizer, others, evaluation, progress=lambda f, t: progress(f * share, t),
+                          completed=completed, on_sample=on_sample, dtype=dtype, data_dir=data_dir, **kwargs)
+    for n, tc in enumerate(direct):
+        low = share + (1 - share) * n / len(direct)
+        width = (1 - share) / len(direct)
+        scores, samples, manifest = get_task(tc.name).runner(
+            model, tokenizer, tc, data_dir=data_dir, dtype=dtype, batch_size=fixed_batch_size(evaluation.batch_size),
+            progress=lambda f, t, low=low, width=width: progress(low + f * width, t),
+            on_sample=on_sample, completed=completed)
+        output.scores.extend(scores)
+        output.samples.extend(samples)
+        output.task_manifest[tc.name] = manifest
+    progress(1.0, f"evaluated {len(tasks)} task(s), {len(output.samples)} samples")
+    return output
+
+
 # --- preparation ----------------------------------------------------------------------------------
 
 
 def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workdir: Path,
              seeds: dict[str, int], lm_eval_version: str,
-             completed: dict[tuple[str, int], SampleRecord]) -> _Prepared:
+             completed: dict[tuple[str, int], SampleRecord], device: str = "cpu",
+             markers: tuple[str, str] = ("<think>", "</think>")) -> _Prepared:
     spec = get_task(tc.name)
     task_dir = workdir / spec.name
     lm_config = spec.build(data_dir, task_dir)
     lm_config["num_fewshot"] = tc.num_fewshot
     generation = None
+    think = None
+    scaling: dict[str, Any] = {}
+    extra_metrics: tuple[str, ...] = ()
     if spec.output_type == "generate":
-        generation = _generation_kwargs(spec, lm_config.get("generation_kwargs") or {}, tc, paradigm)
-        lm_config["generation_kwargs"] = generation
+        generation = _generation_kwargs(spec, lm_config.get("generation_kwargs") or {}, tc, paradigm, device)
+        scaling = _scaling_fields(tc)
         if paradigm == "think":
-            lm_config["filter_list"] = _with_reasoning_strip(lm_config.get("filter_list"))
+            from backend.thinking import ThinkControl
+
+            # Stop strings apply only after the reasoning: lm-eval stops at EOS, we stop and cut.
+            think = ThinkControl(markers=markers, stops=tuple(generation["until"]),
+                                 thinking_budget=tc.generation.thinking_budget,
+                                 extend_thinking=tc.generation.extend_thinking)
+            generation = {**generation, "until": []}
+            scaling["think_stops"] = list(think.stops)
+            scaling["think_markers"] = list(markers)
+            lm_config["filter_list"] = _with_reasoning_strip(lm_config.get("filter_list"), markers)
+        lm_config["generation_kwargs"] = generation
+        k = tc.generation.num_samples
+        if k > 1:
+            from backend.tasks._reasoning import sampling_metrics
+
+            extra_metrics = sampling_metrics(k)
+            lm_config["repeats"] = k
+            lm_config["metric_list"] = [
+                *lm_config.get("metric_list", []),
+                *({"metric": m, "aggregation": "mean", "higher_is_better": True} for m in extra_metrics),
+            ]
 
     data_sha = _dataset_sha256(lm_config)
     config_sha = _sha256_json(_canonical(lm_config))
@@ -190,11 +259,12 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
     todo = [i for i in range(n_docs) if i not in kept]
     used_splits = _used_splits(lm_config, tc.num_fewshot)
     sampled = bool(generation and generation.get("do_sample"))
+    generation_key = None if generation is None else {**generation, **scaling}
     key_fields = {
         "task": spec.name,
         "docs": n_docs,
         "num_fewshot": tc.num_fewshot,
-        "generation": generation,
+        "generation": generation_key,
         "paradigm": paradigm if spec.output_type == "generate" else None,
         "task_config_sha256": config_sha,
         "data_sha256": {s: data_sha[s] for s in used_splits if s in data_sha},
@@ -208,26 +278,26 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
         "comparability_key": comparability_key(key_fields),
         "key_fields": key_fields,
         "task_config_sha256": config_sha,
-        "data_files": {f: _sha256_file(data_dir / f) for f in spec.data_files},
+        "data_files": {f: _sha256_file(data_dir / f) for f in spec.data_files if (data_dir / f).is_file()},
         "dataset_files": data_sha,
         "docs": n_docs,
         "docs_available": total,
         "limit": tc.limit,
         "num_fewshot": tc.num_fewshot,
-        "generation": generation,
+        "generation": generation_key,
         "chat_template": spec.uses_chat_template,
         "paradigm": paradigm,
         "lm_eval_task_version": task.VERSION,
         "output_type": spec.output_type,
         "primary_metric": spec.primary_metric,
-        "metrics": list(spec.metrics),
+        "metrics": list(spec.metrics) + list(extra_metrics),
         "seeds": seeds,
         "scorer_version": SCORER_VERSION,
     }
-    weight = _estimate_requests(task, spec, todo) * _request_cost(generation)
+    weight = _estimate_requests(task, spec, todo) * _request_cost(generation) * tc.generation.num_samples
     return _Prepared(spec=spec, config=tc, lm_config=lm_config, task=task, n_docs=n_docs, todo=todo,
                      kept=kept, generation=generation, manifest=manifest, weight=weight,
-                     metric_names=spec.metrics or (spec.primary_metric,))
+                     metric_names=(spec.metrics or (spec.primary_metric,)) + extra_metrics, think=think)
 
 
 def comparability_key(fields: dict[str, Any]) -> str:
@@ -241,10 +311,47 @@ def comparability_key(fields: dict[str, Any]) -> str:
     return _sha256_json(fields)[:KEY_LENGTH]
 
 
-def _generation_kwargs(spec: TaskSpec, base: dict[str, Any], tc: TaskConfig, paradigm: str) -> dict[str, Any]:
+def default_budget(spec: TaskSpec, paradigm: str, device: str) -> int:
+    """A task's default `max_new_tokens` for the paradigm on this device ("cuda" or other).
+
+    CPU: `default_max_new_tokens`, in the think paradigm `think_max_new_tokens` (or the default x
+    THINK_BUDGET_FACTOR). GPU: `gpu_max_new_tokens` / `gpu_think_max_new_tokens` where the task
+    sets them, else the CPU value.
+    """
+    cpu = spec.default_max_new_tokens
+    if paradigm == "think":
+        cpu = spec.think_max_new_tokens or spec.default_max_new_tokens * THINK_BUDGET_FACTOR
+    if device == "cuda":
+        gpu = spec.gpu_think_max_new_tokens if paradigm == "think" else spec.gpu_max_new_tokens
+        return gpu or cpu
+    return cpu
+
+
+def _scaling_fields(tc: TaskConfig) -> dict[str, Any]:
+    """Test-time-scaling settings away from their defaults (so existing comparability keys stay)."""
     gen = tc.generation
-    factor = THINK_BUDGET_FACTOR if paradigm == "think" else 1
-    budget = gen.max_new_tokens or spec.default_max_new_tokens * factor
+    fields = {"num_samples": gen.num_samples, "thinking_budget": gen.thinking_budget,
+              "extend_thinking": gen.extend_thinking}
+    defaults = {"num_samples": 1, "thinking_budget": None, "extend_thinking": 0}
+    return {k: v for k, v in fields.items() if v != defaults[k]}
+
+
+def think_markers_for_model(model) -> tuple[str, str]:
+    config = getattr(model, "config", None)
+    return think_markers(getattr(config, "model_type", None))
+
+
+def _device_type(model) -> str:
+    try:
+        return next(model.parameters()).device.type
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
+def _generation_kwargs(spec: TaskSpec, base: dict[str, Any], tc: TaskConfig, paradigm: str,
+                       device: str = "cpu") -> dict[str, Any]:
+    gen = tc.generation
+    budget = gen.max_new_tokens or default_budget(spec, paradigm, device)
     kwargs: dict[str, Any] = {"until": list(base.get("until") or []), "max_gen_toks": budget}
     if gen.temperature > 0:
         kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p)
@@ -253,12 +360,26 @@ def _generation_kwargs(spec: TaskSpec, base: dict[str, Any], tc: TaskConfig, par
     return kwargs
 
 
-def _with_reasoning_strip(filter_list: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Prepend `strip_reasoning` to every filter so answers are read after `</think>`."""
+def _with_reasoning_strip(filter_list: list[dict[str, Any]] | None,
+                          markers: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """Prepend a reasoning strip to every filter so answers are read after the end-of-thinking marker.
+
+    Without `markers`: `strip_reasoning` (`<think>` / `</think>`). With them: the answer part of
+    `split_thinking` ("" when the end marker is missing: a truncated trace has no answer).
+    """
     strip = {"function": "custom", "filter_fn": reasoning_filter}
+    if markers is not None:
+        strip = {"function": "custom", "filter_fn": _answer_part_filter(tuple(markers))}
     if not filter_list:
         return [{"name": "none", "filter": [strip, {"function": "take_first"}]}]
     return [{**f, "filter": [strip, *f["filter"]]} for f in filter_list]
+
+
+def _answer_part_filter(markers: tuple[str, str]):
+    def answer_part(resps, docs):
+        return [[split_thinking(r, markers)[1] for r in rs] for rs in resps]
+
+    return answer_part
 
 
 def _used_splits(lm_config: dict[str, Any], num_fewshot: int) -> list[str]:
@@ -370,7 +491,18 @@ class _CountingHook:
         self.tracker.request_finished()
 
 
-def _make_lm(model, tokenizer, batch_size: int, tracker: _Tracker):
+def _make_evaluation_lm(model, tokenizer, evaluation: EvaluationConfig, tracker: _Tracker, *, device: str,
+                        workdir: Path, dtype: str):
+    """The lm-eval model of `evaluation.backend` (see `backend.eval_backends`)."""
+    batch_size = resolve_batch_size(evaluation.batch_size, device)
+    if evaluation.backend == "vllm":
+        from backend.eval_backends import make_vllm_lm
+
+        return make_vllm_lm(model, tokenizer, batch_size, tracker, workdir, dtype)
+    return _make_lm(model, tokenizer, batch_size, tracker)
+
+
+def _make_lm(model, tokenizer, batch_size: int | str, tracker: _Tracker):
     from lm_eval.models.huggingface import HFLM
 
     class TrackedHFLM(HFLM):
@@ -382,15 +514,24 @@ def _make_lm(model, tokenizer, batch_size: int, tracker: _Tracker):
 
         def generate_until(self, requests, disable_tqdm: bool = False):
             tracker.begin_requests(len(requests))
-            return super().generate_until(requests, disable_tqdm=True)
+            results = super().generate_until(requests, disable_tqdm=True)
+            control = self.think_control
+            if control is not None:  # stop strings count only after the end of thinking
+                results = [cut_at_stop(r, control.stops, control.markers[1]) for r in results]
+            return results
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             tracker.before_batch()
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
+        think_control = None
+        """Set per task by `evaluate`: a `backend.thinking.ThinkControl` (think paradigm) or None."""
+
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             tracker.before_batch()
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            if self.think_control is None:
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            return _think_generate(self, self.think_control, context, max_length, generation_kwargs)
 
         def get_model_info(self) -> dict:
             return {}  # the stock one asks the hub for a revision sha
@@ -398,6 +539,45 @@ def _make_lm(model, tokenizer, batch_size: int, tracker: _Tracker):
     lm = TrackedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     lm.set_cache_hook(_CountingHook(tracker))
     return lm
+
+
+def _think_generate(lm, control, context, max_length: int, generation_kwargs: dict[str, Any]):
+    """Think-paradigm generation for a left-padded batch; returns prompt + new ids as HF generate does.
+
+    Without budget forcing or extension: one batched `generate` whose only stop strings are those
+    after the end marker (`backend.thinking.stop_after_thinking`). With them: one row at a time
+    (`backend.thinking.generate_controlled`).
+    """
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from backend.thinking import generate_controlled, stop_after_thinking
+
+    kwargs = dict(generation_kwargs)
+    attention = kwargs.pop("attention_mask", None)
+    if not kwargs.get("do_sample"):
+        kwargs.pop("temperature", None)
+        kwargs.pop("top_p", None)
+        kwargs["do_sample"] = False
+    prompt_len = context.shape[1]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eot_token_id
+    if not control.controlled:
+        criteria = StoppingCriteriaList([stop_after_thinking(
+            lm.tokenizer, control.markers[1], control.stops, prompt_len, context.shape[0])])
+        return lm.model.generate(input_ids=context, attention_mask=attention, max_length=max_length,
+                                 stopping_criteria=criteria, pad_token_id=pad, use_cache=True, **kwargs)
+    rows = []
+    control.last_info = []
+    for i in range(context.shape[0]):
+        ids = context[i].tolist()
+        if attention is not None:
+            ids = [t for t, m in zip(ids, attention[i].tolist()) if m]
+        new, info = generate_controlled(lm.model, lm.tokenizer, ids, max_new_tokens=max_length - prompt_len,
+                                        control=control, gen_kwargs=kwargs)
+        control.last_info.append(info)
+        rows.append(context[i].tolist() + new)
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=context.device)
 
 
 def _run_lm_eval(lm, p: _Prepared, seeds: dict[str, int]) -> list[dict[str, Any]]:

@@ -84,11 +84,14 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg))
 
     calibration = None
-    if method_cls.needs_calibration:
+    if method_cls.uses_calibration(config.pruning.method_params()):
         reporter.stage("calibrate", f"building calibration set ({config.calibration.source})")
         from backend.calibration import build_calibration
 
-        calibration = build_calibration(config.calibration, loaded.tokenizer, data_dir)
+        calibration = build_calibration(
+            config.calibration, loaded.tokenizer, data_dir, model=loaded.model, fingerprint=loaded.fingerprint,
+            paradigm=config.paradigm, progress=reporter.stage_progress(),
+        )
 
     reporter.stage("prune", f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
     report = method_cls().prune(
@@ -98,6 +101,13 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         calibration.tensor if calibration is not None else None,
         reporter.stage_progress(),
     )
+    saved_model = None
+    if config.keep_model:  # before evaluation, which never changes the weights
+        from backend.export import kept_model_dir, save_pruned
+
+        reporter.update(1.0, "saving the pruned model")
+        saved_model = str(save_pruned(loaded, report, {"config_hash": config_hash(config),
+                                                       "config": canonical_dict(config)}, kept_model_dir(config)))
 
     reporter.stage("evaluate", f"evaluating {len(config.tasks)} task(s)")
     from backend.evaluation import evaluate
@@ -115,12 +125,14 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
             progress=reporter.stage_progress(),
             on_sample=lambda sample: events(SampleDone(sample)),
             completed=completed,
+            think_markers=config.hf_args().think_markers if config.paradigm == "think" else None,
         )
 
     reporter.stage("efficiency", "measuring parameters and throughput")
     from backend.efficiency import measure_efficiency
 
-    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device)
+    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device,
+                                    params_before=report.params_before)
     reporter.update(1.0, "done")
     stage_seconds = reporter.finish()
 
@@ -137,7 +149,9 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         "calibration": None
         if calibration is None
         else {"source": calibration.source, "sha256": calibration.sha256,
-              "shape": list(calibration.tensor.shape)},
+              "shape": list(calibration.tensor.shape), **calibration.details},
+        **_leak_fields(config, data_dir, calibration is not None),
+        "saved_model": saved_model,
         "resumed_samples": len(completed),
     }
     return RunResult(
@@ -147,23 +161,44 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         prune_report=_report_dict(report),
         manifest=manifest,
         stage_seconds=stage_seconds,
+        trace_stats=_trace_stats(evaluation.samples),
     )
+
+
+def _trace_stats(samples: list[SampleRecord]) -> dict:
+    """`backend.trace_stats` per task, for the tasks with generated samples (finish_reason set)."""
+    from backend.trace_stats import trace_stats
+
+    return trace_stats([s for s in samples if s.finish_reason is not None])
 
 
 def _preflight(config: JobConfig, data_dir: Path) -> None:
     """Cheap checks that must fail before any model is loaded."""
+    from backend.eval_backends import check_backend
+
+    check_backend(config.evaluation.backend)  # vllm without the package or CUDA: a clear error
     for task in config.tasks:
         spec = get_task(task.name)
-        if not spec.data_present(data_dir):
+        if not spec.data_present(data_dir) and not spec.hub_available():
             missing = [f for f in spec.data_files if not (data_dir / f).exists()]
             raise TaskDataMissing(
                 f"task {task.name!r} needs {', '.join(missing)} under PRUNEBOARD_DATA_DIR={data_dir} "
                 "(see the README's task table)"
             )
-    if get_method(config.pruning.method).needs_calibration:
-        from backend.calibration import check_calibration
+    if get_method(config.pruning.method).uses_calibration(config.pruning.method_params()):
+        from backend.calibration import check_calibration, model_context
 
-        check_calibration(config.calibration, data_dir)
+        check_calibration(config.calibration, data_dir, context=model_context(config.model))
+
+
+def _leak_fields(config: JobConfig, data_dir: Path, calibrated: bool) -> dict:
+    """`calibration_leak`: the calibration text is also evaluation data of one of the run's tasks."""
+    if not calibrated:
+        return {"calibration_leak": False, "calibration_leak_reason": None}
+    from backend.calibration import leak_check
+
+    leak, reason = leak_check(config.calibration, [t.name for t in config.tasks], data_dir)
+    return {"calibration_leak": leak, "calibration_leak_reason": reason}
 
 
 def _seed_everything(seed: int) -> None:

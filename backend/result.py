@@ -59,6 +59,9 @@ class RunResult:
     prune_report: dict[str, Any]
     manifest: dict[str, Any]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    trace_stats: dict[str, Any] = field(default_factory=dict)
+    """Per generation task: `backend.trace_stats.trace_stats` of its samples (mean thinking length,
+    truncation, repetition, accuracy by output-length bucket); empty for log-likelihood-only runs."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,4 +75,5 @@ class RunResult:
             prune_report=data["prune_report"],
             manifest=data["manifest"],
             stage_seconds=data.get("stage_seconds", {}),
+            trace_stats=data.get("trace_stats", {}),
         )

@@ -9,6 +9,8 @@ DEFAULT_LEASE_SECONDS = 60
 DEFAULT_MAX_REQUEUES = 5
 """Lease expiries tolerated before a job is failed for good."""
 DEFAULT_PORT = 7860
+DEFAULT_TRACE_CAP_MB = 64.0
+"""Compressed full-text traces stored per run before the rest are cut (PRUNEBOARD_TRACE_CAP_MB)."""
 
 
 def home() -> Path:
@@ -59,3 +61,10 @@ def model_cache_dir() -> Path:
     """PRUNEBOARD_CACHE_DIR: downloaded and converted models (default $PRUNEBOARD_HOME/cache)."""
     value = os.environ.get("PRUNEBOARD_CACHE_DIR")
     return Path(value).resolve() if value else cache_dir()
+
+
+def trace_cap_bytes() -> int:
+    """PRUNEBOARD_TRACE_CAP_MB: compressed trace bytes kept in full per run (default 64 MB)."""
+    value = os.environ.get("PRUNEBOARD_TRACE_CAP_MB")
+    megabytes = float(value) if value not in (None, "") else DEFAULT_TRACE_CAP_MB
+    return max(int(megabytes * 1024 * 1024), 0)

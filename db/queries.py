@@ -10,17 +10,28 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.schema import Job, Sample, Score
+from db.schema import Job, Sample, Score, Trace
 from jobs.states import JobState
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["leaderboard", "list_jobs", "job_detail", "job_samples", "job_to_dict", "LEADERBOARD_COLUMNS"]
+__all__ = [
+    "leaderboard", "list_jobs", "job_detail", "job_samples", "sample_trace", "job_trace_stats", "job_to_dict",
+    "LEADERBOARD_COLUMNS", "SAMPLE_COLUMNS",
+]
 
 LEADERBOARD_COLUMNS = ["job_id", "model", "paradigm", "method", "sparsity"]
 """Leading columns of `leaderboard()`; one column per task and `average` follow."""
 DENSE_METHOD = "dense"
+SAMPLE_COLUMNS = [
+    "task", "doc_id", "prompt", "output", "answer", "extracted", "gold", "correct", "prompt_tokens",
+    "output_tokens", "thinking_tokens", "finish_reason", "truncated", "repetition", "output_chars",
+    "truncated_for_storage",
+]
+"""Columns of `job_samples()`: `prompt`, `output` and `answer` are previews (`sample_trace()` has the
+full texts); `output_chars` is the full output's length; `truncated_for_storage` says whether the
+stored trace lost text to the run's size cap (None: no trace, texts stored before traces existed)."""
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
@@ -87,23 +98,91 @@ def job_detail(session: Session, job_id: int) -> dict[str, Any] | None:
                 "higher_is_better": s.higher_is_better,
                 "primary": s.is_primary,
                 "comparability_key": s.comparability_key,
+                "scorer_version": s.scorer_version,
             }
             for s in scores
         ],
         "samples": {task: {"count": count, "correct": int(correct or 0)} for task, count, correct in counts},
+        "trace_stats": job.trace_stats_json if job.trace_stats_json is not None else job_trace_stats(session, job_id),
+    }
+
+
+def job_trace_stats(session: Session, job_id: int) -> dict[str, Any]:
+    """backend.trace_stats.trace_stats of a job's stored generated samples, computed from the rows.
+
+    As the pipeline's `RunResult.trace_stats`, only generated samples count: those with a finish
+    reason, or (rows stored before migration 0002) of a generation task.
+    """
+    from backend.result import SampleRecord
+    from backend.trace_stats import trace_stats
+
+    rows = session.execute(
+        select(Sample.task, Sample.doc_id, Sample.correct, Sample.output_tokens, Sample.thinking_tokens,
+               Sample.finish_reason, Sample.truncated, Sample.repetition).where(Sample.job_id == job_id)
+    ).all()
+    generated: dict[str, bool] = {}
+    return trace_stats(
+        SampleRecord(task=r.task, doc_id=r.doc_id, prompt="", output="", extracted=None, gold="", correct=r.correct,
+                     prompt_tokens=0, output_tokens=r.output_tokens, thinking_tokens=r.thinking_tokens,
+                     finish_reason=r.finish_reason, truncated=bool(r.truncated), repetition=r.repetition)
+        for r in rows
+        if r.finish_reason is not None or _generation_task(r.task, generated)
+    )
+
+
+def _generation_task(task: str, cache: dict[str, bool]) -> bool:
+    if task not in cache:
+        from backend.registry import UnknownName
+        from backend.tasks import get_task
+
+        try:
+            cache[task] = get_task(task).output_type == "generate"
+        except UnknownName:
+            cache[task] = False
+    return cache[task]
+
+
+def sample_trace(session: Session, job_id: int, task: str, doc_id: int) -> dict[str, Any] | None:
+    """The full texts of one stored sample: prompt, output, reasoning, answer (decompressed), their
+    original lengths, `stored_bytes` and `truncated_for_storage`. Samples stored before traces
+    existed return their texts from `samples` (no reasoning). None if there is no such sample."""
+    from db.traces import decode_trace
+
+    trace = session.scalar(select(Trace).where(Trace.job_id == job_id, Trace.task == task, Trace.doc_id == doc_id))
+    if trace is not None:
+        return {"job_id": job_id, "task": task, "doc_id": doc_id, **decode_trace(trace)}
+    sample = session.scalar(select(Sample).where(Sample.job_id == job_id, Sample.task == task, Sample.doc_id == doc_id))
+    if sample is None:
+        return None
+    return {
+        "job_id": job_id, "task": task, "doc_id": doc_id, "prompt": sample.prompt, "output": sample.output,
+        "reasoning": None, "answer": sample.answer, "prompt_chars": len(sample.prompt),
+        "output_chars": len(sample.output), "reasoning_chars": None,
+        "answer_chars": None if sample.answer is None else len(sample.answer), "stored_bytes": None,
+        "truncated_for_storage": False,
     }
 
 
 def job_samples(session: Session, job_id: int, task: str | None = None, limit: int = 1000) -> "pd.DataFrame":
-    """Stored samples of a finished job, in task and doc order."""
+    """Stored samples of a finished job, in task and doc order (columns: `SAMPLE_COLUMNS`)."""
     import pandas as pd
 
-    query = select(Sample).where(Sample.job_id == job_id).order_by(Sample.task, Sample.doc_id).limit(limit)
+    query = (
+        select(Sample, Trace.truncated_for_storage)
+        .outerjoin(Trace, (Trace.job_id == Sample.job_id) & (Trace.task == Sample.task) & (Trace.doc_id == Sample.doc_id))
+        .where(Sample.job_id == job_id)
+        .order_by(Sample.task, Sample.doc_id)
+        .limit(limit)
+    )
     if task is not None:
         query = query.where(Sample.task == task)
-    columns = ["task", "doc_id", "prompt", "output", "extracted", "gold", "correct", "prompt_tokens", "output_tokens"]
-    rows = [{c: getattr(s, c) for c in columns} for s in session.scalars(query)]
-    return pd.DataFrame(rows, columns=columns)
+    rows = []
+    for sample, cut in session.execute(query):
+        row = {c: getattr(sample, c) for c in SAMPLE_COLUMNS[:-1]}
+        if row["output_chars"] is None:
+            row["output_chars"] = len(sample.output)
+        rows.append({**row, "truncated_for_storage": cut})
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
 def leaderboard(session: Session, model: str | None = None, paradigm: str | None = None) -> "pd.DataFrame":

@@ -4,6 +4,12 @@ create it; change both together (`alembic revision` with a new file in `db/migra
 A job is a run: one id space, and retries are attempts of the same job. Results (scores, samples)
 are written once, in the transaction that marks the job succeeded. `sample_checkpoints` holds the
 samples streamed while a job runs, so a requeued attempt resumes; it is emptied on success.
+
+Long texts: `samples.prompt`, `samples.output` and `samples.answer` hold previews (the first
+`SAMPLE_PREVIEW_CHARS` characters; `samples.output_chars` is the full length). The full prompt,
+output, reasoning and answer of each sample are in `traces`, zlib-compressed, within a per-run size
+cap (`db.traces`). Rows written before migration 0002 have no trace and keep full texts in
+`samples`. Checkpoints keep full texts (they are rebuilt into records when a job resumes).
 """
 from __future__ import annotations
 
@@ -19,15 +25,23 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from jobs.states import JobState
 
-__all__ = ["Base", "Job", "Score", "Sample", "SampleCheckpoint", "utcnow", "JOB_STATE_TYPE"]
+__all__ = [
+    "Base", "Job", "Score", "Sample", "SampleCheckpoint", "Trace", "utcnow", "JOB_STATE_TYPE",
+    "SAMPLE_PREVIEW_CHARS",
+]
+
+SAMPLE_PREVIEW_CHARS = 2000
+"""Characters of prompt, output and answer kept in `samples` for listings (full texts: `traces`)."""
 
 
 def utcnow() -> datetime:
@@ -85,6 +99,8 @@ class Job(Base):
     prune_report_json: Mapped[dict[str, Any] | None]
     stage_seconds_json: Mapped[dict[str, Any] | None]
     submitter: Mapped[str | None] = mapped_column(String(200))
+    trace_stats_json: Mapped[dict[str, Any] | None]
+    """backend.trace_stats.trace_stats of the stored samples (set on completion and on rescore)."""
 
     __table_args__ = (
         Index("ix_jobs_state_id", "state", "id"),  # claim_next, requeue_expired, leaderboard
@@ -108,6 +124,8 @@ class Score(Base):
     higher_is_better: Mapped[bool] = mapped_column(Boolean)
     is_primary: Mapped[bool] = mapped_column(Boolean)
     comparability_key: Mapped[str] = mapped_column(String(500))
+    scorer_version: Mapped[str | None] = mapped_column(String(32))
+    """backend.scoring.SCORER_VERSION that produced the value (None: stored before migration 0002)."""
 
     __table_args__ = (
         UniqueConstraint("job_id", "task", "metric", name="uq_scores_job_task_metric"),
@@ -129,12 +147,20 @@ class _SampleColumns:
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
     metrics_json: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    answer: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    thinking_tokens: Mapped[int | None] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Think paradigm: the model produced no end-of-thinking marker."""
+    repetition: Mapped[float | None] = mapped_column(Float)
 
 
 class Sample(_SampleColumns, Base):
     __tablename__ = "samples"
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    output_chars: Mapped[int | None] = mapped_column(Integer)
+    """Length of the full output (`output` is a preview of at most SAMPLE_PREVIEW_CHARS)."""
 
     __table_args__ = (UniqueConstraint("job_id", "task", "doc_id", name="uq_samples_job_task_doc"),)
 
@@ -145,5 +171,38 @@ class SampleCheckpoint(_SampleColumns, Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     """The attempt that produced the sample (a later attempt resumes from it)."""
+    reasoning: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (UniqueConstraint("job_id", "task", "doc_id", name="uq_sample_checkpoints_job_task_doc"),)
+
+
+class Trace(Base):
+    """The full texts of one sample, zlib-compressed UTF-8 (see `db.traces`).
+
+    `reasoning` and `answer` are usually parts of the output: then only their position is stored
+    (`*_start`, `*_chars`, no blob). `truncated_for_storage`: the run's trace cap was reached, so
+    the texts keep only their head and tail. `stored_bytes`: the blobs' total size, counted against
+    the cap.
+    """
+
+    __tablename__ = "traces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(200))
+    doc_id: Mapped[int] = mapped_column(Integer)
+    codec: Mapped[str] = mapped_column(String(16))
+    prompt_z: Mapped[bytes] = mapped_column(LargeBinary)
+    prompt_chars: Mapped[int] = mapped_column(Integer)
+    output_z: Mapped[bytes] = mapped_column(LargeBinary)
+    output_chars: Mapped[int] = mapped_column(Integer)
+    reasoning_z: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reasoning_start: Mapped[int | None] = mapped_column(Integer)
+    reasoning_chars: Mapped[int | None] = mapped_column(Integer)
+    answer_z: Mapped[bytes | None] = mapped_column(LargeBinary)
+    answer_start: Mapped[int | None] = mapped_column(Integer)
+    answer_chars: Mapped[int | None] = mapped_column(Integer)
+    stored_bytes: Mapped[int] = mapped_column(Integer)
+    truncated_for_storage: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (UniqueConstraint("job_id", "task", "doc_id", name="uq_traces_job_task_doc"),)

@@ -1,9 +1,10 @@
-"""`python -m jobs`: submit, watch, cancel and retry jobs, run workers, list methods and tasks.
+"""`python -m jobs`: submit, watch, cancel and retry jobs, rescore finished runs, run workers, list
+methods and tasks.
 
 Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
 2 bad input (an invalid config, an unknown job id, bad arguments). Errors are one line on stderr,
-logs go to stderr, and stdout carries only the answer. Only `worker` imports torch (through the
-pipeline, when a job starts).
+logs go to stderr, and stdout carries only the answer. Only `worker` (through the pipeline, when a
+job starts) and `prune` (which prunes in-process and saves the model to --out) import torch.
 """
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("id", type=int, metavar="ID")
         sub.add_argument("--json", action="store_true")
 
+    rescore = commands.add_parser(
+        "rescore", help="score a succeeded run's stored outputs again with the current scorers (no model)"
+    )
+    rescore.add_argument("id", type=int, metavar="RUN_ID")
+    rescore.add_argument("--json", action="store_true")
+
+    prune = commands.add_parser(
+        "prune", help="prune a config's model and save it (no queue, no evaluation; progress on stderr)"
+    )
+    prune.add_argument("config", metavar="CONFIG", help="config file (.json is JSON, else YAML); '-' reads stdin")
+    prune.add_argument("--out", required=True, metavar="DIR",
+                       help="directory for the pruned model (safetensors, config, tokenizer, pruneboard_manifest.json)")
+
     worker = commands.add_parser("worker", help="run jobs in this process")
     worker.add_argument("--drain", action="store_true", help="exit once no job is queued")
     worker.add_argument("--id", dest="worker_id", metavar="NAME", help="worker id (default hostname:pid)")
@@ -68,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     handler = {
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
-        "worker": _worker, "methods": _methods, "tasks": _tasks,
+        "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
     }[args.command]
     try:
         handler(args)
@@ -131,6 +145,48 @@ def _retry(args: argparse.Namespace) -> None:
     _answer(args, {"id": job.id, "state": job.state.value}, f"job {job.id}: queued again")
 
 
+def _rescore(args: argparse.Namespace) -> None:
+    from jobs.rescore import rescore
+
+    report = _transition(lambda: rescore(args.id))
+    if args.json:
+        _print_json(report)
+        return
+    print(f"job {report['id']}: rescored with scorer version {report['scorer_version']}")
+    for task in report["tasks"]:
+        if not task["rescored"]:
+            print(f"  {task['task']}: {task['reason']}")
+            continue
+        cut = f", {task['truncated_traces']} from traces cut for storage" if task["truncated_traces"] else ""
+        print(f"  {task['task']}: {task['samples']} samples, {task['changed']} changed{cut}")
+        for score in task["scores"]:
+            mark = "*" if score["primary"] else " "
+            print(f"    {mark}{score['metric']}: {_fmt(score['old'])} -> {_fmt(score['new'])}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _prune(args: argparse.Namespace) -> None:
+    config = _load_config(args.config)
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise _Fail(f"--out {out} exists and is not an empty directory")
+    from backend.export import prune_only, save_pruned
+
+    def progress(fraction: float, text: str) -> None:
+        print(f"[{fraction * 100:3.0f}%] {text}", file=sys.stderr, flush=True)
+
+    try:
+        loaded, report, manifest = prune_only(config, progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _Fail(str(exc)) from None
+    saved = save_pruned(loaded, report, manifest, out)
+    progress(1.0, f"saved to {saved}")
+    print(saved)
+
+
 def _worker(args: argparse.Namespace) -> None:
     from jobs.worker import Worker
 
@@ -174,8 +230,12 @@ def _tasks(args: argparse.Namespace) -> None:
             "higher_is_better": t.higher_is_better,
             "metrics": list(t.metrics),
             "description": t.description,
+            "lm_eval_task": t.lm_eval_task,
             "data_files": list(t.data_files),
+            "data_paths": [str(data_dir / f) for f in t.data_files],
+            "data_schema": t.data_schema,
             "data_present": t.data_present(data_dir),
+            "hub_dataset": t.hub_dataset,
         }
         for t in list_tasks()
     ]
@@ -184,6 +244,8 @@ def _tasks(args: argparse.Namespace) -> None:
         return
     for t in tasks:
         data = "data ok" if t["data_present"] else f"MISSING {', '.join(t['data_files'])} in {data_dir}"
+        if not t["data_present"] and t["hub_dataset"]:
+            data += f" (or {t['hub_dataset']} from the hub)"
         arrow = "higher" if t["higher_is_better"] else "lower"
         print(f"{t['name']:<20} {t['category']:<15} {t['output_type']:<14} {t['primary_metric']} ({arrow} is better)  {data}")
 

@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session
 from backend import settings
 from backend.config import JobConfig, canonical_json, config_hash
 from backend.result import RunResult, SampleRecord
-from db.schema import Job, Sample, SampleCheckpoint, Score, utcnow
+from backend.scoring import SCORER_VERSION
+from backend.trace_stats import trace_stats
+from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
 from jobs.states import InvalidTransition, JobNotFound, JobState, LostClaim
 
@@ -229,7 +231,7 @@ def record_sample(job_id: int, attempt: int, sample: SampleRecord) -> None:
                 SampleCheckpoint.doc_id == sample.doc_id,
             )
         )
-        session.execute(insert(SampleCheckpoint), [{**_sample_row(job_id, sample), "attempt": attempt}])
+        session.execute(insert(SampleCheckpoint), [_checkpoint_row(job_id, attempt, sample)])
 
 
 def completed_samples(job_id: int) -> list[SampleRecord]:
@@ -244,10 +246,15 @@ def completed_samples(job_id: int) -> list[SampleRecord]:
 
 
 def complete(job_id: int, attempt: int, result: RunResult) -> bool:
-    """Store a finished run in ONE transaction: scores, samples, efficiency, manifest and
-    state=succeeded together. Writes nothing and returns False unless the job still runs under this
-    attempt and no cancel was requested. Raises (and writes nothing) if storing fails."""
+    """Store a finished run in ONE transaction: scores, samples (previews), their compressed
+    traces, trace statistics, efficiency, manifest and state=succeeded together. Writes nothing and
+    returns False unless the job still runs under this attempt and no cancel was requested. Raises
+    (and writes nothing) if storing fails."""
+    from db.traces import encode_traces
+
     now = utcnow()
+    # The pipeline's statistics; else (other executors) the same function on the generated samples.
+    stats = getattr(result, "trace_stats", None) or trace_stats([s for s in result.samples if s.finish_reason is not None])
     with write_session() as session:
         owned = session.execute(
             update(Job)
@@ -264,6 +271,7 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
                 efficiency_json=_jsonable(result.efficiency),
                 prune_report_json=_jsonable(result.prune_report),
                 stage_seconds_json=_jsonable(result.stage_seconds),
+                trace_stats_json=_jsonable(stats),
             ),
             execution_options={"synchronize_session": False},
         ).rowcount
@@ -273,7 +281,8 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
         if result.scores:
             session.execute(insert(Score), [_score_row(job_id, score) for score in result.scores])
         if result.samples:
-            session.execute(insert(Sample), [_sample_row(job_id, sample) for sample in result.samples])
+            session.execute(insert(Sample), [_stored_sample_row(job_id, sample) for sample in result.samples])
+            session.execute(insert(Trace), encode_traces(job_id, result.samples, settings.trace_cap_bytes()))
         session.execute(delete(SampleCheckpoint).where(SampleCheckpoint.job_id == job_id))
     logger.info("job %d succeeded (%d scores, %d samples)", job_id, len(result.scores), len(result.samples))
     return True
@@ -393,6 +402,7 @@ def _score_row(job_id: int, score: Any) -> dict[str, Any]:
         "higher_is_better": bool(score.higher_is_better),
         "is_primary": bool(score.primary),
         "comparability_key": score.comparability_key,
+        "scorer_version": SCORER_VERSION,
     }
 
 
@@ -409,7 +419,27 @@ def _sample_row(job_id: int, sample: SampleRecord) -> dict[str, Any]:
         "prompt_tokens": sample.prompt_tokens,
         "output_tokens": sample.output_tokens,
         "metrics_json": _jsonable(dict(sample.metrics)),
+        "answer": sample.answer,
+        "finish_reason": sample.finish_reason,
+        "thinking_tokens": sample.thinking_tokens,
+        "truncated": bool(sample.truncated),
+        "repetition": _finite(sample.repetition),
     }
+
+
+def _checkpoint_row(job_id: int, attempt: int, sample: SampleRecord) -> dict[str, Any]:
+    """Checkpoints keep every text in full: a resumed attempt rebuilds the records from them."""
+    return {**_sample_row(job_id, sample), "attempt": attempt, "reasoning": sample.reasoning}
+
+
+def _stored_sample_row(job_id: int, sample: SampleRecord) -> dict[str, Any]:
+    """A final sample: previews of the long texts (the full ones go to `traces`) and flags."""
+    row = _sample_row(job_id, sample)
+    for name in ("prompt", "output", "answer"):
+        if row[name] is not None:
+            row[name] = row[name][:SAMPLE_PREVIEW_CHARS]
+    row["output_chars"] = len(sample.output)
+    return row
 
 
 def _sample_record(row: Sample | SampleCheckpoint) -> SampleRecord:
@@ -424,4 +454,10 @@ def _sample_record(row: Sample | SampleCheckpoint) -> SampleRecord:
         prompt_tokens=row.prompt_tokens,
         output_tokens=row.output_tokens,
         metrics={k: (math.nan if v is None else v) for k, v in (row.metrics_json or {}).items()},
+        reasoning=getattr(row, "reasoning", None),
+        answer=row.answer,
+        finish_reason=row.finish_reason,
+        thinking_tokens=row.thinking_tokens,
+        truncated=bool(row.truncated),
+        repetition=row.repetition,
     )

@@ -14,7 +14,11 @@ from backend.tasks.base import TaskDataMissing
 from backend.tasks.synthetic import generate_arith_rows, generate_mc_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_TASKS = ["gsm8k", "piqa", "synthetic-arith", "synthetic-mc", "winogrande"]
+ALL_TASKS = sorted(["gsm8k", "piqa", "synthetic-arith", "synthetic-mc", "winogrande",
+                    "aime24", "aime25", "amc23", "gpqa-diamond", "jeebench", "math500",
+                    "arc-challenge", "arc-easy", "boolq", "hellaswag", "ifeval", "openbookqa",
+                    "popqa", "truthfulqa-mc2", "wikitext2-ppl",
+                    "humaneval", "humaneval-plus", "livecodebench"])
 REAL_DATA_TASKS = {"piqa": 1838, "winogrande": 1267, "gsm8k": 1319}
 
 
@@ -38,7 +42,7 @@ def test_registry_lists_every_task_with_a_consistent_spec():
     assert sorted(specs) == ALL_TASKS
     for spec in specs.values():
         assert spec.primary_metric in spec.metrics
-        assert spec.higher_is_better
+        assert spec.higher_is_better is (spec.category != "perplexity")  # perplexity: lower is better
         assert spec.description
     assert specs["synthetic-mc"].data_files == ()
     assert specs["gsm8k"].default_max_new_tokens >= 256
@@ -232,4 +236,4 @@ def test_reasoning_is_stripped_before_extraction():
 
 
 def test_scorer_version_is_a_string():
-    assert scoring.SCORER_VERSION == "1"
+    assert scoring.SCORER_VERSION == "2"  # 2: think outputs cut at stop strings after the reasoning only

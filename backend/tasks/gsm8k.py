@@ -42,6 +42,17 @@ def process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, float]
     return {"exact_match": exact_match(results[0], doc_to_target(doc))}
 
 
+def rescore(sample) -> tuple[str | None, dict[str, float]]:
+    """`TaskSpec.rescore`: both filters of `build` again on the stored answer text, no model."""
+    text = sample.answer if sample.answer is not None else sample.output
+    strict = strict_filter([[text]], [{}])[0][0]
+    flexible = flexible_filter([[text]], [{}])[0][0]
+    return flexible, {
+        "exact_match,strict-match": exact_match(strict, sample.gold),
+        "exact_match,flexible-extract": exact_match(flexible, sample.gold),
+    }
+
+
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
     require_files("gsm8k", data_dir, DATA_FILES)
     splits = {"test": data_dir / DATA_FILES[0]}
@@ -86,4 +97,6 @@ register_task(TaskSpec(
     data_files=DATA_FILES,
     metrics=("exact_match,strict-match", "exact_match,flexible-extract"),
     default_max_new_tokens=MAX_NEW_TOKENS,
+    rescore=rescore,
+    lm_eval_task="gsm8k",
 ))

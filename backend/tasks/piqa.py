@@ -58,4 +58,5 @@ register_task(TaskSpec(
     build=build,
     data_files=DATA_FILES,
     metrics=("acc", "acc_norm"),
+    lm_eval_task="piqa",
 ))

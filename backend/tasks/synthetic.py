@@ -139,6 +139,13 @@ def arith_process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, 
     return {"exact_match": exact_match(results[0], doc["answer"])}
 
 
+def arith_rescore(sample) -> tuple[str | None, dict[str, float]]:
+    """`TaskSpec.rescore`: the filter of `build_arith` again on the stored answer text, no model."""
+    text = sample.answer if sample.answer is not None else sample.output
+    extracted = flexible_filter([[text]], [{}])[0][0]
+    return extracted, {"exact_match": exact_match(extracted, sample.gold)}
+
+
 def build_arith(data_dir: Path, workdir: Path) -> dict[str, Any]:
     path = write_jsonl(workdir / "synthetic-arith" / "test.jsonl", generate_arith_rows())
     return {
@@ -188,4 +195,5 @@ register_task(TaskSpec(
     build=build_arith,
     metrics=("exact_match",),
     default_max_new_tokens=ARITH_MAX_NEW_TOKENS,
+    rescore=arith_rescore,
 ))

@@ -63,4 +63,5 @@ register_task(TaskSpec(
     build=build,
     data_files=DATA_FILES,
     metrics=("acc",),
+    lm_eval_task="winogrande",
 ))

@@ -1,0 +1,87 @@
+"""OpenBookQA (elementary science, 4 options) scored like lm-eval's `openbookqa` task (version 1.0).
+
+Bring your own data: `openbookqa/test.jsonl` under PRUNEBOARD_DATA_DIR (500 questions of the `main`
+configuration), one question a line, in either layout:
+* the Hugging Face `allenai/openbookqa` layout: `question_stem`, `choices` {`text`: [...],
+  `label`: [...]}, `answerKey`;
+* the original release layout (`Main/test.jsonl`): `question` {`stem`, `choices`: [{`text`,
+  `label`}, ...]}, `answerKey`.
+`build` writes the first layout into the work directory; without the file and with hub access the
+task reads `allenai/openbookqa` (`main`).
+
+lm-eval's prompt: the context is the bare `question_stem`, continuations " " + each choice text,
+target the index of `answerKey` (left-stripped) among the labels, metrics `acc` and `acc_norm`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from backend.tasks._common import write_jsonl
+from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
+from backend.tasks.base import TaskSpec, register_task
+
+NAME = "openbookqa"
+DATA_FILES = ("openbookqa/test.jsonl",)
+HUB_DATASET = "allenai/openbookqa"
+HUB_NAME = "main"
+SCHEMA = ("JSON lines: question_stem, choices {text: [...], label: [...]}, answerKey "
+          "(allenai/openbookqa fields), or the original layout question {stem, choices: [{text, label}]}")
+
+LOCAL_SPLITS = {"test_split": "test", "fewshot_split": "test"}
+"""One local file: evaluated, and the few-shot pool (lm-eval leaves the evaluated row out)."""
+HUB_SPLITS = {"training_split": "train", "validation_split": "validation", "test_split": "test"}
+"""lm-eval's own splits when reading the hub."""
+
+
+def normalise(row: dict[str, Any]) -> dict[str, Any]:
+    """A row in the Hugging Face layout, whichever layout it came in."""
+    if "question_stem" in row:
+        stem = row["question_stem"]
+        choices = {"text": list(row["choices"]["text"]), "label": list(row["choices"]["label"])}
+    else:  # original release
+        options = row["question"]["choices"]
+        stem = row["question"]["stem"]
+        choices = {"text": [o["text"] for o in options], "label": [o["label"] for o in options]}
+    return {"id": str(row.get("id", "")), "question_stem": stem, "choices": choices,
+            "answerKey": row["answerKey"]}
+
+
+def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
+    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
+    path = None
+    if local:
+        rows = read_rows(data_dir / DATA_FILES[0])
+        require_fields(NAME, data_dir / DATA_FILES[0], rows, ("answerKey",))
+        path = write_jsonl(workdir / NAME / "test.jsonl", [normalise(r) for r in rows])
+    return {
+        "task": NAME,
+        **dataset_keys(local, "test", path, HUB_DATASET, HUB_NAME),
+        **(LOCAL_SPLITS if local else HUB_SPLITS),
+        "output_type": "multiple_choice",
+        "doc_to_text": "question_stem",
+        "doc_to_target": "{{choices.label.index(answerKey.lstrip())}}",
+        "doc_to_choice": "{{choices.text}}",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+        "metadata": {"version": 1.0},
+    }
+
+
+register_task(TaskSpec(
+    name=NAME,
+    category="classification",
+    output_type="loglikelihood",
+    primary_metric="acc",
+    higher_is_better=True,
+    description="OpenBookQA test (500 four-option science questions), lm-eval's prompt; "
+                "log-likelihood accuracy (acc, acc_norm), chance 0.25.",
+    build=build,
+    data_files=DATA_FILES,
+    metrics=("acc", "acc_norm"),
+    lm_eval_task="openbookqa",
+    hub_dataset=HUB_DATASET,
+    data_schema=SCHEMA,
+))
