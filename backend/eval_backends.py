@@ -1,6 +1,6 @@
 """Evaluation back ends and batch sizes: `evaluation.backend` (hf | vllm) and `evaluation.batch_size`.
 
-* `hf` (default): lm-eval's HFLM on the in-memory pruned model (`backend.evaluation._make_lm`).
+* `hf` (default): lm-eval's HFLM on the in-memory pruned model (`backend.lm_eval_adapter`).
 * `vllm`: CUDA workers with `vllm` installed (an optional extra, not in requirements.txt:
   `pip install vllm` on the GPU worker). vLLM cannot take an in-memory torch module, so the pruned
   model and its tokenizer are saved (`save_pretrained`, safetensors; depth-pruned models carry their

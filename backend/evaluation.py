@@ -43,18 +43,28 @@ import hashlib
 import inspect
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from backend.config import EvaluationConfig, TaskConfig
-from backend.eval_backends import fixed_batch_size, resolve_batch_size
+from backend.eval_backends import fixed_batch_size
 from backend.eval_records import aggregate
 from backend.eval_records import records as build_records
+from backend.lm_eval_adapter import (
+    ProgressTracker,
+    build_lm_eval_task,
+    make_evaluation_lm,
+    run_task,
+)
 from backend.manifest import package_version
 from backend.result import SampleRecord, ScoreRecord
-from backend.scoring import SCORER_VERSION, cut_at_stop, reasoning_filter, split_thinking, think_markers
+from backend.scoring import (
+    SCORER_VERSION,
+    reasoning_filter,
+    split_thinking,
+    think_markers,
+)
 from backend.tasks import get_task
 from backend.tasks.base import TaskSpec
 
@@ -141,11 +151,11 @@ def evaluate(
     ]
     # Log-likelihood tasks (no chat template) first, then generation tasks (chat template).
     prepared.sort(key=lambda p: p.spec.uses_chat_template)
-    tracker = _Tracker(progress, sum(p.weight for p in prepared))
+    tracker = ProgressTracker(progress, sum(p.weight for p in prepared))
 
     new_samples: dict[str, list[SampleRecord]] = {}
     if any(p.todo for p in prepared):
-        lm = _make_evaluation_lm(model, tokenizer, evaluation, tracker, device=device, workdir=workdir,
+        lm = make_evaluation_lm(model, tokenizer, evaluation, tracker, device=device, workdir=workdir,
                                  dtype=dtype)
         for p in prepared:
             if not p.todo:
@@ -154,7 +164,7 @@ def evaluate(
                         p.spec.name, len(p.todo), p.n_docs, len(p.kept))
             tracker.start_task(p.spec.name, p.weight)
             lm.think_control = p.think
-            examples = _run_lm_eval(lm, p, seeds)
+            examples = run_task(lm, p, seeds)
             records = build_records(p, examples, tokenizer)
             for record in records:
                 on_sample(record)
@@ -251,7 +261,7 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
     lm_config["dataset_kwargs"] = {
         **lm_config.get("dataset_kwargs", {}), "cache_dir": str(task_dir / "hf-datasets"),
     }
-    task = _build_lm_eval_task(lm_config)
+    task = build_lm_eval_task(lm_config)
     total = len(task.eval_docs)
     n_docs = min(tc.limit, total) if tc.limit else total
 
@@ -439,166 +449,3 @@ def _estimate_requests(task, spec: TaskSpec, todo: list[int]) -> int:
 
 def _request_cost(generation: dict[str, Any] | None) -> float:
     return 1.0 if generation is None else max(1.0, generation["max_gen_toks"] * GENERATE_COST_PER_TOKEN)
-
-
-# --- lm-eval --------------------------------------------------------------------------------------
-
-
-def _build_lm_eval_task(lm_config: dict[str, Any]):
-    from lm_eval.tasks import TaskManager
-
-    loaded = TaskManager(include_defaults=False).load([lm_config])
-    return loaded["tasks"][lm_config["task"]]
-
-
-class _Tracker:
-    """Turns finished-request counts into overall progress; weights tasks by estimated cost."""
-
-    def __init__(self, progress: Callable[[float, str], None], total_weight: float):
-        self.progress = progress
-        self.total_weight = total_weight or 1.0
-        self.weight_done = 0.0
-        self.task = ""
-        self.task_weight = 0.0
-        self.requests = 0
-        self.finished = 0
-
-    def start_task(self, name: str, weight: float) -> None:
-        self.task, self.task_weight, self.requests, self.finished = name, weight, 0, 0
-
-    def begin_requests(self, count: int) -> None:
-        self.requests, self.finished = count, 0
-
-    def request_finished(self) -> None:
-        self.finished += 1
-
-    def before_batch(self) -> None:
-        share = min(self.finished / self.requests, 1.0) if self.requests else 0.0
-        fraction = (self.weight_done + share * self.task_weight) / self.total_weight
-        self.progress(min(fraction, 1.0), f"{self.task}: {self.finished}/{self.requests} requests")
-
-    def end_task(self) -> None:
-        self.weight_done += self.task_weight
-
-
-class _CountingHook:
-    """lm-eval's cache hook sees every finished request once; we count them (and cache nothing)."""
-
-    def __init__(self, tracker: _Tracker):
-        self.tracker = tracker
-
-    def add_partial(self, attr: str, req: Any, res: Any) -> None:
-        self.tracker.request_finished()
-
-
-def _make_evaluation_lm(model, tokenizer, evaluation: EvaluationConfig, tracker: _Tracker, *, device: str,
-                        workdir: Path, dtype: str):
-    """The lm-eval model of `evaluation.backend` (see `backend.eval_backends`)."""
-    batch_size = resolve_batch_size(evaluation.batch_size, device)
-    if evaluation.backend == "vllm":
-        from backend.eval_backends import make_vllm_lm
-
-        return make_vllm_lm(model, tokenizer, batch_size, tracker, workdir, dtype)
-    return _make_lm(model, tokenizer, batch_size, tracker)
-
-
-def _make_lm(model, tokenizer, batch_size: int | str, tracker: _Tracker):
-    from lm_eval.models.huggingface import HFLM
-
-    class TrackedHFLM(HFLM):
-        """HFLM that reports progress before every model batch; batching and order are untouched."""
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            tracker.begin_requests(len(requests))
-            return super().loglikelihood(requests, disable_tqdm=True)
-
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            tracker.begin_requests(len(requests))
-            results = super().generate_until(requests, disable_tqdm=True)
-            control = self.think_control
-            if control is not None:  # stop strings count only after the end of thinking
-                results = [cut_at_stop(r, control.stops, control.markers[1]) for r in results]
-            return results
-
-        def _model_call(self, inps, attn_mask=None, labels=None):
-            tracker.before_batch()
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-
-        think_control = None
-        """Set per task by `evaluate`: a `backend.thinking.ThinkControl` (think paradigm) or None."""
-
-        def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            tracker.before_batch()
-            if self.think_control is None:
-                return super()._model_generate(context, max_length, stop, **generation_kwargs)
-            return _think_generate(self, self.think_control, context, max_length, generation_kwargs)
-
-        def get_model_info(self) -> dict:
-            return {}  # the stock one asks the hub for a revision sha
-
-    lm = TrackedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    lm.set_cache_hook(_CountingHook(tracker))
-    return lm
-
-
-def _think_generate(lm, control, context, max_length: int, generation_kwargs: dict[str, Any]):
-    """Think-paradigm generation for a left-padded batch; returns prompt + new ids as HF generate does.
-
-    Without budget forcing or extension: one batched `generate` whose only stop strings are those
-    after the end marker (`backend.thinking.stop_after_thinking`). With them: one row at a time
-    (`backend.thinking.generate_controlled`).
-    """
-    import torch
-    from transformers import StoppingCriteriaList
-
-    from backend.thinking import generate_controlled, stop_after_thinking
-
-    kwargs = dict(generation_kwargs)
-    attention = kwargs.pop("attention_mask", None)
-    if not kwargs.get("do_sample"):
-        kwargs.pop("temperature", None)
-        kwargs.pop("top_p", None)
-        kwargs["do_sample"] = False
-    prompt_len = context.shape[1]
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eot_token_id
-    if not control.controlled:
-        criteria = StoppingCriteriaList([stop_after_thinking(
-            lm.tokenizer, control.markers[1], control.stops, prompt_len, context.shape[0])])
-        return lm.model.generate(input_ids=context, attention_mask=attention, max_length=max_length,
-                                 stopping_criteria=criteria, pad_token_id=pad, use_cache=True, **kwargs)
-    rows = []
-    control.last_info = []
-    for i in range(context.shape[0]):
-        ids = context[i].tolist()
-        if attention is not None:
-            ids = [t for t, m in zip(ids, attention[i].tolist()) if m]
-        new, info = generate_controlled(lm.model, lm.tokenizer, ids, max_new_tokens=max_length - prompt_len,
-                                        control=control, gen_kwargs=kwargs)
-        control.last_info.append(info)
-        rows.append(context[i].tolist() + new)
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=context.device)
-
-
-def _run_lm_eval(lm, p: _Prepared, seeds: dict[str, int]) -> list[dict[str, Any]]:
-    """One lm-eval pass over the task's remaining documents; returns lm-eval's logged samples."""
-    import numpy as np
-    from lm_eval import evaluator
-    from lm_eval.utils import set_torch_seed
-
-    random.seed(seeds["random"])
-    np.random.seed(seeds["numpy"])
-    set_torch_seed(seeds["torch"])
-    task = p.task
-    task.set_fewshot_seed(seed=seeds["fewshot"])
-    name = p.spec.name
-    results = evaluator.evaluate(
-        lm=lm,
-        task_dict={"tasks": {name: task}, "groups": {}, "group_map": {}},
-        samples={name: p.todo},
-        bootstrap_iters=0,
-        log_samples=True,
-        apply_chat_template=p.spec.uses_chat_template,
-        fewshot_as_multiturn=True,
-    )
-    return results["samples"][name]
