@@ -90,6 +90,7 @@ class ShortGPT(PruningMethod):
         progress: Callable[[float, str], None],
     ) -> PruneReport:
         from backend.models import count_parameters
+        from backend.pruning.depth import depth_report
         from backend.pruning.layers import get_decoder_layers, remove_layers
 
         if calibration is None:
@@ -105,17 +106,7 @@ class ShortGPT(PruningMethod):
         scores = block_influence(model, calibration, lambda f, text: progress(0.95 * f, text))
         removed = remove_layers(model, layers_to_remove(scores, count))
         progress(1.0, f"shortgpt: removed layers {removed}")
-        return PruneReport(
-            method=self.name,
-            requested_sparsity=sparsity,
-            achieved_sparsity=len(removed) / total,
-            params_before=params_before,
-            params_after=count_parameters(model),
-            details={
-                "removed_layers": removed,
-                "block_influence": [round(s, 8) for s in scores],
-                "layers_before": total,
-                "layers_after": total - len(removed),
-                "tie_break": "lower index removed first",
-            },
-        )
+        # the details keys every depth method shares (backend.pruning.depth), plus `block_influence`
+        return depth_report(self.name, model, sparsity, params_before, total, removed, scores,
+                            "block_influence", "lowest removed",
+                            block_influence=[round(s, 8) for s in scores])

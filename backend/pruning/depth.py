@@ -1,0 +1,159 @@
+"""What the depth methods (shortgpt, sleb, shortened-ppl, shortened-taylor) share.
+
+* `depth_count(method, sparsity, total)`: n = round(sparsity x L), with clear errors for n = 0 and
+  n = L (raised before any calibration work);
+* `cache_block_inputs(...)`: replays the decoder one block at a time and keeps the hidden states
+  entering every listed block, per calibration batch (what SLEB and Shortened-PPL restart from);
+* `lm_nll(model, hidden, ids)`: summed next-token NLL of the calibration ids from the last block's
+  output hidden states (final norm + lm_head), so "perplexity with block i removed" only re-runs the
+  blocks after i;
+* `depth_report(...)`: the report every depth method writes, with the same `details` keys:
+  `removed_layers` (sorted original indices), `scores` (one per original layer), `score_name`,
+  `score_rule` (which scores are removed), `layers_before`, `layers_after`, `tie_break`.
+
+Torch is imported inside functions only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from backend.pruning.base import PruneReport
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["BATCH_SIZE", "BlockCache", "cache_block_inputs", "depth_count", "depth_report", "lm_nll",
+           "lowest", "nll_from"]
+
+BATCH_SIZE = 4
+"""Calibration sequences per forward: bounds activation (and logits) memory; does not change scores."""
+
+
+def depth_count(method: str, sparsity: float, total: int) -> int:
+    """n = round(sparsity x L) blocks to remove; ValueError when that is 0 or every block."""
+    count = round(sparsity * total)
+    if count < 1:
+        raise ValueError(f"{method}: sparsity {sparsity} removes round({sparsity} x {total}) = 0 of "
+                         f"{total} layers; use at least {1 / total:.4f} (one layer)")
+    if count >= total:
+        raise ValueError(f"{method}: sparsity {sparsity} would remove all {total} layers")
+    return count
+
+
+def lowest(scores: Sequence[float], count: int) -> list[int]:
+    """Indices of the `count` lowest scores, ties to the lower index, returned sorted."""
+    ranked = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    return sorted(ranked[:count])
+
+
+@dataclass
+class BlockCache:
+    """Per calibration batch: its token ids, the block kwargs (mask, rotary embeddings) and the
+    hidden states entering each cached block (`inputs[b][k]` enters `blocks[k]`)."""
+
+    blocks: list[int]
+    ids: list["torch.Tensor"]
+    kwargs: list[dict[str, Any]]
+    inputs: list[list["torch.Tensor"]]
+    final: list["torch.Tensor"]
+    """Output of the last listed block, per batch."""
+
+
+def cache_block_inputs(model: "nn.Module", calibration: "torch.Tensor", blocks: Sequence[int] | None = None,
+                       batch_size: int = BATCH_SIZE) -> BlockCache:
+    """Run the calibration through `blocks` (original indices, in order; default all) and cache the
+    input of every one of them. Skipped blocks are simply not run (as if removed)."""
+    import torch
+
+    from backend.pruning.layers import capture_layer_inputs, get_decoder_layers, run_layer
+
+    layers = get_decoder_layers(model)
+    blocks = list(range(len(layers))) if blocks is None else list(blocks)
+    device = model.get_input_embeddings().weight.device
+    cache = BlockCache(blocks, [], [], [], [])
+    with torch.no_grad():
+        for batch in calibration.split(batch_size):
+            batch = batch.to(device)
+            captured = capture_layer_inputs(model, batch)
+            hidden, per_block = captured.hidden, []
+            for index in blocks:
+                per_block.append(hidden)
+                hidden = run_layer(layers[index], hidden, captured.kwargs)
+            cache.ids.append(batch)
+            cache.kwargs.append(captured.kwargs)
+            cache.inputs.append(per_block)
+            cache.final.append(hidden)
+    return cache
+
+
+def lm_nll(model: "nn.Module", hidden: "torch.Tensor", ids: "torch.Tensor") -> tuple[float, int]:
+    """(summed next-token NLL, predicted tokens) of `ids` given the last block's output `hidden`."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        normed = model.model.norm(hidden[:, :-1])
+        logits = model.get_output_embeddings()(normed).float()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        targets = ids[:, 1:].to(logits.device)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return float(nll.double().item()), int(targets.numel())
+
+
+def nll_from(model: "nn.Module", cache: BlockCache, start: int, skip: int | None = None) -> float:
+    """Mean NLL per token when the cached input of `cache.blocks[start]` runs through
+    `cache.blocks[start:]` with position `skip` left out (None: none left out)."""
+    import torch
+
+    from backend.pruning.layers import get_decoder_layers, run_layer
+
+    layers = get_decoder_layers(model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b, ids in enumerate(cache.ids):
+            hidden = cache.inputs[b][start]
+            for pos in range(start, len(cache.blocks)):
+                if pos != skip:
+                    hidden = run_layer(layers[cache.blocks[pos]], hidden, cache.kwargs[b])
+            nll, n = lm_nll(model, hidden, ids)
+            total += nll
+            count += n
+    return total / count
+
+
+def depth_report(method: str, model: "nn.Module", sparsity: float, params_before: int, total: int,
+                 removed: list[int], scores: Sequence[float], score_name: str, score_rule: str,
+                 **extra: Any) -> PruneReport:
+    """The common depth report, measured on the pruned model."""
+    from backend.models import count_parameters
+
+    return PruneReport(
+        method=method,
+        requested_sparsity=sparsity,
+        achieved_sparsity=len(removed) / total,
+        params_before=params_before,
+        params_after=count_parameters(model),
+        details={
+            "removed_layers": sorted(removed),
+            "scores": [round(float(s), 8) for s in scores],
+            "score_name": score_name,
+            "score_rule": score_rule,
+            "layers_before": total,
+            "layers_after": total - len(removed),
+            "tie_break": "lower index removed first",
+            **extra,
+        },
+    )
+
+
+def check_depth_sparsity(method: str, sparsity: float) -> None:
+    """Submit-time check (L is unknown then; n = 0 and n = L are rejected in `prune`)."""
+    if sparsity <= 0:
+        raise ValueError(f"{method} needs a sparsity > 0 (the fraction of decoder layers to remove)")
+
+
+ProgressFn = Callable[[float, str], None]

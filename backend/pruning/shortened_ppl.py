@@ -1,0 +1,85 @@
+"""`shortened-ppl`: one-shot depth pruning by perplexity (Kim et al. 2024, Shortened LLaMA,
+https://arxiv.org/abs/2402.02834, PPL criterion).
+
+The importance of block i is the calibration perplexity of the model with block i alone removed.
+The hidden states entering every block are cached in one dense pass; block i's score restarts from
+the cached input of block i and runs only the blocks after it (plus final norm and lm_head). The
+n = round(sparsity x L) blocks with the lowest scores (removal hurts least) are removed at once, for
+real. Ties go to the lower index. Cost: about L^2 / 2 block forwards and L lm_head passes.
+
+Unlike `sleb`, nothing is re-measured after a removal: the scores are those of single removals.
+
+`details`: `removed_layers`, `scores` (perplexity without each block), `dense_ppl`.
+Example config: `pruning: {method: shortened-ppl, sparsity: 0.25}` with a `calibration:` section.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable
+
+from pydantic import BaseModel
+
+from backend.pruning.base import PruningMethod, PruneReport, register_method
+from backend.pruning.depth import check_depth_sparsity
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ShortenedPPL", "ppl_without_each_block"]
+
+
+def ppl_without_each_block(
+    model: "torch.nn.Module",
+    calibration: "torch.Tensor",
+    progress: Callable[[float, str], None] = lambda fraction, text: None,
+) -> tuple[list[float], float]:
+    """(calibration perplexity with block i removed, for every i; dense calibration perplexity)."""
+    from backend.pruning.depth import cache_block_inputs, lm_nll, nll_from
+
+    cache = cache_block_inputs(model, calibration)
+    nll = [lm_nll(model, h, ids) for h, ids in zip(cache.final, cache.ids)]
+    dense = math.exp(sum(a for a, _ in nll) / sum(b for _, b in nll))
+    total = len(cache.blocks)
+    scores = []
+    for i in range(total):
+        scores.append(math.exp(nll_from(model, cache, i, skip=i)))
+        progress((i + 1) / total, f"shortened-ppl: block {i + 1}/{total}")
+    return scores, dense
+
+
+@register_method
+class ShortenedPPL(PruningMethod):
+    """Remove the decoder blocks whose single removal raises calibration perplexity least."""
+
+    name = "shortened-ppl"
+    family = "depth"
+    description = "one-shot block removal by perplexity without each block (Shortened LLaMA, Kim et al. 2024)"
+    needs_calibration = True
+    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
+
+    @classmethod
+    def check_sparsity(cls, sparsity: float) -> None:
+        check_depth_sparsity(cls.name, sparsity)
+
+    def prune(
+        self,
+        model: "torch.nn.Module",
+        sparsity: float,
+        params: BaseModel,
+        calibration: "torch.Tensor | None",
+        progress: Callable[[float, str], None],
+    ) -> PruneReport:
+        from backend.models import count_parameters
+        from backend.pruning.depth import depth_count, depth_report, lowest
+        from backend.pruning.layers import get_decoder_layers, remove_layers
+
+        if calibration is None:
+            raise ValueError("shortened-ppl needs calibration data")
+        total = len(get_decoder_layers(model))
+        count = depth_count(self.name, sparsity, total)
+        params_before = count_parameters(model)
+        scores, dense = ppl_without_each_block(model, calibration, lambda f, t: progress(0.98 * f, t))
+        removed = remove_layers(model, lowest(scores, count))
+        progress(1.0, f"shortened-ppl: removed layers {removed}")
+        return depth_report(self.name, model, sparsity, params_before, total, removed, scores,
+                            "ppl_without_block", "lowest removed", dense_ppl=round(dense, 6))

@@ -1,0 +1,132 @@
+"""`shortened-taylor`: one-shot depth pruning by first-order Taylor importance (Kim et al. 2024,
+Shortened LLaMA, https://arxiv.org/abs/2402.02834, Taylor criterion).
+
+The calibration loss L is the mean next-token NLL over the calibration tokens; its gradient is
+accumulated over batches. The importance of block i is the first-order estimate of the loss change
+when the block's weights are zeroed (which turns a pre-norm residual block into the identity):
+
+* `aggregate: block` (default): I_i = |sum over the block's parameters w of w * dL/dw|;
+* `aggregate: weight` (the paper's per-weight form): I_i = sum over w of |w * dL/dw|.
+
+"The block's parameters" are every parameter inside the decoder block (attention and MLP linears and
+the block's norms); embeddings, the final norm and lm_head get no gradient. The n = round(sparsity x L)
+blocks with the lowest importance are removed for real; ties go to the lower index.
+
+Gradients are only taken for block parameters, then dropped (`.grad = None`) and the original
+`requires_grad` flags restored, so the model comes back as it was except for the removed blocks.
+
+`details`: `removed_layers`, `scores` (importance per block), `aggregate`, `calibration_loss`.
+Example config: `pruning: {method: shortened-taylor, sparsity: 0.25}` with a `calibration:` section.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from backend.pruning.base import PruningMethod, PruneReport, register_method
+from backend.pruning.depth import check_depth_sparsity
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ShortenedTaylor", "TaylorParams", "taylor_importance"]
+
+BATCH_SIZE = 4
+"""Calibration sequences per forward/backward: bounds activation memory; does not change the scores."""
+
+
+class TaylorParams(BaseModel):
+    """`aggregate`: `block` = |sum w * dL/dw| per block; `weight` = sum |w * dL/dw| (the paper's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aggregate: Literal["block", "weight"] = "block"
+
+
+def taylor_importance(
+    model: "torch.nn.Module",
+    calibration: "torch.Tensor",
+    aggregate: str = "block",
+    progress: Callable[[float, str], None] = lambda fraction, text: None,
+) -> tuple[list[float], float]:
+    """(importance per decoder block, mean calibration loss); see the module docstring."""
+    import torch
+
+    from backend.pruning.layers import get_decoder_layers
+
+    layers = get_decoder_layers(model)
+    device = model.get_input_embeddings().weight.device
+    flags = {p: p.requires_grad for p in model.parameters()}
+    block_params = [list(layer.parameters()) for layer in layers]
+    wanted = {p for group in block_params for p in group}
+    batches = calibration.split(BATCH_SIZE)
+    targets = sum(int(b.shape[0]) * (int(b.shape[1]) - 1) for b in batches)
+    loss_sum = 0.0
+    try:
+        for p in model.parameters():
+            p.requires_grad_(p in wanted)
+            p.grad = None
+        with torch.enable_grad():
+            for b, batch in enumerate(batches):
+                batch = batch.to(device)
+                out = model(input_ids=batch, labels=batch, use_cache=False)
+                weight = batch.shape[0] * (batch.shape[1] - 1) / targets
+                (out.loss * weight).backward()
+                loss_sum += float(out.loss.detach()) * weight
+                progress(0.95 * (b + 1) / len(batches), f"shortened-taylor: gradients, batch {b + 1}/{len(batches)}")
+        scores = []
+        with torch.no_grad():
+            for group in block_params:
+                terms = [(p.detach().double() * p.grad.double()) for p in group if p.grad is not None]
+                if aggregate == "block":
+                    value = abs(sum(float(t.sum()) for t in terms))
+                else:
+                    value = sum(float(t.abs().sum()) for t in terms)
+                scores.append(value)
+    finally:
+        for p, flag in flags.items():
+            p.grad = None
+            p.requires_grad_(flag)
+    return scores, loss_sum
+
+
+@register_method
+class ShortenedTaylor(PruningMethod):
+    """Remove the decoder blocks with the lowest first-order Taylor importance on calibration data."""
+
+    name = "shortened-taylor"
+    family = "depth"
+    description = "one-shot block removal by first-order Taylor importance |w * dL/dw| (Shortened LLaMA, Kim et al. 2024)"
+    needs_calibration = True
+    Params = TaylorParams
+    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
+
+    @classmethod
+    def check_sparsity(cls, sparsity: float) -> None:
+        check_depth_sparsity(cls.name, sparsity)
+
+    def prune(
+        self,
+        model: "torch.nn.Module",
+        sparsity: float,
+        params: BaseModel | None,
+        calibration: "torch.Tensor | None",
+        progress: Callable[[float, str], None],
+    ) -> PruneReport:
+        from backend.models import count_parameters
+        from backend.pruning.depth import depth_count, depth_report, lowest
+        from backend.pruning.layers import get_decoder_layers, remove_layers
+
+        params = params if params is not None else TaylorParams()
+        if calibration is None:
+            raise ValueError("shortened-taylor needs calibration data")
+        total = len(get_decoder_layers(model))
+        count = depth_count(self.name, sparsity, total)
+        params_before = count_parameters(model)
+        scores, loss = taylor_importance(model, calibration, params.aggregate, progress)
+        removed = remove_layers(model, lowest(scores, count))
+        progress(1.0, f"shortened-taylor: removed layers {removed}")
+        return depth_report(self.name, model, sparsity, params_before, total, removed, scores,
+                            "taylor_importance", "lowest removed", aggregate=params.aggregate,
+                            calibration_loss=round(loss, 6))
