@@ -198,6 +198,58 @@ class EvaluationConfig(_Strict):
         return value
 
 
+RECOVERY_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""LoRA targets by default: every attention and MLP projection of a Llama/Qwen-style block."""
+
+
+class RecoveryConfig(_Strict):
+    """LoRA recovery fine-tuning of the pruned model (`backend.recovery`); adapters are merged after."""
+
+    enabled: bool = True
+    """A `recovery:` section switches recovery on; `enabled: false` keeps the section but skips it."""
+    data: Literal["task-aligned", "self-generated", "text", "synthetic"] = "text"
+    """Training text, built like calibration data (`backend.calibration`) from the fields below."""
+    path: str | None = None
+    """For `text`: a plain-text file; relative paths resolve against PRUNEBOARD_DATA_DIR."""
+    task: str | None = Field(None, max_length=100)
+    """For `task-aligned` and `self-generated`: the prompt source (gsm8k)."""
+    split: Literal["train", "test"] = "train"
+    num_samples: int = Field(16, ge=1, le=65536)
+    """Training sequences (windows of `seq_len` tokens), cycled through in a seeded order."""
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0.0, le=4096.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = Field(RECOVERY_DEFAULT_TARGETS, min_length=1, max_length=64)
+    """Module-name suffixes (peft semantics), checked against the model's linears before training."""
+    steps: int = Field(8, ge=1, le=100_000)
+    """Optimizer steps (the CPU default is small)."""
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    seq_len: int = Field(128, ge=8, le=32768)
+    batch_size: int = Field(2, ge=1, le=1024)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_targets(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not name or not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"not a module name: {name!r}")
+        return tuple(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _check_data(self) -> "RecoveryConfig":
+        try:
+            self.data_config()
+        except ValidationError as exc:
+            raise ValueError(_first_error(exc).split(": ", 1)[-1]) from None
+        return self
+
+    def data_config(self) -> CalibrationConfig:
+        """The training text as a calibration spec (same sources, same validation)."""
+        return CalibrationConfig(source=self.data, path=self.path, task=self.task, split=self.split,
+                                 num_samples=self.num_samples, seq_len=self.seq_len, seed=self.seed)
+
+
 class NoopArgs(_Strict):
     sleep_ms: int = Field(0, ge=0, le=3_600_000)
     fail: str | None = None
@@ -220,6 +272,8 @@ class JobConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     tasks: list[TaskConfig] = Field(min_length=1, max_length=50)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    recovery: RecoveryConfig | None = None
+    """LoRA recovery fine-tuning between pruning and evaluation (None: none; see `backend.recovery`)."""
     seed: int = Field(0, ge=0, le=2**31 - 1)
     keep_model: bool = False
     """Save the pruned model (safetensors, config, tokenizer) under $PRUNEBOARD_HOME/models/<config_hash>/."""
@@ -262,6 +316,18 @@ class JobConfig(_Strict):
             if self.paradigm != "think" and (gen.thinking_budget is not None or gen.extend_thinking):
                 raise ValueError(f"tasks.{task.name}.generation: thinking_budget and extend_thinking "
                                  "need paradigm 'think'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_recovery_targets(self) -> "JobConfig":
+        if self.recovery is not None and self.recovery.enabled and self.model.startswith("builtin:") \
+                and self.model != NOOP_MODEL:
+            from backend.recovery import BUILTIN_LINEAR_NAMES  # builtin models: module names known up front
+
+            unknown = [t for t in self.recovery.target_modules if t.split(".")[-1] not in BUILTIN_LINEAR_NAMES]
+            if unknown:
+                raise ValueError(f"recovery.target_modules: {', '.join(unknown)} match no linear module of "
+                                 f"{self.model} (linears: {', '.join(BUILTIN_LINEAR_NAMES)})")
         return self
 
     def noop_args(self) -> NoopArgs:

@@ -10,7 +10,9 @@ A saved directory holds `save_pretrained`'s safetensors and config (depth-pruned
 new `num_hidden_layers` / `layer_types`), the tokenizer files, and `pruneboard_manifest.json` (config,
 prune report, calibration, model fingerprint, library versions), so
 `AutoModelForCausalLM.from_pretrained(DIR)` gives back the pruned model with identical logits.
-Unstructured sparsity is stored as explicit zeros in dense tensors.
+Unstructured sparsity is stored as explicit zeros in dense tensors. Width-pruned models (llm-pruner,
+flap) have layers of different widths (`pruneboard_layer_widths` in config.json) that plain
+`from_pretrained` cannot build: reload them with `backend.models.load_pruned(DIR)` (or `load_model(DIR)`).
 """
 from __future__ import annotations
 
@@ -73,6 +75,12 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
         calibration.tensor if calibration is not None else None,
         lambda f, text: say(0.2 + 0.8 * f, text),
     )
+    if config.recovery is not None and config.recovery.enabled:  # LoRA recovery, merged (backend.recovery)
+        from backend.recovery import recover
+
+        loaded.model, report.details["recovery"] = recover(
+            loaded.model, loaded.tokenizer, config.recovery, data_dir, fingerprint=loaded.fingerprint,
+            paradigm=config.paradigm, progress=lambda f, text: say(1.0, text))
     say(1.0, "pruned")
     manifest = {
         **environment(),

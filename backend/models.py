@@ -35,7 +35,7 @@ from backend.model_ids import NOOP_MODEL
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LoadedModel", "count_parameters", "load_model", "state_dict_sha256"]
+__all__ = ["LoadedModel", "count_parameters", "load_model", "load_pruned", "state_dict_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,25 @@ def load_model(
     model.eval()
     say(f"loaded {model_id} on {device} ({dtype_name}, {count_parameters(model) / 1e6:.1f}M params)")
     return LoadedModel(model, tokenizer, model_id, device, dtype_name, fingerprint, files)
+
+
+def load_pruned(directory: str | Path, dtype: Any = None, device: str = "cpu") -> "torch.nn.Module":
+    """A pruned model saved by PruneBoard (`save_pruned`, `save_pretrained`), in eval mode.
+
+    Width-pruned models (llm-pruner, flap: layers of different widths, `pruneboard_layer_widths` in
+    config.json) and SliceGPT models cannot be rebuilt by plain `from_pretrained`; this rebuilds their
+    shapes first. Anything else is plain `from_pretrained`.
+    """
+    from backend.pruning.slicegpt import is_sliced_dir, load_sliced_model
+    from backend.pruning.width import load_pruned as load_width_pruned
+
+    directory = Path(directory)
+    if is_sliced_dir(directory):
+        import torch
+
+        return load_sliced_model(directory, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+                                 device=device).eval()
+    return load_width_pruned(directory, dtype=dtype, device=device)
 
 
 def count_parameters(model: "torch.nn.Module") -> int:
@@ -353,8 +372,17 @@ def _load_pretrained(model_id: str, revision: str | None, dtype, device: str, sa
         raise ValueError(f"{model_id}: no safetensors weights found")
     files = {p.name: _blob_sha256(p) for p in weights}
     fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    # device_map loads weights straight onto the device: no full CPU copy of a large model first
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, device_map=device, trust_remote_code=False)
+    from backend.pruning.slicegpt import is_sliced_dir, load_sliced_model
+
+    from backend.pruning.width import is_width_pruned_dir, load_pruned as load_width_pruned
+
+    if is_sliced_dir(directory):  # SliceGPT shortcut modules: plain from_pretrained cannot build them
+        model = load_sliced_model(directory, dtype=dtype, device=device)
+    elif is_width_pruned_dir(directory):  # per-layer head/channel counts differ: see backend.pruning.width
+        model = load_width_pruned(directory, dtype=dtype, device=device)
+    else:  # device_map loads weights straight onto the device: no full CPU copy of a large model first
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, device_map=device,
+                                                     trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     return model, tokenizer, fingerprint, files
 

@@ -1,7 +1,8 @@
 """The pure prune-and-evaluate pipeline: `run(config, events, completed) -> RunResult`.
 
 It never touches the database: executors (local worker, remote worker, Ray) call it, forward its
-events, and store the returned result. Stages: load -> calibrate -> prune -> evaluate -> efficiency.
+events, and store the returned result. Stages: load -> calibrate -> prune -> recover (only with a
+`recovery:` section) -> evaluate -> efficiency.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ STAGES: dict[str, tuple[float, float]] = {
     "load": (0.0, 0.10),
     "calibrate": (0.10, 0.15),
     "prune": (0.15, 0.35),
-    "evaluate": (0.35, 0.95),
+    "recover": (0.35, 0.45),  # LoRA recovery (`recovery:`); runs without it skip this share
+    "evaluate": (0.45, 0.95),
     "efficiency": (0.95, 1.0),
 }
 
@@ -101,6 +103,15 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         calibration.tensor if calibration is not None else None,
         reporter.stage_progress(),
     )
+    recovery = None
+    if config.recovery is not None and config.recovery.enabled:
+        reporter.stage("recover", f"LoRA recovery, {config.recovery.steps} steps")
+        from backend.recovery import recover
+
+        loaded.model, recovery = recover(loaded.model, loaded.tokenizer, config.recovery, data_dir,
+                                         fingerprint=loaded.fingerprint, paradigm=config.paradigm,
+                                         progress=reporter.stage_progress())
+        report.details["recovery"] = recovery
     saved_model = None
     if config.keep_model:  # before evaluation, which never changes the weights
         from backend.export import kept_model_dir, save_pruned
@@ -153,6 +164,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         **_leak_fields(config, data_dir, calibration is not None),
         "saved_model": saved_model,
         "resumed_samples": len(completed),
+        **({"recovery": recovery} if recovery is not None else {}),
     }
     return RunResult(
         scores=evaluation.scores,
@@ -189,6 +201,10 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
         from backend.calibration import check_calibration, model_context
 
         check_calibration(config.calibration, data_dir, context=model_context(config.model))
+    if config.recovery is not None and config.recovery.enabled:
+        from backend.calibration import check_calibration, model_context
+
+        check_calibration(config.recovery.data_config(), data_dir, context=model_context(config.model))
 
 
 def _leak_fields(config: JobConfig, data_dir: Path, calibrated: bool) -> dict:
