@@ -2,6 +2,12 @@
 decorated by `@register_method`, give it a `Params` pydantic model for its own knobs, and add
 `tests/test_pruning_<name>.py`. Method modules import torch inside `prune`, never at top level.
 """
-from backend.pruning.base import PruneReport, PruningMethod, get_method, list_methods, register_method
+from backend.pruning.base import (
+    PruneReport,
+    PruningMethod,
+    get_method,
+    list_methods,
+    register_method,
+)
 
 __all__ = ["PruneReport", "PruningMethod", "get_method", "list_methods", "register_method"]

@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from backend.pruning.base import PruneReport
+from backend.pruning.base import PruneReport, PruningMethod
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["BATCH_SIZE", "BlockCache", "cache_block_inputs", "depth_count", "depth_report", "lm_nll",
+__all__ = ["BATCH_SIZE", "BlockCache", "DepthPruningMethod", "cache_block_inputs", "depth_count", "depth_report", "lm_nll",
            "lowest", "nll_from"]
 
 BATCH_SIZE = 4
@@ -67,7 +67,11 @@ def cache_block_inputs(model: "nn.Module", calibration: "torch.Tensor", blocks: 
     input of every one of them. Skipped blocks are simply not run (as if removed)."""
     import torch
 
-    from backend.pruning.layers import capture_layer_inputs, get_decoder_layers, run_layer
+    from backend.pruning.layers import (
+        capture_layer_inputs,
+        get_decoder_layers,
+        run_layer,
+    )
 
     layers = get_decoder_layers(model)
     blocks = list(range(len(layers))) if blocks is None else list(blocks)
@@ -150,10 +154,18 @@ def depth_report(method: str, model: "nn.Module", sparsity: float, params_before
     )
 
 
-def check_depth_sparsity(method: str, sparsity: float) -> None:
-    """Submit-time check (L is unknown then; n = 0 and n = L are rejected in `prune`)."""
-    if sparsity <= 0:
-        raise ValueError(f"{method} needs a sparsity > 0 (the fraction of decoder layers to remove)")
+class DepthPruningMethod(PruningMethod):
+    """Base of the methods that remove whole decoder blocks; subclasses choose which and implement `prune`."""
+
+    family = "depth"
+    needs_calibration = True
+    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
+
+    @classmethod
+    def check_sparsity(cls, sparsity: float) -> None:
+        # Submit-time check: L is unknown then; n = 0 and n = L are rejected in `prune`.
+        if sparsity <= 0:
+            raise ValueError(f"{cls.name} needs a sparsity > 0 (the fraction of decoder layers to remove)")
 
 
 ProgressFn = Callable[[float, str], None]

@@ -132,7 +132,13 @@ class Flap(PruningMethod):
         from backend.models import count_parameters
         from backend.pruning.layers import get_decoder_layers
         from backend.pruning.width import (
-            add_bias, apply_plan, block_params, geometry, record_layer_widths, select_budget, width_details,
+            add_bias,
+            apply_plan,
+            block_params,
+            geometry,
+            record_layer_widths,
+            select_budget,
+            width_details,
         )
 
         params = params if isinstance(params, FlapParams) else FlapParams()

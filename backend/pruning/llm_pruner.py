@@ -196,7 +196,13 @@ class LLMPruner(PruningMethod):
     def prune(self, model, sparsity, params, calibration, progress) -> PruneReport:
         from backend.models import count_parameters
         from backend.pruning.layers import get_decoder_layers
-        from backend.pruning.width import apply_plan, block_params, geometry, record_layer_widths, width_details
+        from backend.pruning.width import (
+            apply_plan,
+            block_params,
+            geometry,
+            record_layer_widths,
+            width_details,
+        )
 
         params = params if isinstance(params, LLMPrunerParams) else LLMPrunerParams()
         self.check_sparsity(sparsity)

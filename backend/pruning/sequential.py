@@ -139,7 +139,12 @@ def replay_layers(
     """
     import torch
 
-    from backend.pruning.layers import capture_layer_inputs, get_decoder_layers, prunable_linears, run_layer
+    from backend.pruning.layers import (
+        capture_layer_inputs,
+        get_decoder_layers,
+        prunable_linears,
+        run_layer,
+    )
 
     layers = get_decoder_layers(model)
     target = torch.device(device) if device is not None else default_device(model)

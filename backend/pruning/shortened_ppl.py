@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel
 
-from backend.pruning.base import PruningMethod, PruneReport, register_method
-from backend.pruning.depth import check_depth_sparsity
+from backend.pruning.base import PruneReport, register_method
+from backend.pruning.depth import DepthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -48,18 +48,11 @@ def ppl_without_each_block(
 
 
 @register_method
-class ShortenedPPL(PruningMethod):
+class ShortenedPPL(DepthPruningMethod):
     """Remove the decoder blocks whose single removal raises calibration perplexity least."""
 
     name = "shortened-ppl"
-    family = "depth"
     description = "one-shot block removal by perplexity without each block (Shortened LLaMA, Kim et al. 2024)"
-    needs_calibration = True
-    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
-
-    @classmethod
-    def check_sparsity(cls, sparsity: float) -> None:
-        check_depth_sparsity(cls.name, sparsity)
 
     def prune(
         self,

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from backend.pruning.base import PruningMethod, PruneReport, register_method
-from backend.pruning.depth import check_depth_sparsity
+from backend.pruning.base import PruneReport, register_method
+from backend.pruning.depth import DepthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -92,19 +92,12 @@ def taylor_importance(
 
 
 @register_method
-class ShortenedTaylor(PruningMethod):
+class ShortenedTaylor(DepthPruningMethod):
     """Remove the decoder blocks with the lowest first-order Taylor importance on calibration data."""
 
     name = "shortened-taylor"
-    family = "depth"
     description = "one-shot block removal by first-order Taylor importance |w * dL/dw| (Shortened LLaMA, Kim et al. 2024)"
-    needs_calibration = True
     Params = TaylorParams
-    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
-
-    @classmethod
-    def check_sparsity(cls, sparsity: float) -> None:
-        check_depth_sparsity(cls.name, sparsity)
 
     def prune(
         self,

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel
 
-from backend.pruning.base import PruneReport, PruningMethod, register_method
+from backend.pruning.base import PruneReport, register_method
+from backend.pruning.depth import DepthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,11 @@ def block_influence(
     import torch
     import torch.nn.functional as F
 
-    from backend.pruning.layers import capture_layer_inputs, get_decoder_layers, run_layer
+    from backend.pruning.layers import (
+        capture_layer_inputs,
+        get_decoder_layers,
+        run_layer,
+    )
 
     layers = get_decoder_layers(model)
     device = next(model.parameters()).device
@@ -66,20 +71,11 @@ def block_influence(
 
 
 @register_method
-class ShortGPT(PruningMethod):
+class ShortGPT(DepthPruningMethod):
     """Remove the decoder blocks with the lowest Block Influence on calibration data."""
 
     name = "shortgpt"
-    family = "depth"
     description = "remove the decoder layers with the lowest Block Influence (Men et al. 2024)"
-    needs_calibration = True
-    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
-
-    @classmethod
-    def check_sparsity(cls, sparsity: float) -> None:
-        # L is unknown at submit time; n = 0 and n = L are rejected in `prune`.
-        if sparsity <= 0:
-            raise ValueError("shortgpt needs a sparsity > 0 (the fraction of decoder layers to remove)")
 
     def prune(
         self,

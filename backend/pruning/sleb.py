@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel
 
-from backend.pruning.base import PruningMethod, PruneReport, register_method
-from backend.pruning.depth import check_depth_sparsity
+from backend.pruning.base import PruneReport, register_method
+from backend.pruning.depth import DepthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -71,18 +71,11 @@ def sleb_order(
 
 
 @register_method
-class SLEB(PruningMethod):
+class SLEB(DepthPruningMethod):
     """Remove decoder blocks one at a time, each time the one whose removal hurts perplexity least."""
 
     name = "sleb"
-    family = "depth"
     description = "greedy block removal by calibration perplexity, re-measured after each removal (Song et al. 2024)"
-    needs_calibration = True
-    sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
-
-    @classmethod
-    def check_sparsity(cls, sparsity: float) -> None:
-        check_depth_sparsity(cls.name, sparsity)
 
     def prune(
         self,

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["SliceGPT", "SlicedDecoderLayer", "load_sliced", "restore_sliced_structure", "slice_model"]
+__all__ = ["SliceGPT", "load_sliced", "restore_sliced_structure", "slice_model"]
 
 logger = logging.getLogger(__name__)
 
