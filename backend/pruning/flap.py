@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from backend.pruning.base import PruneReport, PruningMethod, register_method
+from backend.pruning.base import PruneReport, register_method
+from backend.pruning.width import WidthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -110,21 +111,12 @@ def _standardise(scores: list["torch.Tensor"]) -> list["torch.Tensor"]:
 
 
 @register_method
-class Flap(PruningMethod):
+class Flap(WidthPruningMethod):
     """Remove head groups and MLP channels with the lowest standardised fluctuation; compensate with a bias."""
 
     name = "flap"
-    family = "width"
     description = "retraining-free width pruning by input fluctuation, adaptive across layers, bias compensation (An et al. 2024)"
-    needs_calibration = True
     Params = FlapParams
-    sparsity_meaning = "fraction of decoder-block parameters removed (heads and MLP channels, for real)"
-
-    @classmethod
-    def check_sparsity(cls, sparsity: float) -> None:
-        from backend.pruning.width import check_width_sparsity
-
-        check_width_sparsity(cls.name, sparsity)
 
     def prune(self, model, sparsity, params, calibration, progress) -> PruneReport:
         import torch

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from backend.pruning.base import PruneReport, PruningMethod, register_method
+from backend.pruning.base import PruneReport, register_method
+from backend.pruning.width import WidthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -177,21 +178,12 @@ def _global_lowest(scores: list["torch.Tensor"], count: int) -> dict[int, list[i
 
 
 @register_method
-class LLMPruner(PruningMethod):
+class LLMPruner(WidthPruningMethod):
     """Remove attention head groups and MLP channels with the lowest first-order Taylor importance."""
 
     name = "llm-pruner"
-    family = "width"
     description = "width pruning of head groups and MLP channels by first-order Taylor importance (Ma et al. 2023)"
-    needs_calibration = True
     Params = LLMPrunerParams
-    sparsity_meaning = "fraction of decoder-block parameters removed (heads and MLP channels, for real)"
-
-    @classmethod
-    def check_sparsity(cls, sparsity: float) -> None:
-        from backend.pruning.width import check_width_sparsity
-
-        check_width_sparsity(cls.name, sparsity)
 
     def prune(self, model, sparsity, params, calibration, progress) -> PruneReport:
         from backend.models import count_parameters

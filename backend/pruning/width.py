@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.pruning.base import PruningMethod
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -337,9 +339,17 @@ def select_budget(costs: list[int], order: list[int], target: int, allowed=None)
     return taken
 
 
-def check_width_sparsity(name: str, sparsity: float) -> None:
-    if sparsity <= 0:
-        raise ValueError(f"{name} needs a sparsity > 0 (the fraction of decoder-block parameters to remove)")
+class WidthPruningMethod(PruningMethod):
+    """Base of the methods that remove attention head groups and MLP channels for real (llm-pruner, flap)."""
+
+    family = "width"
+    needs_calibration = True
+    sparsity_meaning = "fraction of decoder-block parameters removed (heads and MLP channels, for real)"
+
+    @classmethod
+    def check_sparsity(cls, sparsity: float) -> None:
+        if sparsity <= 0:
+            raise ValueError(f"{cls.name} needs a sparsity > 0 (the fraction of decoder-block parameters to remove)")
 
 
 def apply_plan(model: "nn.Module", drop_groups: dict[int, list[int]], drop_channels: dict[int, list[int]]) -> None:
