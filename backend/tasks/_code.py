@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 logger = logging.getLogger("pruneboard.tasks.code")
 
@@ -66,3 +66,27 @@ def complete_function(prompt: str, code: str, entry_point: str) -> str:
 
 def log_outcome(task: str, doc_key: Any, result) -> None:
     logger.debug("%s %s: %s %s (%.2fs)", task, doc_key, result.status, result.reason, result.seconds)
+
+
+def code_task_config(task: str, dataset: dict[str, Any], doc_to_text: Callable, doc_to_target: Callable,
+                     process_results: Callable, max_new_tokens: int, version: float) -> dict[str, Any]:
+    """The lm-eval config shared by the code tasks: greedy chat generation, the code filter, pass@1
+    scored in `process_results` (executed in the sandbox)."""
+    from backend.tasks._common import CHAT_STOP_SEQUENCES
+
+    return {
+        "task": task,
+        **dataset,
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": doc_to_text,
+        "doc_to_target": doc_to_target,
+        "generation_kwargs": {"until": list(CHAT_STOP_SEQUENCES), "do_sample": False,
+                              "max_gen_toks": max_new_tokens},
+        "filter_list": [{"name": "extract-code",
+                         "filter": [{"function": "custom", "filter_fn": code_filter},
+                                    {"function": "take_first"}]}],
+        "process_results": process_results,
+        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": version, "scorer": CODE_SCORER_VERSION},
+    }

@@ -23,7 +23,13 @@ from typing import Any
 
 from backend.scoring import extract_choice_letter, letter_filter
 from backend.tasks._common import json_dataset, read_jsonl, require_files, write_jsonl
-from backend.tasks._reasoning import answer_filter, budgets, generation_kwargs, metric_list, scored_results
+from backend.tasks._reasoning import (
+    answer_filter,
+    budgets,
+    generation_kwargs,
+    metric_list,
+    scored_results,
+)
 from backend.tasks.base import TaskSpec, register_task
 
 DATA_FILE = "gpqa/gpqa_diamond.jsonl"

@@ -17,7 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.scoring import exact_match, extract_gsm8k_gold, flexible_filter, strict_filter
+from backend.scoring import (
+    exact_match,
+    extract_gsm8k_gold,
+    flexible_filter,
+    strict_filter,
+)
 from backend.tasks._common import CHAT_STOP_SEQUENCES, json_dataset, require_files
 from backend.tasks.base import TaskSpec, register_task
 

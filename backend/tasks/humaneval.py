@@ -29,8 +29,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._code import CODE_SCORER_VERSION, code_filter, complete_function, log_outcome
-from backend.tasks._common import CHAT_STOP_SEQUENCES, json_dataset, read_jsonl, require_files, write_jsonl
+from backend.tasks._code import code_task_config, complete_function, log_outcome
+from backend.tasks._common import (
+    json_dataset,
+    read_jsonl,
+    require_files,
+    write_jsonl,
+)
 from backend.tasks.base import TaskDataMissing, TaskSpec, register_task
 
 HUMANEVAL_FILES = ("humaneval/HumanEval.jsonl",)
@@ -116,22 +121,7 @@ def process_results_plus(doc: dict[str, Any], results: list[Any]) -> dict[str, f
 
 
 def _config(task: str, splits: dict[str, Path], process) -> dict[str, Any]:
-    return {
-        "task": task,
-        **json_dataset(splits),
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_text": doc_to_text,
-        "doc_to_target": doc_to_target,
-        "generation_kwargs": {"until": list(CHAT_STOP_SEQUENCES), "do_sample": False,
-                              "max_gen_toks": MAX_NEW_TOKENS},
-        "filter_list": [{"name": "extract-code",
-                         "filter": [{"function": "custom", "filter_fn": code_filter},
-                                    {"function": "take_first"}]}],
-        "process_results": process,
-        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "scorer": CODE_SCORER_VERSION},
-    }
+    return code_task_config(task, json_dataset(splits), doc_to_text, doc_to_target, process, MAX_NEW_TOKENS, 1.0)
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:

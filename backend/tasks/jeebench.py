@@ -24,7 +24,13 @@ from typing import Any, Iterable, Sequence
 
 from backend.scoring import extract_jee_answer, jee_score
 from backend.tasks._common import json_dataset, require_files, write_jsonl
-from backend.tasks._reasoning import answer_filter, budgets, generation_kwargs, metric_list, scored_results
+from backend.tasks._reasoning import (
+    answer_filter,
+    budgets,
+    generation_kwargs,
+    metric_list,
+    scored_results,
+)
 from backend.tasks.base import TaskSpec, register_task
 
 DATA_FILE = "jeebench/dataset.json"

@@ -25,8 +25,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._code import CODE_SCORER_VERSION, code_filter, log_outcome
-from backend.tasks._common import CHAT_STOP_SEQUENCES, json_dataset, read_jsonl, require_files, write_jsonl
+from backend.tasks._code import code_task_config, log_outcome
+from backend.tasks._common import (
+    json_dataset,
+    read_jsonl,
+    require_files,
+    write_jsonl,
+)
 from backend.tasks.base import TaskDataMissing, TaskSpec, register_task
 
 DATA_FILES = ("livecodebench/test.jsonl",)
@@ -148,22 +153,7 @@ def process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, float]
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
     require_files("livecodebench", data_dir, DATA_FILES)
     path = write_jsonl(workdir / "livecodebench" / "test.jsonl", load_rows(data_dir / DATA_FILES[0]))
-    return {
-        "task": "livecodebench",
-        **json_dataset({"test": path}),
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_text": doc_to_text,
-        "doc_to_target": doc_to_target,
-        "generation_kwargs": {"until": list(CHAT_STOP_SEQUENCES), "do_sample": False,
-                              "max_gen_toks": MAX_NEW_TOKENS},
-        "filter_list": [{"name": "extract-code",
-                         "filter": [{"function": "custom", "filter_fn": code_filter},
-                                    {"function": "take_first"}]}],
-        "process_results": process_results,
-        "metric_list": [{"metric": "pass@1", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 5.0, "scorer": CODE_SCORER_VERSION},
-    }
+    return code_task_config("livecodebench", json_dataset({"test": path}), doc_to_text, doc_to_target, process_results, MAX_NEW_TOKENS, 5.0)
 
 
 register_task(TaskSpec(
