@@ -1,4 +1,9 @@
-"""PruneBoard web app: `python app.py` serves the UI and starts PRUNEBOARD_LOCAL_WORKERS workers."""
+"""PruneBoard web app: `python app.py` serves the UI and the worker API (one process, one port) and
+starts PRUNEBOARD_LOCAL_WORKERS local workers.
+
+The UI (Gradio) is mounted at "/" on the FastAPI app of `jobs.api`, so remote workers reach
+`/api/v1/worker/...` and monitors `/healthz` on the same port (GRADIO_SERVER_PORT, default 7860).
+"""
 from __future__ import annotations
 
 import atexit
@@ -33,22 +38,43 @@ def start_local_workers(count: int) -> list[subprocess.Popen]:
     return workers
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from db.session import init_db
+def create_app():
+    """The FastAPI app: worker API, /healthz, and the Gradio UI at "/"."""
+    import gradio as gr
+
+    from jobs.api import create_api
     from ui.layout import build_demo
+
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=8)
+    return gr.mount_gradio_app(
+        create_api(), demo, path="/",
+        css_paths=[ROOT / "static" / "style.css"],
+        allowed_paths=[str(ROOT / "static")],
+    )
+
+
+def setup_logging() -> None:
+    from jobs.logs import formatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def main() -> None:
+    import uvicorn
+
+    setup_logging()
+    from db.session import init_db
 
     init_db()
     workers = start_local_workers(settings.local_workers())
     logger.info("started %d local worker(s)", len(workers))
-    demo = build_demo()
-    demo.queue(default_concurrency_limit=8)
-    demo.launch(
-        server_name="0.0.0.0",
-        server_port=settings.server_port(),
-        css_paths=[ROOT / "static" / "style.css"],
-        allowed_paths=[str(ROOT / "static")],
-    )
+    app = create_app()
+    port = settings.server_port()
+    logger.info("serving the UI and the worker API on http://0.0.0.0:%d", port)
+    uvicorn.run(app, host="0.0.0.0", port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from jobs.states import JobState
 
 __all__ = [
     "Base", "Job", "Score", "Sample", "SampleCheckpoint", "Trace", "utcnow", "JOB_STATE_TYPE",
-    "SAMPLE_PREVIEW_CHARS",
+    "SAMPLE_PREVIEW_CHARS", "WorkerToken", "WorkerRecord",
 ]
 
 SAMPLE_PREVIEW_CHARS = 2000
@@ -105,6 +105,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_state_id", "state", "id"),  # claim_next, requeue_expired, leaderboard
         Index("ix_jobs_model_paradigm", "model", "paradigm"),
+        # db.leaderboard: latest succeeded job per config of a model and paradigm, from the index alone
+        Index("ix_jobs_board", "state", "model", "paradigm", "config_hash", "id"),
     )
 
     def __repr__(self) -> str:
@@ -130,6 +132,7 @@ class Score(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "task", "metric", name="uq_scores_job_task_metric"),
         Index("ix_scores_primary_task", "is_primary", "task", "job_id"),
+        Index("ix_scores_job_primary", "job_id", "is_primary"),  # db.leaderboard: primary scores of given runs
     )
 
 
@@ -206,3 +209,37 @@ class Trace(Base):
     truncated_for_storage: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (UniqueConstraint("job_id", "task", "doc_id", name="uq_traces_job_task_doc"),)
+
+
+class WorkerToken(Base):
+    """A remote worker's bearer token: only its SHA-256 is stored (the plaintext is shown once)."""
+
+    __tablename__ = "worker_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_worker_tokens_name"),
+        UniqueConstraint("token_hash", name="uq_worker_tokens_hash"),
+    )
+
+
+class WorkerRecord(Base):
+    """A worker process seen by the queue (local, or remote through the API under a token)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The worker id jobs record in `jobs.worker_id` (remote: "<token name>/<instance>")."""
+    token_name: Mapped[str | None] = mapped_column(String(100))
+    """None for local workers; a remote worker's claims belong to this token."""
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    current_job_id: Mapped[int | None] = mapped_column(Integer)
+    device_json: Mapped[dict[str, Any] | None]
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """Set when the worker exited cleanly (a worker that died just stops beating: stale)."""

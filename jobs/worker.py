@@ -1,13 +1,18 @@
 """The worker process: claim a job, run the pipeline, store the result; repeat.
 
+The loop talks to the queue through a backend with the operations of a claim (`QueueBackend`):
+`LocalQueue` calls `jobs.queue` on this machine's database; `jobs.remote.HttpQueue` calls the
+worker API of a PruneBoard server (no database access). The loop is the same for both.
+
 While the pipeline runs (in the worker's main thread) a heartbeat thread renews the lease every
 lease/3 seconds with the latest progress. The event sink, called from the pipeline, writes progress
 at most every `PROGRESS_INTERVAL` seconds (always on a stage change), checkpoints finished samples,
 and raises `Cancelled` once a cancel was requested, the claim was lost, or the worker is stopping.
 
-Outcomes: the result is stored in one transaction (`queue.complete`); an exception fails the job at
-once with its type, message and log tail (no retry); a cancel marks it cancelled; SIGTERM/SIGINT
-hands the job back to the queue (`queue.release`) and exits.
+Outcomes: the result is stored in one transaction (`complete`); an exception fails the job at once
+with its type, message and log tail (no retry); a cancel marks it cancelled; SIGTERM/SIGINT hands
+the job back to the queue (`release`) and exits. A `FatalWorkerError` from the backend (the server
+rejected the token) ends the worker at once; the job's lease then expires and it is requeued.
 """
 from __future__ import annotations
 
@@ -21,16 +26,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from backend import settings
 from backend.events import Cancelled, Event, EventSink, Progress, SampleDone
 from backend.result import RunResult, SampleRecord
-from db.schema import Job
-from jobs import queue
+from jobs import queue, registry
+from jobs.logs import event
 from jobs.states import LostClaim
 
-__all__ = ["Worker", "default_worker_id", "PipelineFn"]
+__all__ = ["Worker", "default_worker_id", "PipelineFn", "Claim", "QueueBackend", "LocalQueue", "FatalWorkerError"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,81 @@ ERROR_BACKOFF = 5.0
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class FatalWorkerError(Exception):
+    """The worker cannot go on at all (e.g. the server rejected its token): it exits at once."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt of a job, as a worker got it."""
+
+    job_id: int
+    attempt: int
+    config: dict[str, Any]
+    completed: list[SampleRecord] = field(default_factory=list)
+    """Samples checkpointed by earlier attempts: the pipeline resumes after them."""
+    lease_seconds: float = 60.0
+    worker_id: str | None = None
+    """The id the queue recorded for this worker (a remote one gets its token's name in front)."""
+
+
+class QueueBackend(Protocol):
+    """What a worker does with the queue. Every call after `claim` acts only while the claim
+    (job id + attempt) holds: `heartbeat` and `record_sample` raise LostClaim otherwise, the
+    others return False and write nothing."""
+
+    def claim(self, worker_id: str) -> Claim | None: ...
+    def heartbeat(self, job_id: int, attempt: int, progress: float | None, stage: str | None,
+                  text: str | None) -> bool: ...
+    def record_sample(self, job_id: int, attempt: int, sample: SampleRecord) -> None: ...
+    def complete(self, job_id: int, attempt: int, result: RunResult) -> bool: ...
+    def fail(self, job_id: int, attempt: int, error_type: str, message: str, log_tail: str | None) -> bool: ...
+    def mark_cancelled(self, job_id: int, attempt: int) -> bool: ...
+    def release(self, job_id: int, attempt: int) -> bool: ...
+    def stopped(self, worker_id: str) -> None: ...
+
+
+class LocalQueue:
+    """`jobs.queue` on this machine's database; also keeps the worker registry up to date."""
+
+    def __init__(self, device: dict[str, Any] | None = None):
+        self.device = device
+        self.worker_id: str | None = None
+
+    def claim(self, worker_id: str) -> Claim | None:
+        self.worker_id = worker_id
+        job = queue.claim_next(worker_id)
+        registry.seen(worker_id, current_job_id=job.id if job else None, device=self.device)
+        if job is None:
+            return None
+        completed = queue.completed_samples(job.id) if job.attempts > 1 else []
+        return Claim(job.id, job.attempts, json.loads(job.config_json), completed, settings.lease_seconds(), worker_id)
+
+    def heartbeat(self, job_id, attempt, progress, stage, text) -> bool:
+        cancel = queue.heartbeat(job_id, attempt, progress, stage, text)
+        if self.worker_id is not None:
+            registry.seen(self.worker_id)
+        return cancel
+
+    def record_sample(self, job_id, attempt, sample) -> None:
+        queue.record_sample(job_id, attempt, sample)
+
+    def complete(self, job_id, attempt, result) -> bool:
+        return queue.complete(job_id, attempt, result)
+
+    def fail(self, job_id, attempt, error_type, message, log_tail) -> bool:
+        return queue.fail(job_id, attempt, error_type, message, log_tail)
+
+    def mark_cancelled(self, job_id, attempt) -> bool:
+        return queue.mark_cancelled(job_id, attempt)
+
+    def release(self, job_id, attempt) -> bool:
+        return queue.release(job_id, attempt)
+
+    def stopped(self, worker_id: str) -> None:
+        registry.stopped(worker_id)
 
 
 class WorkerStopping(Cancelled):
@@ -73,15 +154,17 @@ class _LogTail(logging.Handler):
 class _RunningJob:
     """Shared state of one attempt between the pipeline thread (sink) and the heartbeat thread."""
 
-    def __init__(self, job: Job, worker: "Worker"):
-        self.job_id = job.id
-        self.attempt = job.attempts
+    def __init__(self, claim: Claim, worker: "Worker"):
+        self.job_id = claim.job_id
+        self.attempt = claim.attempt
         self.worker = worker
+        self.backend = worker.backend
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.progress: Progress | None = None
         self.cancel_requested = False
         self.lost = False
+        self.fatal: FatalWorkerError | None = None
         self.done = threading.Event()
         self._last_write = 0.0
         self._last_stage: str | None = None
@@ -94,7 +177,7 @@ class _RunningJob:
             with self.lock:
                 latest = self.progress
             try:
-                cancel = queue.heartbeat(
+                cancel = self.backend.heartbeat(
                     self.job_id,
                     self.attempt,
                     latest.fraction if latest else None,
@@ -103,7 +186,7 @@ class _RunningJob:
                 )
             except LostClaim:
                 self.lost = True
-                logger.warning("job %d: attempt %d lost its claim", self.job_id, self.attempt)
+                event(logger, "claim_lost", logging.WARNING, job_id=self.job_id, attempt=self.attempt)
                 return
         if cancel and not self.cancel_requested:
             logger.info("job %d: cancel requested", self.job_id)
@@ -113,21 +196,24 @@ class _RunningJob:
         while not self.done.wait(interval):
             try:
                 self.beat()
-            except Exception:  # a transient DB error; the next beat may succeed
+            except FatalWorkerError as exc:
+                self.fatal, self.lost = exc, True
+                return
+            except Exception:  # a transient DB or network error; the next beat may succeed
                 logger.exception("job %d: heartbeat failed", self.job_id)
 
     # -- the pipeline's event sink --
-    def sink(self, event: Event) -> None:
+    def sink(self, item: Event) -> None:
         self._check()
-        if isinstance(event, Progress):
+        if isinstance(item, Progress):
             with self.lock:
-                self.progress = event
+                self.progress = item
             now = time.monotonic()
-            if event.stage != self._last_stage or now - self._last_write >= PROGRESS_INTERVAL:
-                self._last_stage, self._last_write = event.stage, now
+            if item.stage != self._last_stage or now - self._last_write >= PROGRESS_INTERVAL:
+                self._last_stage, self._last_write = item.stage, now
                 self._tolerant(self.beat)
-        elif isinstance(event, SampleDone):
-            self._tolerant(queue.record_sample, self.job_id, self.attempt, event.sample)
+        elif isinstance(item, SampleDone):
+            self._tolerant(self.backend.record_sample, self.job_id, self.attempt, item.sample)
         self._check()
 
     def _tolerant(self, write: Callable[..., Any], *args: Any) -> None:
@@ -137,6 +223,8 @@ class _RunningJob:
             write(*args)
         except LostClaim:
             self.lost = True
+        except FatalWorkerError as exc:
+            self.fatal, self.lost = exc, True
         except Exception:
             logger.warning("job %d: could not write progress/checkpoint", self.job_id, exc_info=True)
 
@@ -153,7 +241,7 @@ class Worker:
     """Runs queued jobs one at a time in this process.
 
     `pipeline` defaults to `backend.pipeline.run`, imported when the first job starts so that a
-    worker idling (and the CLI) never imports torch.
+    worker idling (and the CLI) never imports torch. `backend` defaults to `LocalQueue()`.
     """
 
     def __init__(
@@ -161,9 +249,11 @@ class Worker:
         worker_id: str | None = None,
         poll_interval: float = POLL_INTERVAL,
         pipeline: PipelineFn | None = None,
+        backend: QueueBackend | None = None,
     ):
         self.worker_id = worker_id or default_worker_id()
         self.poll_interval = poll_interval
+        self.backend: QueueBackend = backend if backend is not None else LocalQueue()
         self._pipeline = pipeline
         self._stop = threading.Event()
 
@@ -179,11 +269,13 @@ class Worker:
         """Process jobs until stopped (or, with `drain`, until no job is queued); return how many ran."""
         restore = self._install_signals() if install_signals else {}
         processed = 0
-        logger.info("worker %s started%s", self.worker_id, " (drain)" if drain else "")
+        event(logger, "worker_started", worker=self.worker_id, drain=drain)
         try:
             while not self.stopping:
                 try:
                     ran = self.run_once()
+                except FatalWorkerError:
+                    raise
                 except Exception:
                     if drain:
                         raise
@@ -196,81 +288,103 @@ class Worker:
                     break
                 else:
                     self._stop.wait(self.poll_interval)
+            self._say_goodbye()
         finally:
             for signum, handler in restore.items():
                 signal.signal(signum, handler)
-        logger.info("worker %s exiting after %d job(s)", self.worker_id, processed)
+        event(logger, "worker_exiting", worker=self.worker_id, jobs=processed)
         return processed
+
+    def _say_goodbye(self) -> None:
+        try:
+            self.backend.stopped(self.worker_id)
+        except FatalWorkerError:
+            raise
+        except Exception:  # the registry only informs `jobs status`; never fail an exit for it
+            logger.warning("worker %s: could not record its exit", self.worker_id, exc_info=True)
 
     def run_once(self) -> bool:
         """Claim and run one job; False when none was queued."""
-        job = queue.claim_next(self.worker_id)
-        if job is None:
+        claim = self.backend.claim(self.worker_id)
+        if claim is None:
             return False
-        self._execute(job)
+        event(logger, "job_claimed", worker=claim.worker_id or self.worker_id, job_id=claim.job_id,
+              attempt=claim.attempt, resumed_samples=len(claim.completed))
+        self._execute(claim)
         return True
 
-    def _execute(self, job: Job) -> None:
-        running = _RunningJob(job, self)
+    def _execute(self, claim: Claim) -> None:
+        running = _RunningJob(claim, self)
         tail = _LogTail()
         root = logging.getLogger()
         root.addHandler(tail)
         beater = threading.Thread(
             target=running.heartbeat_loop,
-            args=(settings.lease_seconds() / 3,),
-            name=f"heartbeat-{job.id}",
+            args=(claim.lease_seconds / 3,),
+            name=f"heartbeat-{claim.job_id}",
             daemon=True,
         )
         beater.start()
         try:
-            self._run_pipeline(job, running, tail)
+            self._run_pipeline(claim, running, tail)
         finally:
             running.done.set()
             beater.join()
             root.removeHandler(tail)
+        if running.fatal is not None:
+            raise running.fatal
 
-    def _run_pipeline(self, job: Job, running: _RunningJob, tail: _LogTail) -> None:
-        job_id, attempt = job.id, job.attempts
+    def _run_pipeline(self, claim: Claim, running: _RunningJob, tail: _LogTail) -> None:
+        job_id, attempt, backend = claim.job_id, claim.attempt, self.backend
         try:
             from backend.config import validate_config
 
-            config = validate_config(json.loads(job.config_json))
-            completed = queue.completed_samples(job_id) if attempt > 1 else []
-            if completed:
-                logger.info("job %d: resuming with %d checkpointed sample(s)", job_id, len(completed))
-            result = self._pipeline_fn()(config, running.sink, completed)
+            config = validate_config(claim.config)
+            if claim.completed:
+                logger.info("job %d: resuming with %d checkpointed sample(s)", job_id, len(claim.completed))
+            result = self._pipeline_fn()(config, running.sink, list(claim.completed))
         except Cancelled:
             self._stopped(running)
             return
         except Exception as exc:
             if running.lost:
                 return
-            logger.error("job %d failed: %s: %s", job_id, type(exc).__name__, exc)
+            event(logger, "job_failed", logging.ERROR, job_id=job_id, attempt=attempt,
+                  error_type=type(exc).__name__, error=str(exc))
             log_tail = tail.text() + "\n" + "".join(traceback.format_exception(exc))
-            queue.fail(job_id, attempt, type(exc).__name__, str(exc) or repr(exc), log_tail.strip())
+            backend.fail(job_id, attempt, type(exc).__name__, str(exc) or repr(exc), log_tail.strip())
             return
         except BaseException:  # KeyboardInterrupt and friends: do not keep the job hostage
-            queue.release(job_id, attempt)
+            if running.fatal is None:
+                backend.release(job_id, attempt)
             raise
         try:
-            stored = queue.complete(job_id, attempt, result)
+            stored = backend.complete(job_id, attempt, result)
+        except FatalWorkerError:
+            raise
         except Exception as exc:
             logger.exception("job %d: storing the result failed", job_id)
-            queue.fail(job_id, attempt, type(exc).__name__, f"storing the result failed: {exc}", tail.text())
+            backend.fail(job_id, attempt, type(exc).__name__, f"storing the result failed: {exc}", tail.text())
             return
-        if not stored:
+        if stored:
+            event(logger, "job_succeeded", job_id=job_id, attempt=attempt, scores=len(result.scores),
+                  samples=len(result.samples))
+        else:
             running.beat()  # find out why: a cancel that arrived after the last event, or a lost claim
             if running.cancel_requested and not running.lost:
-                queue.mark_cancelled(job_id, attempt)
+                backend.mark_cancelled(job_id, attempt)
 
     def _stopped(self, running: _RunningJob) -> None:
+        if running.fatal is not None:
+            return  # the queue cannot be told; the lease expires and the job is requeued
         if running.lost:
             logger.warning("job %d: stopped; another attempt or the user owns it now", running.job_id)
         elif running.cancel_requested:
-            queue.mark_cancelled(running.job_id, running.attempt)
-            logger.info("job %d cancelled", running.job_id)
+            self.backend.mark_cancelled(running.job_id, running.attempt)
+            event(logger, "job_cancelled", job_id=running.job_id, attempt=running.attempt)
         else:  # worker stopping (or the pipeline cancelled itself): back to the queue
-            queue.release(running.job_id, running.attempt)
+            self.backend.release(running.job_id, running.attempt)
+            event(logger, "job_released", job_id=running.job_id, attempt=running.attempt)
             logger.info("job %d handed back to the queue", running.job_id)
 
     def _pipeline_fn(self) -> PipelineFn:

@@ -1,0 +1,383 @@
+"""The worker API: remote workers claim jobs, beat, stream samples and deliver results over HTTP.
+
+Mounted beside the Gradio UI in the app's process (`app.create_app`). Every route under
+`API_PREFIX` needs `Authorization: Bearer <token>` (`python -m jobs token create NAME`): a missing
+or unknown token gets 401, a revoked one 403. A worker acts on a *claim*, the job id plus the
+attempt its claim returned; the claim belongs to the token that made it. Calls for a claim that is
+lost (lease expired, job requeued or finished) or made under another token get 409 and write
+nothing; a completion or failure repeated for the same claim after it was stored answers 200 with
+`"duplicate": true` (never written twice). Bodies: at most `max_body_bytes` (413, checked on the
+declared length and on the bytes received, before parsing), validated by the Pydantic models
+below (422 with the first problems spelled out). `GET /healthz` needs no token.
+
+Routes (POST, JSON): claim, heartbeat, sample, complete, fail, cancelled, release, stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, text
+
+from backend import settings
+from db.schema import Job, WorkerRecord
+from db.session import read_session
+from jobs import queue, registry, tokens, wire
+from jobs.logs import event
+from jobs.states import JobState, LostClaim
+
+__all__ = ["create_api", "API_PREFIX", "max_body_bytes"]
+
+logger = logging.getLogger("pruneboard.api")
+
+API_PREFIX = wire.API_PREFIX
+DEFAULT_MAX_BODY_MB = 64.0
+
+
+def max_body_bytes() -> int:
+    """PRUNEBOARD_API_MAX_BODY_MB: the largest request body accepted (default 64 MB)."""
+    value = os.environ.get("PRUNEBOARD_API_MAX_BODY_MB")
+    return int(float(value if value not in (None, "") else DEFAULT_MAX_BODY_MB) * 1024 * 1024)
+
+
+# --- request bodies ---------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClaimRequest(_Strict):
+    worker: str = Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    """This process's name on its machine (e.g. host:pid); the server puts the token's name in front."""
+    device: dict[str, Any] = Field(default_factory=dict)
+
+
+_ID_MAX = 2**31 - 1  # INTEGER columns (32-bit on Postgres)
+
+
+class ClaimRef(_Strict):
+    job_id: int = Field(ge=1, le=_ID_MAX)
+    attempt: int = Field(ge=1, le=_ID_MAX)
+
+
+class HeartbeatRequest(ClaimRef):
+    progress: float | None = None
+    stage: str | None = Field(None, max_length=200)
+    text: str | None = Field(None, max_length=queue.MAX_TEXT)
+
+
+class SampleRequest(ClaimRef):
+    sample: wire.SampleModel
+
+
+class CompleteRequest(ClaimRef):
+    result: wire.ResultModel
+
+
+class FailRequest(ClaimRef):
+    error_type: str = Field(min_length=1, max_length=200)
+    message: str = Field(max_length=100_000)
+    log_tail: str | None = None
+
+
+class StoppedRequest(_Strict):
+    worker_id: str = Field(min_length=1, max_length=200)
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+def create_api(max_body: int | None = None) -> FastAPI:
+    """The FastAPI app with the worker API and /healthz (the UI is mounted onto it by app.py)."""
+    app = FastAPI(title="PruneBoard worker API", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_ApiGuard, max_body=max_body_bytes() if max_body is None else max_body)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            with read_session() as session:
+                session.execute(text("SELECT 1"))
+                dialect = session.get_bind().dialect.name
+        except Exception as exc:  # the point of a health check: say so instead of failing
+            return JSONResponse({"ok": False, "db": f"error: {type(exc).__name__}"}, status_code=503)
+        return JSONResponse({"ok": True, "db": "ok", "dialect": dialect})
+
+    for name, model, action in (
+        ("claim", ClaimRequest, _claim),
+        ("heartbeat", HeartbeatRequest, _heartbeat),
+        ("sample", SampleRequest, _sample),
+        ("complete", CompleteRequest, _complete),
+        ("fail", FailRequest, _fail),
+        ("cancelled", ClaimRef, _cancelled),
+        ("release", ClaimRef, _release),
+        ("stopped", StoppedRequest, _stopped),
+    ):
+        app.post(f"{API_PREFIX}/{name}", name=f"worker_{name}")(_endpoint(model, action))
+    return app
+
+
+def _endpoint(model: type[BaseModel], action):
+    async def endpoint(request: Request) -> Any:
+        token = await run_in_threadpool(_authenticate, request.headers.get("authorization"))
+        request.state.worker_token = token
+        body = await run_in_threadpool(_parse, model, await request.body())
+        return await run_in_threadpool(action, token, body)
+
+    return endpoint
+
+
+def _authenticate(header: str | None) -> str:
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return tokens.authenticate(value.strip())
+    except tokens.TokenInvalid:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"}) from None
+    except tokens.TokenRevoked as exc:
+        raise HTTPException(403, str(exc)) from None
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
+    if not raw.strip():
+        raise HTTPException(422, "empty request body: a JSON object is expected")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False)[:5]:
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        raise HTTPException(422, "invalid request body: " + "; ".join(problems)) from None
+
+
+# --- claims -----------------------------------------------------------------------------------
+
+
+def _claim(token: str, body: ClaimRequest) -> dict[str, Any]:
+    worker_id = f"{token}/{body.worker}"
+    registry.seen(worker_id, token_name=token, device=body.device or None)  # before the claim: owns it
+    job = queue.claim_next(worker_id)
+    _note(worker_id, token, current_job_id=job.id if job else None)
+    if job is None:
+        return {"worker_id": worker_id, "job": None}
+    completed = queue.completed_samples(job.id) if job.attempts > 1 else []
+    event(logger, "api_claim", worker=worker_id, job_id=job.id, attempt=job.attempts, resumed_samples=len(completed))
+    return {
+        "worker_id": worker_id,
+        "job": {
+            "id": job.id,
+            "attempt": job.attempts,
+            "config": json.loads(job.config_json),
+            "completed": [wire.encode_sample(s) for s in completed],
+            "lease_seconds": settings.lease_seconds(),
+        },
+    }
+
+
+def _owned(token: str, ref: ClaimRef, finished: JobState | None = None) -> tuple[str, bool]:
+    """Check that `ref` is this token's claim. Returns (worker id, already): `already` when the job
+    reached `finished` under this very claim (a repeated final call). Raises 404/409 otherwise."""
+    with read_session() as session:
+        row = session.execute(
+            select(Job.state, Job.attempts, Job.worker_id, WorkerRecord.token_name)
+            .outerjoin(WorkerRecord, WorkerRecord.id == Job.worker_id)
+            .where(Job.id == ref.job_id)
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"no job with id {ref.job_id}")
+    if row.attempts != ref.attempt:
+        raise HTTPException(409, f"claim lost: job {ref.job_id} is at attempt {row.attempts}, not {ref.attempt}")
+    if row.worker_id is None:
+        raise HTTPException(409, f"claim lost: job {ref.job_id} is {row.state.value} (lease expired or released)")
+    if row.token_name != token:
+        raise HTTPException(409, f"job {ref.job_id} attempt {ref.attempt} is another worker's claim")
+    if finished is not None and row.state == finished:
+        return row.worker_id, True
+    if row.state != JobState.RUNNING:
+        raise HTTPException(409, f"claim lost: job {ref.job_id} is {row.state.value}")
+    return row.worker_id, False
+
+
+def _note(worker_id: str, token: str, **change: Any) -> None:
+    """Update the worker registry after the queue changed. It only informs `jobs status`, so a
+    failure here must not turn a committed claim or result into an error the worker would retry."""
+    try:
+        registry.seen(worker_id, token_name=token, **change)
+    except Exception:
+        logger.warning("worker %s: registry not updated", worker_id, exc_info=True)
+
+
+def _lost(exc: LostClaim) -> HTTPException:
+    return HTTPException(409, f"claim lost: {exc}")
+
+
+def _heartbeat(token: str, body: HeartbeatRequest) -> dict[str, Any]:
+    worker_id, _ = _owned(token, body)
+    try:
+        cancel = queue.heartbeat(body.job_id, body.attempt, body.progress, body.stage, body.text)
+    except LostClaim as exc:
+        raise _lost(exc) from None
+    _note(worker_id, token)
+    return {"cancel_requested": cancel}
+
+
+def _sample(token: str, body: SampleRequest) -> dict[str, Any]:
+    _owned(token, body)
+    try:
+        queue.record_sample(body.job_id, body.attempt, wire.decode_sample(body.sample))
+    except LostClaim as exc:
+        raise _lost(exc) from None
+    return {"ok": True}
+
+
+def _complete(token: str, body: CompleteRequest) -> dict[str, Any]:
+    worker_id, already = _owned(token, body, finished=JobState.SUCCEEDED)
+    if already:
+        return {"stored": False, "duplicate": True, "state": JobState.SUCCEEDED.value}
+    result = wire.decode_result(body.result)
+    try:
+        stored = queue.complete(body.job_id, body.attempt, result)
+    except Exception as exc:  # e.g. duplicate samples: the result itself is bad; nothing was written
+        logger.warning("job %d: result of attempt %d not storable: %s", body.job_id, body.attempt, exc)
+        raise HTTPException(422, f"storing the result failed: {type(exc).__name__}: {exc}"[:2000]) from None
+    if not stored:
+        _, already = _owned(token, body, finished=JobState.SUCCEEDED)  # 409 if lost meanwhile
+        if not already:  # still running under this claim: a cancel was requested
+            raise HTTPException(409, f"job {body.job_id}: cancel requested; the result was not stored")
+        return {"stored": False, "duplicate": True, "state": JobState.SUCCEEDED.value}
+    _note(worker_id, token, current_job_id=None)
+    event(logger, "api_complete", worker=worker_id, job_id=body.job_id, attempt=body.attempt,
+          scores=len(result.scores), samples=len(result.samples))
+    return {"stored": True, "duplicate": False, "state": JobState.SUCCEEDED.value}
+
+
+def _finish(token: str, ref: ClaimRef, state: JobState, write) -> dict[str, Any]:
+    worker_id, already = _owned(token, ref, finished=state)
+    if already:
+        return {"stored": False, "duplicate": True, "state": state.value}
+    if not write():
+        _, already = _owned(token, ref, finished=state)
+        if not already:
+            raise HTTPException(409, f"claim lost: job {ref.job_id} changed meanwhile")
+        return {"stored": False, "duplicate": True, "state": state.value}
+    _note(worker_id, token, current_job_id=None)
+    event(logger, f"api_{state.value}", worker=worker_id, job_id=ref.job_id, attempt=ref.attempt)
+    return {"stored": True, "duplicate": False, "state": state.value}
+
+
+def _fail(token: str, body: FailRequest) -> dict[str, Any]:
+    return _finish(token, body, JobState.FAILED,
+                   lambda: queue.fail(body.job_id, body.attempt, body.error_type, body.message, body.log_tail))
+
+
+def _cancelled(token: str, body: ClaimRef) -> dict[str, Any]:
+    return _finish(token, body, JobState.CANCELLED, lambda: queue.mark_cancelled(body.job_id, body.attempt))
+
+
+def _release(token: str, body: ClaimRef) -> dict[str, Any]:
+    worker_id, _ = _owned(token, body)
+    if not queue.release(body.job_id, body.attempt):
+        raise HTTPException(409, f"claim lost: job {body.job_id} changed meanwhile")
+    _note(worker_id, token, current_job_id=None)
+    event(logger, "api_release", worker=worker_id, job_id=body.job_id, attempt=body.attempt)
+    return {"stored": True}
+
+
+def _stopped(token: str, body: StoppedRequest) -> dict[str, Any]:
+    if registry.token_of(body.worker_id) != token:
+        raise HTTPException(409, f"worker {body.worker_id!r} is not a worker of this token")
+    registry.stopped(body.worker_id)
+    return {"ok": True}
+
+
+# --- size limit and request logs --------------------------------------------------------------
+
+
+class _ApiGuard:
+    """Pure ASGI (the UI's streaming routes pass untouched): for the API and /healthz, refuses
+    bodies over `max_body` (413) before the app parses them, and logs each request as an event."""
+
+    def __init__(self, app, max_body: int):
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith(API_PREFIX) or path == "/healthz"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 0}
+
+        async def send_logged(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            try:
+                body = await self._read_body(scope, receive)
+            except _BodyRefused as refused:
+                await self._refuse(scope, send_logged, refused)
+                return
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_logged)
+        finally:
+            event(logger, "api_request", method=scope.get("method"), path=path, status=status["code"],
+                  ms=round((time.perf_counter() - started) * 1000, 1),
+                  worker_token=scope.get("state", {}).get("worker_token"))
+
+    async def _read_body(self, scope, receive) -> bytes:
+        """The whole body; raises _BodyRefused as soon as it is known to exceed the limit."""
+        too_large = _BodyRefused(413, f"request body too large (limit {self.max_body} bytes)")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and not value.isdigit():
+                raise _BodyRefused(400, "invalid Content-Length header")
+            if name == b"content-length" and int(value) > self.max_body:
+                raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _refuse(scope, send, refused: "_BodyRefused") -> None:
+        response = JSONResponse({"detail": refused.detail}, status_code=refused.status, headers={"Connection": "close"})
+
+        async def no_body():
+            return {"type": "http.disconnect"}
+
+        await response(scope, no_body, send)
+
+
+class _BodyRefused(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
