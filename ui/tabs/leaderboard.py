@@ -1,24 +1,127 @@
-"""Leaderboard tab."""
+"""Leaderboard tab: filters, view, sort, the coloured method x task table, exports, a run's detail
+and "rerun / fork this config" (logic in `ui.board`)."""
 from __future__ import annotations
 
 import gradio as gr
 
-from ui import services
+from db.leaderboard import FAMILIES
+from ui import board as svc
 
 
 def build(shared) -> None:
+    with gr.Row(equal_height=True):
+        shared.board_model = gr.Dropdown(label="Model", choices=[svc.ALL], value=svc.ALL, allow_custom_value=True,
+                                         scale=2)
+        shared.board_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, "instruct", "think"], value=svc.ALL,
+                                            allow_custom_value=True)
+        shared.board_families = gr.Dropdown(label="Method family", choices=list(FAMILIES), value=[], multiselect=True,
+                                            scale=2)
+        shared.board_calibration = gr.Dropdown(label="Calibration source", choices=[svc.ALL], value=svc.ALL,
+                                               allow_custom_value=True)
+        shared.board_recovery = gr.Radio(label="Recovery (LoRA)", choices=svc.RECOVERY_CHOICES, value="any")
+    with gr.Row(equal_height=True):
+        shared.board_sparsity_min = gr.Slider(label="Sparsity from", minimum=0.0, maximum=1.0, step=0.05, value=0.0)
+        shared.board_sparsity_max = gr.Slider(label="Sparsity to", minimum=0.0, maximum=1.0, step=0.05, value=1.0)
+        shared.board_search = gr.Textbox(label="Search", value="", placeholder="method, model or job id",
+                                         elem_id="pb-board-search", scale=2)
     with gr.Row():
-        shared.board_model = gr.Dropdown(label="Model", choices=["(all)"], value="(all)", allow_custom_value=True)
-        shared.board_paradigm = gr.Dropdown(label="Paradigm", choices=["(all)", "instruct", "think"], value="(all)")
-        shared.board_refresh = gr.Button("Refresh", variant="secondary")
-    shared.board_note = gr.Markdown()
-    shared.board = gr.Dataframe(label="Method x task (primary metric per task)", interactive=False, wrap=True)
+        shared.board_view = gr.Radio(label="View", choices=svc.VIEW_CHOICES, value="raw", elem_id="pb-board-view",
+                                     scale=2)
+        shared.board_sort = gr.Dropdown(label="Sort by", choices=[svc.PINNED_ORDER], value=svc.PINNED_ORDER,
+                                        allow_custom_value=True)
+        shared.board_order = gr.Radio(label="Order", choices=svc.ORDER_CHOICES, value="best first")
+        shared.board_refresh = gr.Button("Refresh", variant="secondary", elem_id="pb-board-refresh", scale=0,
+                                         min_width=120)
+    shared.board_note = gr.Markdown(elem_id="pb-board-summary")
+    shared.board = gr.Dataframe(label="Method x task (dense baseline first in each group; green = better)",
+                                interactive=False, wrap=False, max_height=560, pinned_columns=3, elem_id="pb-board")
+    with gr.Row():
+        shared.board_csv = gr.DownloadButton("Export CSV (as shown)", elem_id="pb-board-csv", size="sm")
+        shared.board_json = gr.DownloadButton("Export JSON (as shown)", elem_id="pb-board-json", size="sm")
+    with gr.Accordion("Column groups", open=False):
+        shared.board_legend = gr.Markdown(elem_id="pb-board-legend")
+    with gr.Column(elem_id="pb-board-detail", elem_classes=["pb-board-detail"]):
+        gr.Markdown("### Run detail")
+        with gr.Row():
+            shared.board_job = gr.Number(label="Job id", value=None, precision=0, elem_id="pb-board-job")
+            shared.board_open = gr.Button("Open run", elem_id="pb-board-open")
+            shared.board_fork = gr.Button("Rerun / fork this config", variant="primary", elem_id="pb-board-fork")
+        shared.board_detail = gr.Markdown(svc.run_detail(None).summary, elem_id="pb-board-detail-summary")
+        with gr.Row():
+            shared.board_detail_config = gr.Code(label="Config (YAML)", language="yaml", interactive=False, lines=12,
+                                                 visible=False)
+            shared.board_detail_structure = gr.Code(label="Pruning report: chosen layers / blocks / widths",
+                                                    language="json", interactive=False, lines=12,
+                                                    visible=False)
+        with gr.Row():
+            shared.board_detail_efficiency = gr.Code(label="Efficiency", language="json", interactive=False, lines=8,
+                                                     visible=False)
+            shared.board_detail_manifest = gr.Code(label="Manifest", language="json", interactive=False, lines=8,
+                                                   visible=False)
+        shared.board_detail_log = gr.Code(label="Log tail", language=None, interactive=False, lines=8, visible=False)
+
+
+def _refresh(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search, view, sort_by,
+             order):
+    shown = svc.board_view(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search,
+                           view, sort_by, order)
+    sort_value = sort_by if sort_by in shown.sort_choices else svc.PINNED_ORDER
+    return (shown.table, shown.summary, shown.legend, shown.csv_path, shown.json_path,
+            gr.update(choices=shown.sort_choices, value=sort_value))
+
+
+def _options(model, paradigm, calibration):
+    options = svc.filter_choices()
+    return (
+        gr.update(choices=options["models"], value=model if model in options["models"] else svc.ALL),
+        gr.update(choices=options["paradigms"], value=paradigm if paradigm in options["paradigms"] else svc.ALL),
+        gr.update(choices=options["calibrations"],
+                  value=calibration if calibration in options["calibrations"] else svc.ALL),
+    )
+
+
+def _detail(job_id):
+    detail = svc.run_detail(job_id)
+    boxes = (detail.config_yaml, detail.structure_json, detail.efficiency_json, detail.manifest_json, detail.log_tail)
+    return detail.summary, *(gr.update(value=text, visible=bool(text)) for text in boxes)
+
+
+def _select(table, evt: gr.SelectData):
+    job_id = svc.job_at_row(table, evt.index[0] if evt.index else None, getattr(evt, "row_value", None))
+    return job_id if job_id is not None else gr.update()
+
+
+def _fork(job_id):
+    text = svc.fork_config(job_id)
+    if not text:
+        return gr.update(), gr.update(), "Open a run first: click a row of the table or enter its job id."
+    return text, gr.Tabs(selected="submit"), gr.update()
 
 
 def wire(shared, demo) -> None:
-    inputs = [shared.board_model, shared.board_paradigm]
-    outputs = [shared.board, shared.board_note, shared.board_model]
-    shared.board_refresh.click(services.leaderboard_view, inputs, outputs, api_name="leaderboard")
-    shared.board_model.change(services.leaderboard_view, inputs, outputs, api_name=False)
-    shared.board_paradigm.change(services.leaderboard_view, inputs, outputs, api_name=False)
-    demo.load(services.leaderboard_view, inputs, outputs, api_name=False)
+    inputs = [shared.board_model, shared.board_paradigm, shared.board_families, shared.board_sparsity_min,
+              shared.board_sparsity_max, shared.board_calibration, shared.board_recovery, shared.board_search,
+              shared.board_view, shared.board_sort, shared.board_order]
+    outputs = [shared.board, shared.board_note, shared.board_legend, shared.board_csv, shared.board_json,
+               shared.board_sort]
+    refresh = dict(fn=_refresh, inputs=inputs, outputs=outputs, api_name=False)
+    shared.board_refresh.click(_options, [shared.board_model, shared.board_paradigm, shared.board_calibration],
+                               [shared.board_model, shared.board_paradigm, shared.board_calibration], api_name=False)
+    shared.board_refresh.click(_refresh, inputs, outputs, api_name="leaderboard")
+    for widget in (shared.board_model, shared.board_paradigm, shared.board_families, shared.board_calibration,
+                   shared.board_recovery, shared.board_view, shared.board_sort, shared.board_order):
+        widget.input(**refresh)
+    for slider in (shared.board_sparsity_min, shared.board_sparsity_max):
+        slider.change(**refresh, trigger_mode="always_last")  # drag or typed number
+    shared.board_search.submit(**refresh)
+    shared.board_search.input(**refresh, trigger_mode="always_last")
+    demo.load(_options, [shared.board_model, shared.board_paradigm, shared.board_calibration],
+              [shared.board_model, shared.board_paradigm, shared.board_calibration], api_name=False).then(**refresh)
+
+    detail_outputs = [shared.board_detail, shared.board_detail_config, shared.board_detail_structure,
+                      shared.board_detail_efficiency, shared.board_detail_manifest, shared.board_detail_log]
+    shared.board.select(_select, shared.board, shared.board_job, api_name=False)
+    shared.board_job.change(_detail, shared.board_job, detail_outputs, api_name=False)
+    shared.board_open.click(_detail, shared.board_job, detail_outputs, api_name="run_detail")
+    shared.board_fork.click(_fork, shared.board_job, [shared.submit_editor, shared.tabs, shared.board_detail],
+                            api_name=False)
