@@ -75,7 +75,7 @@ def test_app_serves_the_leaderboard(running_app):
 
     assert "PruneBoard" in httpx.get(running_app, timeout=10).text
     client = Client(running_app, verbose=False)
-    table, note, _ = client.predict("(all)", "(all)", api_name="/leaderboard")
+    table, note, *_ = client.predict("(all)", "(all)", api_name="/leaderboard")
     headers, rows = table["headers"], table["data"]
     assert "synthetic-mc" in headers and "average" in headers
     by_id = {row[headers.index("job_id")]: row for row in rows}

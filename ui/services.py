@@ -1,26 +1,35 @@
-"""What the UI's callbacks do, without Gradio: validate and submit configs, read the leaderboard and
-the queue. Every string that came from a user or a model is escaped before it reaches Markdown."""
+"""What the Submit, Queue and Findings tabs' callbacks do, without Gradio: validate and submit configs,
+detect duplicates, read the queue, render job panels and findings. Every string that came from a user
+or a model is escaped: `escape` before Markdown, `html.escape` before HTML."""
 from __future__ import annotations
 
 import html
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import select
 
-from backend.config import ConfigError, parse_config_text
+from backend.config import ConfigError, JobConfig, config_hash, parse_config_text
 from db import queries
+from db.schema import Job
 from db.session import read_session
 from jobs import queue
-from jobs.states import InvalidTransition, JobNotFound
+from jobs.states import InvalidTransition, JobNotFound, JobState
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_EXAMPLE = "tiny-dense.yaml"
 ALL = "(all)"
-QUEUE_COLUMNS = ["id", "state", "progress", "stage_text", "model", "method", "sparsity", "attempts",
-                 "worker_id", "created_at", "error"]
+QUEUE_COLUMNS = ["id", "state", "progress", "stage", "elapsed", "worker", "attempts", "model", "method",
+                 "sparsity", "submitter", "error"]
+QUEUE_DATATYPES = ["number", "html", "html", "str", "str", "str", "number", "str", "str", "number", "str", "str"]
+"""`state` and `progress` cells are HTML built here from the state enum and a number only; every
+other cell is plain text (Gradio shows `str` cells as text, never as markup)."""
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
+"""A config with a job in one of these states is a duplicate (the queue returns that job)."""
 
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
@@ -41,26 +50,6 @@ def example_text(name: str) -> str:
     return (EXAMPLES_DIR / name).read_text(encoding="utf-8")
 
 
-def leaderboard_view(model: str | None, paradigm: str | None) -> tuple[pd.DataFrame, str, Any]:
-    """(table, note, model choices update) for the chosen filters."""
-    import gradio as gr  # only for the dropdown update object
-
-    model_filter = None if model in (None, "", ALL) else model
-    paradigm_filter = None if paradigm in (None, "", ALL) else paradigm
-    with read_session() as session:
-        table = queries.leaderboard(session, model=model_filter, paradigm=paradigm_filter)
-        models = sorted(queries.leaderboard(session)["model"].unique().tolist())
-    table = table.round(4)
-    if table.empty:
-        note = ("No finished runs match yet. Submit a configuration in **Submit** "
-                "(the pre-filled tiny example finishes in under a minute on CPU).")
-    else:
-        note = (f"{len(table)} run(s). Task columns hold each task's primary metric; `average` is the mean of "
-                "higher-is-better primary metrics. Dense baselines come first.")
-    choices = [ALL, *models]
-    return table, note, gr.update(choices=choices, value=model if model in choices else ALL)
-
-
 def submit_text(text: str, force: bool) -> str:
     """Validate a YAML/JSON config and queue it; a Markdown message either way."""
     stripped = (text or "").lstrip()
@@ -76,14 +65,148 @@ def submit_text(text: str, force: bool) -> str:
     return f"Queued as **job {job.id}**. Follow it in the **Queue** tab."
 
 
+def state_badge(state: str) -> str:
+    """HTML badge for a job state or a verdict (a known word: the class is built from it, escaped anyway)."""
+    word = html.escape(str(state))
+    return f'<span class="pb-badge pb-badge-{word}">{word}</span>'
+
+
+def progress_bar(fraction: float | None, state: str = "") -> str:
+    percent = max(0.0, min(100.0, 100 * float(fraction or 0.0)))
+    return (f'<div class="pb-progress pb-progress-{html.escape(state)}" role="progressbar" '
+            f'aria-valuenow="{percent:.0f}" aria-valuemin="0" aria-valuemax="100">'
+            f'<span style="width:{percent:.0f}%"></span></div><span class="pb-progress-text">{percent:.0f}%</span>')
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def elapsed(job: dict[str, Any], now: datetime | None = None) -> str:
+    """Running or finished: time since start (to the end); queued: time waiting."""
+    now = now or datetime.now(UTC)
+    started, finished = _parse_time(job.get("started_at")), _parse_time(job.get("finished_at"))
+    if started is not None:
+        return format_seconds(((finished or now) - started).total_seconds())
+    created = _parse_time(job.get("created_at"))
+    if job.get("state") == JobState.QUEUED.value and created is not None:
+        return f"waiting {format_seconds((now - created).total_seconds())}"
+    return ""
+
+
+def queue_row(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    error = f"{job['error_type']}: {job['error_message']}" if job.get("error_type") else ""
+    stage = job.get("stage_text") or job.get("stage") or ""
+    if job.get("cancel_requested") and job.get("state") == JobState.RUNNING.value:
+        stage = f"cancel requested; {stage}"
+    return {
+        "id": job["id"], "state": state_badge(job["state"]), "progress": progress_bar(job.get("progress"), job["state"]),
+        "stage": stage, "elapsed": elapsed(job, now), "worker": job.get("worker_id") or "",
+        "attempts": job.get("attempts") or 0, "model": job.get("model"), "method": job.get("method"),
+        "sparsity": job.get("sparsity"), "submitter": job.get("submitter") or "", "error": error,
+    }
+
+
 def queue_view() -> pd.DataFrame:
     with read_session() as session:
         jobs = queries.list_jobs(session, limit=200)
-    rows = []
-    for job in jobs:
-        error = f"{job['error_type']}: {job['error_message']}" if job["error_type"] else ""
-        rows.append({**job, "progress": f"{100 * (job['progress'] or 0):.0f}%", "error": error})
-    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+    return pd.DataFrame([queue_row(job) for job in jobs], columns=QUEUE_COLUMNS)
+
+
+def selected_job_id(frame: pd.DataFrame | None, row: int | None) -> int | None:
+    """The job id of a clicked table row."""
+    if frame is None or row is None or not 0 <= row < len(frame):
+        return None
+    return int(frame.iloc[row]["id"])
+
+
+def job_panel(job_id: float | None) -> str:
+    """HTML summary of one job: state, progress, stage, timing; a failure's type, message and log tail.
+    Every text from the job is escaped."""
+    if not job_id:
+        return ('<div class="pb-empty">No job selected. Click a row of the table (or type a job id) to see '
+                "its progress, error and log, and to cancel or retry it.</div>")
+    with read_session() as session:
+        detail = queries.job_detail(session, int(job_id))
+    if detail is None:
+        return f'<div class="pb-empty">There is no job {int(job_id)}.</div>'
+    esc = html.escape
+    facts = [("model", detail["model"]), ("method", f"{detail['method']} @ {detail['sparsity']:g}"),
+             ("paradigm", detail["paradigm"]), ("worker", detail["worker_id"] or "-"),
+             ("attempts", detail["attempts"]), ("elapsed", elapsed(detail) or "-"),
+             ("submitter", detail["submitter"] or "-"), ("config hash", (detail["config_hash"] or "")[:12])]
+    parts = [(f'<div class="pb-job"><div class="pb-job-head"><strong>Job {detail["id"]}</strong> '
+              f'{state_badge(detail["state"])}{progress_bar(detail["progress"], detail["state"])}</div>')]
+    stage = detail["stage_text"] or detail["stage"]
+    if stage:
+        parts.append(f'<p class="pb-stage">{esc(str(stage))}</p>')
+    if detail["cancel_requested"] and detail["state"] == JobState.RUNNING.value:
+        parts.append('<p class="pb-note">Cancel requested: the worker stops it within one heartbeat.</p>')
+    parts.append('<dl class="pb-facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in facts)
+                 + "</dl>")
+    if detail["error_type"]:
+        parts.append(f'<div class="pb-error"><p><strong>{esc(detail["error_type"])}</strong>: '
+                     f'{esc(detail["error_message"] or "")}</p>')
+        if detail["log_tail"]:
+            parts.append(f'<details open><summary>Log tail</summary><pre>{esc(detail["log_tail"][-8000:])}</pre>'
+                         "</details>")
+        parts.append("</div>")
+    if detail["scores"]:
+        rows = "".join(f"<tr><td>{esc(s['task'])}</td><td>{esc(s['metric'])}</td><td>{_fmt(s['value'])}</td></tr>"
+                       for s in detail["scores"] if s["primary"])
+        parts.append(f'<table class="pb-mini"><tr><th>task</th><th>metric</th><th>value</th></tr>{rows}</table>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def job_actions(job_id: float | None) -> tuple[bool, bool, str]:
+    """(cancel allowed, retry allowed, a sentence saying why a button is off)."""
+    if not job_id:
+        return False, False, "Select a job to cancel or retry it."
+    with read_session() as session:
+        job = session.get(Job, int(job_id))
+        state = None if job is None else job.state
+    if state is None:
+        return False, False, f"There is no job {int(job_id)}."
+    can_cancel = state in (JobState.QUEUED, JobState.RUNNING)
+    can_retry = state in (JobState.FAILED, JobState.CANCELLED)
+    if can_cancel:
+        return True, False, f"Job {int(job_id)} is {state.value}: it can be cancelled."
+    if can_retry:
+        return False, True, f"Job {int(job_id)} is {state.value}: retry queues it again."
+    return False, False, f"Job {int(job_id)} succeeded: submit its config with *Force* to run it again."
+
+
+def find_duplicate(config: JobConfig) -> dict[str, Any] | None:
+    """The newest job with the same config hash that is queued, running or succeeded (what submit
+    would return instead of queueing), as {"id", "state"}; None when the config would be queued."""
+    with read_session() as session:
+        job = session.scalar(select(Job).where(Job.config_hash == config_hash(config), Job.state.in_(ACTIVE_STATES))
+                             .order_by(Job.id.desc()).limit(1))
+        return None if job is None else {"id": job.id, "state": job.state.value}
+
+
+def duplicate_message(duplicate: dict[str, Any] | None) -> str:
+    if duplicate is None:
+        return ""
+    return (f"**Duplicate:** this exact configuration is already {duplicate['state']} as "
+            f"[job {duplicate['id']}](?tab=queue&job={duplicate['id']}). Submitting returns that job; "
+            "tick *Force* to run it again.")
 
 
 def job_details(job_id: float | None) -> str:
@@ -119,3 +242,153 @@ def retry_job(job_id: float | None) -> str:
     except (JobNotFound, InvalidTransition) as exc:
         return escape(exc)
     return f"Job {job.id} queued again."
+
+
+_QUEUED_JOB = re.compile(r"\*\*job (\d+)\*\*")
+
+
+def submitted_job_id(message: str) -> Any:
+    """After a submit: the job id its message names (the Queue tab then shows that job), else no change."""
+    import gradio as gr
+
+    match = _QUEUED_JOB.search(message or "")
+    return int(match.group(1)) if match else gr.update()
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+
+def _presets_module():
+    try:
+        from jobs import presets
+    except ImportError:  # built without presets: the examples remain
+        return None
+    return presets
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    module = _presets_module()
+    if module is None:
+        return []
+    return [(f"{p['name']} ({p['n_jobs']} jobs)", p["name"]) for p in module.list_presets()]
+
+
+def preset_overview(name: str | None) -> tuple[str, list[tuple[str, int]]]:
+    """(Markdown description with one line per job, choices to open one job in the editor)."""
+    module = _presets_module()
+    if not name or module is None:
+        return "", []
+    try:
+        documents = module.preset_documents(name)
+    except KeyError as exc:
+        return f"**Unknown preset:** {escape(exc)}", []
+    description = next((p["description"] for p in module.list_presets() if p["name"] == name), "")
+    labels = []
+    for i, doc in enumerate(documents):
+        pruning = doc.get("pruning") or {}
+        calibration = (doc.get("calibration") or {}).get("source", "-")
+        label = (f"{i + 1}. {doc.get('model')} · {doc.get('paradigm', 'instruct')} · "
+                 f"{pruning.get('method', 'dense')} {pruning.get('sparsity', 0.0)} · calibration {calibration}")
+        labels.append((label, i))
+    text = (f"**{escape(name)}**: {escape(description)}  \n{len(documents)} jobs; *Submit preset* validates them all, "
+            "then queues each (configs that already ran are not run again).")
+    return text, labels
+
+
+def preset_job_yaml(name: str | None, index: int | None) -> Any:
+    import gradio as gr
+
+    module = _presets_module()
+    if module is None or not name or index is None:
+        return gr.update()
+    from ui.forms import config_to_yaml
+
+    documents = module.preset_documents(name)
+    return config_to_yaml(documents[int(index)]) if 0 <= int(index) < len(documents) else gr.update()
+
+
+def submit_preset(name: str | None) -> str:
+    module = _presets_module()
+    if module is None:
+        return "Presets are not available in this build."
+    if not name:
+        return "Choose a preset first."
+    try:
+        submitted = module.submit_preset(name, submitter="web")
+    except (ConfigError, KeyError) as exc:
+        return f"**Preset not submitted.** {escape(exc)}"
+    new = [job.id for job, existing in submitted if not existing]
+    old = [job.id for job, existing in submitted if existing]
+    parts = [f"Preset **{escape(name)}**: {len(new)} job(s) queued"]
+    if new:
+        parts.append(f" (jobs {_id_ranges(new)})")
+    if old:
+        parts.append(f"; {len(old)} already existed (jobs {_id_ranges(old)})")
+    return "".join(parts) + ". Follow them in the **Queue** tab."
+
+
+def _id_ranges(ids: list[int]) -> str:
+    ids = sorted(ids)
+    spans, start, prev = [], ids[0], ids[0]
+    for job_id in ids[1:] + [None]:
+        if job_id is not None and job_id == prev + 1:
+            prev = job_id
+            continue
+        spans.append(str(start) if start == prev else f"{start}–{prev}")
+        if job_id is not None:
+            start = prev = job_id
+    return ", ".join(spans)
+
+
+# --- findings -----------------------------------------------------------------------------------
+
+
+VERDICT_WORDS = {"supported": "supported", "contradicted": "contradicted", "inconclusive": "inconclusive"}
+
+
+def findings_html(model: str | None = None, paradigm: str | None = None) -> str:
+    """The seed findings with their verdicts, rules and the numbers behind them (escaped HTML)."""
+    try:
+        from db import findings as findings_db
+    except ImportError:
+        return '<div class="pb-empty">Findings are not available in this build.</div>'
+    model = None if model in (None, "", ALL) else model
+    paradigm = None if paradigm in (None, "", ALL) else paradigm
+    with read_session() as session:
+        verdicts = findings_db.findings(session, model=model, paradigm=paradigm)
+    if not verdicts:
+        return ('<div class="pb-empty">No findings to evaluate. Submit a study preset below; verdicts appear '
+                "as its runs finish.</div>")
+    note = ""
+    if not any((v.numbers or {}).get("n_paired") for v in verdicts):
+        note = ('<div class="pb-empty">No paired results yet, so every verdict is inconclusive. Submit a study '
+                "preset below (study-smoke is the quickest); verdicts update as its runs finish.</div>")
+    return note + '<div class="pb-findings">' + "".join(render_verdict(v) for v in verdicts) + "</div>"
+
+
+def render_verdict(verdict: Any) -> str:
+    esc = html.escape
+    word = VERDICT_WORDS.get(verdict.verdict, "inconclusive")
+    numbers = dict(verdict.numbers or {})
+    stats = []
+    if numbers.get("diff") is not None:
+        stats.append(f"Δ = {_fmt(numbers.get('diff'))}, 95% CI [{_fmt(numbers.get('ci_low'))}, "
+                     f"{_fmt(numbers.get('ci_high'))}]")
+    if numbers.get("n_paired") is not None:
+        stats.append(f"{esc(str(numbers['n_paired']))} paired samples")
+    runs = numbers.get("runs")
+    if isinstance(runs, dict) and runs:
+        stats.append("; ".join(f"{esc(str(side))}: jobs {esc(', '.join(str(j) for j in ids))}"
+                               for side, ids in runs.items()))
+    reason = getattr(verdict, "reason", "")
+    return (f'<div class="pb-card pb-verdict-{word}"><div class="pb-card-head">{state_badge(word)} '
+            f"<strong>{esc(verdict.statement)}</strong></div>"
+            f'<p class="pb-rule"><em>Rule:</em> {esc(verdict.rule)}</p>'
+            + (f'<p class="pb-numbers">{" · ".join(stats)}</p>' if stats else "")
+            + (f'<p class="pb-note">{esc(reason)}</p>' if reason else "") + "</div>")
+
+
+def findings_models() -> list[str]:
+    with read_session() as session:
+        models = session.scalars(select(Job.model).where(Job.state == JobState.SUCCEEDED).distinct()).all()
+    return [ALL, *sorted(models)]

@@ -1,4 +1,4 @@
-"""Queue tab."""
+"""Queue tab: the live job list (gr.Timer), the selected job's progress, error and log, cancel and retry."""
 from __future__ import annotations
 
 import gradio as gr
@@ -9,21 +9,50 @@ QUEUE_REFRESH_SECONDS = 2.0
 
 
 def build(shared) -> None:
-    shared.queue_table = gr.Dataframe(label="Jobs (refreshes every 2 s)", interactive=False, wrap=True)
-    with gr.Row():
-        shared.queue_job_id = gr.Number(label="Job id", precision=0, minimum=1)
-        shared.queue_show = gr.Button("Show details")
-        shared.queue_cancel = gr.Button("Cancel", variant="stop")
-        shared.queue_retry = gr.Button("Retry")
-    shared.queue_message = gr.Markdown()
-    shared.queue_detail = gr.Code(label="Job details: error, log tail, manifest", language="json", lines=14,
-                                  interactive=False)
+    gr.Markdown("Jobs, newest first; refreshes every 2 s. Click a row to see its progress, error and log.",
+                elem_classes="pb-hint")
+    shared.queue_table = gr.Dataframe(headers=services.QUEUE_COLUMNS, datatype=services.QUEUE_DATATYPES,
+                                      label="Jobs", interactive=False, wrap=True, max_height=420,
+                                      elem_id="pb-queue-table")
+    with gr.Row(equal_height=False):
+        # No minimum: an empty box reads 0, and a bound would make every event reading it fail.
+        shared.queue_job_id = gr.Number(label="Job id", precision=0, elem_id="pb-queue-job")
+        shared.queue_show = gr.Button("Full record", elem_id="pb-queue-show")
+        shared.queue_cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="pb-queue-cancel")
+        shared.queue_retry = gr.Button("Retry", interactive=False, elem_id="pb-queue-retry")
+    shared.queue_hint = gr.Markdown("Select a job to cancel or retry it.", elem_id="pb-queue-hint",
+                                    elem_classes="pb-hint")
+    shared.queue_message = gr.Markdown(elem_id="pb-queue-message")
+    shared.queue_panel = gr.HTML(services.job_panel(None), elem_id="pb-queue-detail")
+    with gr.Accordion("Full record: config, scores, manifest (JSON)", open=False):
+        shared.queue_detail = gr.Code(language="json", lines=14, interactive=False, elem_id="pb-queue-json")
     shared.queue_timer = gr.Timer(QUEUE_REFRESH_SECONDS)
 
 
+def _job_state(job_id):
+    """[panel, cancel, retry, hint] for the selected job."""
+    can_cancel, can_retry, hint = services.job_actions(job_id)
+    return [services.job_panel(job_id), gr.update(interactive=can_cancel), gr.update(interactive=can_retry), hint]
+
+
+def _refresh(job_id):
+    return [services.queue_view(), *_job_state(job_id)]
+
+
+def _on_select(evt: gr.SelectData):
+    row = evt.row_value
+    return int(row[0]) if row else gr.update()
+
+
 def wire(shared, demo) -> None:
-    shared.queue_timer.tick(services.queue_view, None, shared.queue_table, api_name=False)
+    job_outputs = [shared.queue_panel, shared.queue_cancel, shared.queue_retry, shared.queue_hint]
+    refresh_outputs = [shared.queue_table, *job_outputs]
+    shared.queue_timer.tick(_refresh, shared.queue_job_id, refresh_outputs, api_name=False, show_progress="hidden")
+    shared.queue_table.select(_on_select, None, shared.queue_job_id, api_name=False)
+    shared.queue_job_id.change(_job_state, shared.queue_job_id, job_outputs, api_name=False, trigger_mode="always_last")
     shared.queue_show.click(services.job_details, shared.queue_job_id, shared.queue_detail, api_name="job")
-    shared.queue_cancel.click(services.cancel_job, shared.queue_job_id, shared.queue_message, api_name="cancel")
-    shared.queue_retry.click(services.retry_job, shared.queue_job_id, shared.queue_message, api_name="retry")
+    shared.queue_cancel.click(services.cancel_job, shared.queue_job_id, shared.queue_message, api_name="cancel").then(
+        _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
+    shared.queue_retry.click(services.retry_job, shared.queue_job_id, shared.queue_message, api_name="retry").then(
+        _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
     demo.load(services.queue_view, None, shared.queue_table, api_name=False)
