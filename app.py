@@ -3,11 +3,17 @@ starts PRUNEBOARD_LOCAL_WORKERS local workers.
 
 The UI (Gradio) is mounted at "/" on the FastAPI app of `jobs.api`, so remote workers reach
 `/api/v1/worker/...` and monitors `/healthz` on the same port (GRADIO_SERVER_PORT, default 7860).
+
+Space mode (SPACE_ID set, i.e. on a Hugging Face Space): no local worker unless
+PRUNEBOARD_LOCAL_WORKERS says so (jobs run on remote GPU workers), login required to submit, and
+the SQLite database is backed up every PRUNEBOARD_BACKUP_SECONDS; on start a missing or unreadable
+database is restored from the backup (`db.backup`).
 """
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +21,7 @@ from pathlib import Path
 from backend import settings
 
 ROOT = Path(__file__).resolve().parent
+MIN_SECRET_TOKEN_CHARS = 32
 logger = logging.getLogger("pruneboard.app")
 
 
@@ -62,13 +69,73 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
+def prepare_database():
+    """Restore a lost database from its backup, migrate, and start periodic backups when enabled;
+    returns the backup thread (None when backups are off)."""
+    from db.backup import BackupThread, restore_if_needed
+    from db.session import init_db
+
+    restore_if_needed()
+    init_db()
+    interval = settings.backup_seconds()
+    if interval <= 0:
+        return None
+    thread = BackupThread(interval)
+    thread.start()
+    logger.info("backing the database up every %.0f s to %s", interval, settings.backup_dir())
+    return thread
+
+
+def register_worker_tokens() -> list[str]:
+    """PRUNEBOARD_WORKER_TOKENS="name=token,..." (a Space secret): worker tokens for deployments
+    where no one can run `python -m jobs token create` beside the database. A new name is added and
+    a changed token replaces the old one; an unchanged one is left as it is, so a revoke stands.
+    Returns the names added or changed."""
+    from sqlalchemy import select
+
+    from db.schema import WorkerToken
+    from db.session import write_session
+    from jobs.tokens import NAME_PATTERN, digest
+
+    changed = []
+    for item in filter(None, (part.strip() for part in os.environ.get("PRUNEBOARD_WORKER_TOKENS", "").split(","))):
+        name, _, token = (piece.strip() for piece in item.partition("="))
+        if not NAME_PATTERN.match(name) or len(token) < MIN_SECRET_TOKEN_CHARS:
+            logger.error("PRUNEBOARD_WORKER_TOKENS: skipped an entry (want name=token, token of at least %d "
+                         "characters)", MIN_SECRET_TOKEN_CHARS)
+            continue
+        with write_session() as session:
+            row = session.scalar(select(WorkerToken).where(WorkerToken.name == name))
+            if row is not None and row.token_hash == digest(token):
+                continue
+            if row is None:
+                row = WorkerToken(name=name)
+                session.add(row)
+            row.token_hash, row.revoked_at = digest(token), None
+        changed.append(name)
+    if changed:
+        logger.info("worker tokens from PRUNEBOARD_WORKER_TOKENS: %s", ", ".join(changed))
+    return changed
+
+
+def log_mode() -> None:
+    if settings.space_mode():
+        logger.info("Space mode (SPACE_ID=%s): home %s, login required, %d admin(s)",
+                    os.environ.get("SPACE_ID"), settings.home(), len(settings.admins()))
+    else:
+        logger.info("local mode: home %s, login %s", settings.home(),
+                    "required" if settings.require_login() else "not required")
+
+
 def main() -> None:
     import uvicorn
 
     setup_logging()
-    from db.session import init_db
-
-    init_db()
+    log_mode()
+    backups = prepare_database()
+    if backups is not None:
+        atexit.register(backups.stop)  # one last backup on a clean exit
+    register_worker_tokens()
     workers = start_local_workers(settings.local_workers())
     logger.info("started %d local worker(s)", len(workers))
     app = create_app()

@@ -58,7 +58,7 @@ def comparable_runs(session: Session, task: str | None = None) -> list[dict[str,
     query = (
         select(Job.id, Job.model, Job.paradigm, Job.method, Job.sparsity, Score.task)
         .join(Score, Score.job_id == Job.id)
-        .where(Job.state == JobState.SUCCEEDED, Score.is_primary.is_(True), with_samples)
+        .where(Job.state == JobState.SUCCEEDED, Job.hidden.is_(False), Score.is_primary.is_(True), with_samples)
         .order_by(Job.id.desc(), Score.task)
     )
     if task is not None:

@@ -198,8 +198,9 @@ def export_board(board: Board, fmt: str) -> str:
 
 
 def _latest_subquery(model: str | None, paradigm: str | None):
-    """Ids of the latest succeeded job of each config hash (of one model / paradigm if given)."""
-    latest = select(func.max(Job.id)).where(Job.state == JobState.SUCCEEDED)
+    """Ids of the latest succeeded job of each config hash (of one model / paradigm if given) that
+    no admin hid (jobs.access)."""
+    latest = select(func.max(Job.id)).where(Job.state == JobState.SUCCEEDED, Job.hidden.is_(False))
     if model is not None:
         latest = latest.where(Job.model == model)
     if paradigm is not None:

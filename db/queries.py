@@ -54,6 +54,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "worker_id": job.worker_id,
         "config_hash": job.config_hash,
         "submitter": job.submitter,
+        "hidden": bool(job.hidden),
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
@@ -61,9 +62,13 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def list_jobs(session: Session, limit: int = 100, state: JobState | str | None = None) -> list[dict[str, Any]]:
-    """The newest jobs first, optionally of one state."""
+def list_jobs(session: Session, limit: int = 100, state: JobState | str | None = None,
+              include_hidden: bool = True) -> list[dict[str, Any]]:
+    """The newest jobs first, optionally of one state; `include_hidden=False` (non-admins) leaves out
+    the runs an admin hid."""
     query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if not include_hidden:
+        query = query.where(Job.hidden.is_(False))
     if state is not None:
         query = query.where(Job.state == JobState(state))
     return [job_to_dict(job) for job in session.scalars(query)]
@@ -196,7 +201,7 @@ def leaderboard(session: Session, model: str | None = None, paradigm: str | None
 
     latest = (
         select(func.max(Job.id).label("job_id"))
-        .where(Job.state == JobState.SUCCEEDED)
+        .where(Job.state == JobState.SUCCEEDED, Job.hidden.is_(False))
         .group_by(Job.config_hash)
         .subquery()
     )
