@@ -256,6 +256,24 @@ class NoopArgs(_Strict):
     """When set, the pipeline raises RuntimeError(fail): for failure-path tests."""
 
 
+class ResourcesConfig(_Strict):
+    """Where a job may run and for how long. Workers claim only jobs they can run (`jobs.resources`);
+    not part of the run's hash (they do not change what is computed)."""
+
+    device: Literal["any", "cpu", "cuda"] = "any"
+    """cuda: only GPU workers take it; cpu: only CPU workers; any: every worker."""
+    min_accelerator_memory_gb: float | None = Field(None, gt=0.0, le=100_000.0)
+    """Only workers whose accelerator has at least this much memory take it (implies a GPU worker)."""
+    max_wall_minutes: float | None = Field(None, gt=0.0, le=7 * 24 * 60.0)
+    """An attempt running longer than this fails with error type WallTimeExceeded."""
+
+    @model_validator(mode="after")
+    def _check_memory(self) -> "ResourcesConfig":
+        if self.device == "cpu" and self.min_accelerator_memory_gb is not None:
+            raise ValueError("min_accelerator_memory_gb needs device 'cuda' or 'any', not 'cpu'")
+        return self
+
+
 class HFModelArgs(_Strict):
     revision: str | None = Field(None, max_length=100)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -277,6 +295,13 @@ class JobConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     keep_model: bool = False
     """Save the pruned model (safetensors, config, tokenizer) under $PRUNEBOARD_HOME/models/<config_hash>/."""
+    resources: ResourcesConfig | None = None
+    """Device, accelerator memory and wall time the job needs (None: any worker, no time limit)."""
+
+    @field_validator("resources")
+    @classmethod
+    def _no_empty_resources(cls, resources: ResourcesConfig | None) -> ResourcesConfig | None:
+        return None if resources == ResourcesConfig() else resources  # `resources: {}` is no resources
 
     @field_validator("model")
     @classmethod
@@ -386,5 +411,7 @@ def canonical_json(config: JobConfig) -> str:
 
 
 def config_hash(config: JobConfig) -> str:
-    """Identifies a run: sha256 of the canonical JSON."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+    """Identifies a run: sha256 of the canonical JSON without `resources` (where a job runs and its
+    time limit do not change what it computes)."""
+    data = {k: v for k, v in canonical_dict(config).items() if k != "resources"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

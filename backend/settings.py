@@ -11,11 +11,22 @@ DEFAULT_MAX_REQUEUES = 5
 DEFAULT_PORT = 7860
 DEFAULT_TRACE_CAP_MB = 64.0
 """Compressed full-text traces stored per run before the rest are cut (PRUNEBOARD_TRACE_CAP_MB)."""
+DATA_VOLUME = Path("/data")
+"""A Hugging Face Space's persistent storage: the default home when it exists and is writable."""
+DEFAULT_MAX_QUEUED_PER_USER = 5
+DEFAULT_MAX_SUBMISSIONS_PER_DAY = 20
+DEFAULT_SPACE_BACKUP_SECONDS = 600
 
 
 def home() -> Path:
-    """PRUNEBOARD_HOME: database, model cache and exports (default ./var)."""
-    return Path(os.environ.get("PRUNEBOARD_HOME", "var")).resolve()
+    """PRUNEBOARD_HOME: database, model cache and exports (default /data when that persistent volume
+    exists and is writable, else ./var)."""
+    value = os.environ.get("PRUNEBOARD_HOME")
+    if value:
+        return Path(value).resolve()
+    if DATA_VOLUME.is_dir() and os.access(DATA_VOLUME, os.W_OK | os.X_OK):
+        return DATA_VOLUME.resolve()
+    return Path("var").resolve()
 
 
 def data_dir() -> Path:
@@ -46,11 +57,17 @@ def max_requeues() -> int:
 
 
 def local_workers() -> int:
-    return _int_env("PRUNEBOARD_LOCAL_WORKERS", 1)
+    """PRUNEBOARD_LOCAL_WORKERS: workers app.py starts (default 1; 0 in Space mode, GPUs are elsewhere)."""
+    return _int_env("PRUNEBOARD_LOCAL_WORKERS", 0 if space_mode() else 1)
 
 
 def allow_noop() -> bool:
     return os.environ.get("PRUNEBOARD_ALLOW_NOOP") == "1"
+
+
+def auto_baselines() -> bool:
+    """PRUNEBOARD_AUTO_BASELINES (default 1): submitting a pruned config queues its dense baseline."""
+    return os.environ.get("PRUNEBOARD_AUTO_BASELINES", "1") != "0"
 
 
 def server_port() -> int:
@@ -68,3 +85,51 @@ def trace_cap_bytes() -> int:
     value = os.environ.get("PRUNEBOARD_TRACE_CAP_MB")
     megabytes = float(value) if value not in (None, "") else DEFAULT_TRACE_CAP_MB
     return max(int(megabytes * 1024 * 1024), 0)
+
+
+# --- Hugging Face Space: login, admins, quotas, backups ------------------------------------------
+
+
+def space_mode() -> bool:
+    """Running on a Hugging Face Space (the platform sets SPACE_ID)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def require_login() -> bool:
+    """Submitting needs a logged-in user: on a Space, or PRUNEBOARD_REQUIRE_LOGIN=1."""
+    return space_mode() or os.environ.get("PRUNEBOARD_REQUIRE_LOGIN") == "1"
+
+
+def admins() -> frozenset[str]:
+    """PRUNEBOARD_ADMINS: comma-separated Hugging Face usernames (compared case-insensitively)."""
+    return frozenset(n.strip().casefold() for n in os.environ.get("PRUNEBOARD_ADMINS", "").split(",") if n.strip())
+
+
+def injected_identity() -> str | None:
+    """PRUNEBOARD_TEST_IDENTITY: the username tests act as; ignored in Space mode (real OAuth there)."""
+    return None if space_mode() else (os.environ.get("PRUNEBOARD_TEST_IDENTITY") or None)
+
+
+def max_queued_per_user() -> int:
+    """PRUNEBOARD_MAX_QUEUED_PER_USER: a user's queued or running jobs at once (0: no limit)."""
+    return _int_env("PRUNEBOARD_MAX_QUEUED_PER_USER", DEFAULT_MAX_QUEUED_PER_USER)
+
+
+def max_submissions_per_day() -> int:
+    """PRUNEBOARD_MAX_SUBMISSIONS_PER_DAY: a user's submissions and retries in 24 hours (0: no limit)."""
+    return _int_env("PRUNEBOARD_MAX_SUBMISSIONS_PER_DAY", DEFAULT_MAX_SUBMISSIONS_PER_DAY)
+
+
+def backup_seconds() -> float:
+    """PRUNEBOARD_BACKUP_SECONDS: interval of the online SQLite backup (default 600 in Space mode,
+    else 0: off)."""
+    value = os.environ.get("PRUNEBOARD_BACKUP_SECONDS")
+    if value in (None, ""):
+        return float(DEFAULT_SPACE_BACKUP_SECONDS if space_mode() else 0)
+    return max(float(value), 0.0)
+
+
+def backup_dir() -> Path:
+    """PRUNEBOARD_BACKUP_DIR: where the SQLite backup is kept (default $PRUNEBOARD_HOME/backups)."""
+    value = os.environ.get("PRUNEBOARD_BACKUP_DIR")
+    return Path(value).resolve() if value else home() / "backups"

@@ -37,7 +37,7 @@ from jobs.states import JobState
 
 __all__ = [
     "Base", "Job", "Score", "Sample", "SampleCheckpoint", "Trace", "utcnow", "JOB_STATE_TYPE",
-    "SAMPLE_PREVIEW_CHARS", "WorkerToken", "WorkerRecord",
+    "SAMPLE_PREVIEW_CHARS", "WorkerToken", "WorkerRecord", "AuditEntry",
 ]
 
 SAMPLE_PREVIEW_CHARS = 2000
@@ -101,6 +101,13 @@ class Job(Base):
     submitter: Mapped[str | None] = mapped_column(String(200))
     trace_stats_json: Mapped[dict[str, Any] | None]
     """backend.trace_stats.trace_stats of the stored samples (set on completion and on rescore)."""
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """An admin hid the run (jobs.access.hide_run): off the leaderboard, compare and others' queue."""
+    required_device: Mapped[str | None] = mapped_column(String(8))
+    """resources.device when not "any" (cpu | cuda): claims filter on it (jobs.resources)."""
+    min_accelerator_memory_gb: Mapped[float | None] = mapped_column(Float)
+    model_source: Mapped[str | None] = mapped_column(String(8))
+    """builtin | local | hub: which workers can load the model (NULL: rows before migration 0006)."""
 
     __table_args__ = (
         Index("ix_jobs_state_id", "state", "id"),  # claim_next, requeue_expired, leaderboard
@@ -243,3 +250,21 @@ class WorkerRecord(Base):
     device_json: Mapped[dict[str, Any] | None]
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
     """Set when the worker exited cleanly (a worker that died just stops beating: stale)."""
+
+
+class AuditEntry(Base):
+    """One moderation or submission action (jobs.access): who did what to which job, and why.
+
+    `job_id` is no foreign key: the entry outlives a deleted run, and `detail` keeps what it was.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (Index("ix_audit_log_actor_action_at", "actor", "action", "at"),)  # daily quota counts

@@ -31,6 +31,7 @@ from db.schema import Job, WorkerRecord
 from db.session import read_session
 from jobs import queue, registry, tokens, wire
 from jobs.logs import event
+from jobs.resources import Capabilities
 from jobs.states import JobState, LostClaim
 
 __all__ = ["create_api", "API_PREFIX", "max_body_bytes"]
@@ -58,6 +59,8 @@ class ClaimRequest(_Strict):
     worker: str = Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9_.:@-]+$")
     """This process's name on its machine (e.g. host:pid); the server puts the token's name in front."""
     device: dict[str, Any] = Field(default_factory=dict)
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    """What the worker can run (jobs.resources); the claim takes only such a job."""
 
 
 _ID_MAX = 2**31 - 1  # INTEGER columns (32-bit on Postgres)
@@ -166,7 +169,8 @@ def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
 def _claim(token: str, body: ClaimRequest) -> dict[str, Any]:
     worker_id = f"{token}/{body.worker}"
     registry.seen(worker_id, token_name=token, device=body.device or None)  # before the claim: owns it
-    job = queue.claim_next(worker_id)
+    # a remote worker never sees the server's directories, whatever it says
+    job = queue.claim_next(worker_id, body.capabilities.model_copy(update={"local_dirs": False}))
     _note(worker_id, token, current_job_id=job.id if job else None)
     if job is None:
         return {"worker_id": worker_id, "job": None}

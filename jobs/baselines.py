@@ -1,7 +1,7 @@
 """Automatic dense baselines: submitting a pruned config also queues the dense run it is compared
 with, unless one exists. The leaderboard's delta and % retained need it (`db.leaderboard`).
 
-The baseline of a config keeps its model, paradigm, model_args, tasks, evaluation and seed, with
+The baseline of a config keeps its model, paradigm, model_args, tasks, evaluation, seed and resources, with
 pruning `dense` and no calibration or recovery; it is submitted by "system". It is not queued when
 a job with the same hash exists in any state (a failed baseline is retried by hand, not on every
 submission), nor when queued, running or succeeded dense jobs of the same model, paradigm,
@@ -27,7 +27,7 @@ __all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "queue_dense_baseline"]
 logger = logging.getLogger(__name__)
 
 SYSTEM_SUBMITTER = "system"
-_KEPT_FIELDS = ("model", "paradigm", "model_args", "tasks", "evaluation", "seed")
+_KEPT_FIELDS = ("model", "paradigm", "model_args", "tasks", "evaluation", "seed", "resources")
 _LIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
 
 

@@ -19,7 +19,7 @@ from jobs.states import JobState
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_CONFLICT, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_CONFLICT, EXIT_BAD_INPUT, EXIT_AUTH = 0, 1, 2, 3
 
 
 class _Fail(Exception):
@@ -33,7 +33,8 @@ class _Fail(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs", description="PruneBoard job queue.",
-        epilog="Exit codes: 0 ok, 1 not allowed in the job's state, 2 bad input or unknown job.",
+        epilog="Exit codes: 0 ok, 1 not allowed in the job's state, 2 bad input or unknown job, "
+               "3 the server rejected the worker token.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -70,6 +71,54 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run jobs in this process")
     worker.add_argument("--drain", action="store_true", help="exit once no job is queued")
     worker.add_argument("--id", dest="worker_id", metavar="NAME", help="worker id (default hostname:pid)")
+    worker.add_argument("--server", metavar="URL",
+                        help="run as a remote worker of this PruneBoard server (worker API; no database access)")
+    worker.add_argument("--token", metavar="TOKEN",
+                        help="the remote worker's token (default: $PRUNEBOARD_WORKER_TOKEN)")
+    worker.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                        help="seconds between claims while idle (default 0.3 local, 2 remote)")
+    worker.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: one job at a time in this process; ray: each job a Ray task "
+                             "(pip install -r requirements-ray.txt)")
+    worker.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --executor ray: the Ray cluster ('auto': the running one; default: start one)")
+    worker.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                        help="with --executor ray: jobs in flight at once (default: cluster CPUs / --cpus-per-job)")
+    worker.add_argument("--cpus-per-job", type=float, default=1.0, metavar="N",
+                        help="with --executor ray: num_cpus of each job's task (default 1)")
+
+    token = commands.add_parser("token", help="create, revoke or list remote workers' API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    token_create = token_commands.add_parser("create", help="create a token; prints it once (the last word)")
+    token_create.add_argument("name", metavar="NAME")
+    token_revoke = token_commands.add_parser("revoke", help="revoke a token: its worker is refused at once")
+    token_revoke.add_argument("name", metavar="NAME")
+    token_list = token_commands.add_parser("list", help="list tokens (names and dates, never the tokens)")
+    token_list.add_argument("--json", action="store_true")
+
+    preset = commands.add_parser(
+        "submit-preset", help="validate every config of a named preset (jobs.presets), then queue them all"
+    )
+    preset.add_argument("name", metavar="NAME", help="study-cpu, study-gpu or study-smoke")
+    preset.add_argument("--dry-run", action="store_true", help="list the configs without queueing anything")
+    preset.add_argument("--json", action="store_true",
+                        help='print {"preset", "jobs": [{"id", "state", "existing"}]} (dry run: "configs")')
+    preset.add_argument("--submitter", default=None, help="recorded with the jobs (default: cli:$USER)")
+
+    admin = commands.add_parser("admin", help="hide, unhide or delete runs; read the audit log (jobs.access)")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    for name, text in (("hide", "take a run off the leaderboard and compare views (kept in the database)"),
+                       ("unhide", "show a hidden run again"),
+                       ("delete", "delete a run with its scores, samples and traces")):
+        sub = admin_commands.add_parser(name, help=text)
+        sub.add_argument("id", type=int, metavar="JOB")
+        sub.add_argument("--reason", required=name != "unhide", default="", help="recorded in the audit log")
+        sub.add_argument("--actor", default=None, help="recorded in the audit log (default: cli:$USER)")
+    audit = admin_commands.add_parser("audit", help="show the audit log, newest first")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete)")
+    audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
+    audit.add_argument("--json", action="store_true")
 
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
         sub = commands.add_parser(name, help=text)
@@ -83,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
+        "submit-preset": _submit_preset, "token": _token, "admin": _admin,
     }[args.command]
     try:
         handler(args)
@@ -111,9 +161,35 @@ def _submit(args: argparse.Namespace) -> None:
         print(job.id)
 
 
+def _submit_preset(args: argparse.Namespace) -> None:
+    from backend.config import ConfigError, canonical_dict
+    from jobs.presets import UnknownPreset, preset_configs, submit_preset
+
+    submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
+    try:  # every config is validated (and its model checked) before anything is queued
+        configs = preset_configs(args.name) if args.dry_run else None
+        submitted = [] if args.dry_run else submit_preset(args.name, submitter=submitter)
+    except (UnknownPreset, ConfigError) as exc:
+        raise _Fail(str(exc)) from None
+    if configs is not None and args.json:
+        _print_json({"preset": args.name, "configs": [canonical_dict(c) for c in configs]})
+    elif configs is not None:
+        for c in configs:
+            calibration = c.calibration.source if c.pruning.method != "dense" else "-"
+            print(f"{c.model}  {c.paradigm:<8}  {c.pruning.method:<14}  {c.pruning.sparsity:.2f}  "
+                  f"{calibration:<14}  {','.join(t.name for t in c.tasks)}")
+    elif args.json:
+        _print_json({"preset": args.name, "jobs": [
+            {"id": job.id, "state": job.state.value, "existing": existing} for job, existing in submitted]})
+    else:
+        for job, _ in submitted:
+            print(job.id)
+
+
 def _status(args: argparse.Namespace) -> None:
     from db.queries import job_detail, list_jobs
     from db.session import read_session
+    from jobs.registry import list_workers
 
     with read_session() as session:
         if args.id is not None:
@@ -123,12 +199,14 @@ def _status(args: argparse.Namespace) -> None:
             jobs = [detail]
         else:
             jobs = list_jobs(session, limit=args.limit, state=args.state)
+        workers = list_workers(session)
     if args.json:
-        _print_json({"jobs": jobs})
+        _print_json({"jobs": jobs, "workers": workers})
     elif args.id is not None:
         _print_detail(jobs[0])
     else:
         _print_table(jobs)
+        _print_workers(workers)
 
 
 def _cancel(args: argparse.Namespace) -> None:
@@ -188,9 +266,96 @@ def _prune(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from jobs.worker import Worker
+    from jobs.worker import POLL_INTERVAL
 
-    Worker(worker_id=args.worker_id).run(drain=args.drain)
+    token = args.token or os.environ.get("PRUNEBOARD_WORKER_TOKEN")
+    if args.server is None:
+        if args.token:
+            raise _Fail("--token needs --server (local workers use the database directly)")
+        _runner(args, args.poll or POLL_INTERVAL).run(drain=args.drain)
+        return
+    if not token:
+        raise _Fail("--server needs --token TOKEN (or $PRUNEBOARD_WORKER_TOKEN)")
+    from jobs.remote import REMOTE_POLL_INTERVAL, HttpQueue, ServerUnreachable, TokenRejected
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # our own events say what each call did
+    backend = HttpQueue(args.server, token)
+    try:
+        _runner(args, args.poll or REMOTE_POLL_INTERVAL, backend).run(drain=args.drain)
+    except TokenRejected as exc:
+        raise _Fail(str(exc), EXIT_AUTH) from None
+    except ServerUnreachable as exc:
+        raise _Fail(f"server {args.server} unreachable: {exc}", EXIT_CONFLICT) from None
+    finally:
+        backend.close()
+
+
+def _runner(args: argparse.Namespace, poll: float, backend=None):
+    """The worker loop of --executor: this process (Worker) or a Ray cluster (RayExecutor)."""
+    if args.executor == "local":
+        if args.address is not None or args.max_concurrent is not None:
+            raise _Fail("--address and --max-concurrent need --executor ray")
+        from jobs.worker import Worker
+
+        return Worker(worker_id=args.worker_id, poll_interval=poll, backend=backend)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise _Fail("--max-concurrent must be at least 1")
+    from jobs.ray_executor import RayExecutor, RayMissing, import_ray
+
+    try:
+        import_ray()
+    except RayMissing as exc:
+        raise _Fail(str(exc)) from None
+    return RayExecutor(worker_id=args.worker_id, backend=backend, max_concurrent=args.max_concurrent,
+                       cpus_per_job=args.cpus_per_job, poll_interval=poll, address=args.address)
+
+
+def _token(args: argparse.Namespace) -> None:
+    from jobs import tokens
+
+    if args.token_command == "create":
+        try:
+            token = tokens.create(args.name)
+        except (ValueError, FileExistsError) as exc:
+            raise _Fail(str(exc), EXIT_CONFLICT if isinstance(exc, FileExistsError) else EXIT_BAD_INPUT) from None
+        print(f"worker token {args.name} (shown once; stored hashed): {token}")
+    elif args.token_command == "revoke":
+        try:
+            revoked = tokens.revoke(args.name)
+        except KeyError:
+            raise _Fail(f"no token named {args.name!r}") from None
+        print(f"token {args.name}: {'revoked' if revoked else 'already revoked'}")
+    else:
+        rows = tokens.list_tokens()
+        if args.json:
+            _print_json({"tokens": rows})
+            return
+        for row in rows:
+            state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+            print(f"{row['name']:<30} created {row['created_at']:%Y-%m-%d %H:%M}  {state}")
+
+
+def _admin(args: argparse.Namespace) -> None:
+    """Operators act as an admin (they have database access anyway)."""
+    from jobs import access
+
+    if args.admin_command == "audit":
+        entries = access.audit_entries(limit=args.limit, action=args.action, job_id=args.job)
+        if args.json:
+            _print_json({"entries": entries})
+            return
+        for e in entries:
+            job = "" if e["job_id"] is None else e["job_id"]
+            detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
+            print(f"{e['at']:%Y-%m-%d %H:%M:%S}  {e['actor'][:30]:<30}  {e['action']:<7}  {job:>5}  {detail}")
+        return
+    actor = access.User(name=args.actor or f"cli:{os.environ.get('USER', 'unknown')}", is_admin=True)
+    action = {"hide": access.hide_run, "unhide": access.unhide_run, "delete": access.delete_run}[args.admin_command]
+    try:
+        _transition(lambda: action(actor, args.id, args.reason))
+    except ValueError as exc:  # an empty reason (InvalidTransition is handled by _transition)
+        raise _Fail(str(exc)) from None
+    print(f"job {args.id}: {({'hide': 'hidden', 'unhide': 'shown again', 'delete': 'deleted'})[args.admin_command]}")
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -307,6 +472,17 @@ def _print_table(jobs: list[dict[str, Any]]) -> None:
         )
 
 
+def _print_workers(workers: list[dict[str, Any]]) -> None:
+    if not workers:
+        return
+    print()
+    print(f"{'WORKER':<40}  {'STATUS':<7}  {'JOB':>5}  LAST HEARTBEAT")
+    for w in workers:
+        job = "" if w["current_job"] is None else w["current_job"]
+        print(f"{w['id'][-40:]:<40}  {w['status']:<7}  {job:>5}  {w['last_heartbeat_at']:%Y-%m-%d %H:%M:%S} "
+              f"({w['seconds_since_heartbeat']:.0f} s ago)")
+
+
 def _print_detail(job: dict[str, Any]) -> None:
     for key in ("id", "state", "progress", "stage", "stage_text", "model", "paradigm", "method", "sparsity",
                 "attempts", "requeues", "worker_id", "created_at", "started_at", "finished_at",
@@ -337,8 +513,10 @@ class _StderrHandler(logging.StreamHandler):
 def _setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:  # leave an embedding application's (or pytest's) logging alone
+        from jobs.logs import formatter
+
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(formatter())
         root.addHandler(handler)
         root.setLevel(logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)

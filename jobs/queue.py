@@ -23,6 +23,7 @@ from backend.scoring import SCORER_VERSION
 from backend.trace_stats import trace_stats
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
+from jobs.resources import Capabilities, claim_filter, job_requirements
 from jobs.states import InvalidTransition, JobNotFound, JobState, LostClaim
 
 __all__ = [
@@ -45,7 +46,12 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
 
     An identical config (same hash) that is queued, running or succeeded is returned as it is; if
     the latest such job failed or was cancelled it is queued again. `force` always makes a new job.
+    A pruned config first queues its dense baseline when `settings.auto_baselines()` (jobs.baselines).
     """
+    if settings.auto_baselines():
+        from jobs.baselines import queue_dense_baseline
+
+        queue_dense_baseline(config)  # queued first, so a worker runs the baseline before the pruned run
     digest = config_hash(config)
     with write_session() as session:
         _lock_key(session, digest)
@@ -56,6 +62,10 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
                     return job, True
             if same:
                 _requeue(same[0])
+                # resources are not part of the hash: the new submission's apply (e.g. more wall time)
+                same[0].config_json = canonical_json(config)
+                for name, value in job_requirements(config).items():
+                    setattr(same[0], name, value)
                 logger.info("job %d queued again (same config as before)", same[0].id)
                 return same[0], True
         job = Job(
@@ -71,6 +81,7 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
             progress=0.0,
             cancel_requested=False,
             submitter=submitter,
+            **job_requirements(config),
         )
         session.add(job)
         session.flush()
@@ -116,11 +127,15 @@ def get_job(job_id: int) -> Job:
 # --- claiming and leases ----------------------------------------------------------------------
 
 
-def claim_next(worker_id: str) -> Job | None:
-    """Atomically take the oldest queued job for `worker_id` (after requeueing expired leases)."""
+def claim_next(worker_id: str, capabilities: Capabilities | None = None) -> Job | None:
+    """Atomically take the oldest queued job for `worker_id` (after requeueing expired leases) that
+    a worker with `capabilities` can run (None: any job; see jobs.resources)."""
     requeue_expired()
+    runnable = [Job.state == JobState.QUEUED]
+    if capabilities is not None:
+        runnable.append(claim_filter(capabilities))
     with read_session() as session:
-        if not session.scalar(select(exists().where(Job.state == JobState.QUEUED))):
+        if not session.scalar(select(exists().where(*runnable))):
             return None  # the common idle case takes no write lock
     now = utcnow()
     claim = dict(
@@ -136,7 +151,7 @@ def claim_next(worker_id: str) -> Job | None:
         stage_text=f"claimed by {worker_id}",
     )
     with write_session() as session:
-        oldest = select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.id).limit(1)
+        oldest = select(Job.id).where(*runnable).order_by(Job.id).limit(1)
         if session.get_bind().dialect.name == "sqlite":
             # One statement under the write lock; SQLite has no SKIP LOCKED and needs none.
             job_id = session.scalar(

@@ -22,6 +22,7 @@ import httpx
 from backend.result import RunResult, SampleRecord
 from jobs import wire
 from jobs.logs import event
+from jobs.resources import detect_capabilities
 from jobs.states import LostClaim
 from jobs.worker import Claim, FatalWorkerError
 
@@ -79,13 +80,16 @@ class HttpQueue:
         """`client`: an httpx client to send through (tests pass FastAPI's TestClient)."""
         self.retry_seconds = retry_seconds
         self.worker_id: str | None = None
+        self.capabilities: dict[str, Any] | None = None
         self.client = client or httpx.Client(base_url=server.rstrip("/"), timeout=timeout)
         self.client.headers.update({"Authorization": f"Bearer {token}", "User-Agent": "pruneboard-worker"})
 
     # -- the QueueBackend operations --
 
     def claim(self, worker_id: str) -> Claim | None:
-        body = self._post("claim", {"worker": worker_id, "device": device_info()})
+        if self.capabilities is None:
+            self.capabilities = detect_capabilities(local_dirs=False).model_dump(mode="json")
+        body = self._post("claim", {"worker": worker_id, "device": device_info(), "capabilities": self.capabilities})
         self.worker_id = body.get("worker_id")
         job = body.get("job")
         if job is None:

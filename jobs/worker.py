@@ -11,8 +11,10 @@ and raises `Cancelled` once a cancel was requested, the claim was lost, or the w
 
 Outcomes: the result is stored in one transaction (`complete`); an exception fails the job at once
 with its type, message and log tail (no retry); a cancel marks it cancelled; SIGTERM/SIGINT hands
-the job back to the queue (`release`) and exits. A `FatalWorkerError` from the backend (the server
-rejected the token) ends the worker at once; the job's lease then expires and it is requeued.
+the job back to the queue (`release`) and exits. An attempt past its config's
+`resources.max_wall_minutes` is failed by the heartbeat thread (WallTimeExceeded). A
+`FatalWorkerError` from the backend (the server rejected the token) ends the worker at once; the
+job's lease then expires and it is requeued.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from backend.events import Cancelled, Event, EventSink, Progress, SampleDone
 from backend.result import RunResult, SampleRecord
 from jobs import queue, registry
 from jobs.logs import event
+from jobs.resources import WALL_TIME_ERROR, Capabilities, detect_capabilities, max_wall_seconds
 from jobs.states import LostClaim
 
 __all__ = ["Worker", "default_worker_id", "PipelineFn", "Claim", "QueueBackend", "LocalQueue", "FatalWorkerError"]
@@ -91,13 +94,18 @@ class QueueBackend(Protocol):
 class LocalQueue:
     """`jobs.queue` on this machine's database; also keeps the worker registry up to date."""
 
-    def __init__(self, device: dict[str, Any] | None = None):
+    def __init__(self, device: dict[str, Any] | None = None, capabilities: Capabilities | None = None):
+        """`capabilities`: what this worker can run (default: detected at the first claim)."""
         self.device = device
+        self.capabilities = capabilities
         self.worker_id: str | None = None
 
     def claim(self, worker_id: str) -> Claim | None:
         self.worker_id = worker_id
-        job = queue.claim_next(worker_id)
+        if self.capabilities is None:
+            self.capabilities = detect_capabilities(local_dirs=True)
+            self.device = {**(self.device or {}), "capabilities": self.capabilities.model_dump(mode="json")}
+        job = queue.claim_next(worker_id, self.capabilities)
         registry.seen(worker_id, current_job_id=job.id if job else None, device=self.device)
         if job is None:
             return None
@@ -168,6 +176,9 @@ class _RunningJob:
         self.done = threading.Event()
         self._last_write = 0.0
         self._last_stage: str | None = None
+        wall = max_wall_seconds(claim.config)
+        self.wall_minutes = None if wall is None else wall / 60
+        self.deadline = None if wall is None else time.monotonic() + wall
 
     # -- called by the heartbeat thread and by the sink --
     def beat(self) -> None:
@@ -193,14 +204,28 @@ class _RunningJob:
         self.cancel_requested = self.cancel_requested or cancel
 
     def heartbeat_loop(self, interval: float) -> None:
-        while not self.done.wait(interval):
+        while not self.done.wait(interval if self.deadline is None else
+                                 max(min(interval, self.deadline - time.monotonic()), 0.1)):
             try:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.expire()
+                    return
                 self.beat()
             except FatalWorkerError as exc:
                 self.fatal, self.lost = exc, True
                 return
             except Exception:  # a transient DB or network error; the next beat may succeed
                 logger.exception("job %d: heartbeat failed", self.job_id)
+
+    def expire(self) -> None:
+        """Past resources.max_wall_minutes: fail the job now (even if the pipeline never yields);
+        the pipeline stops at its next event and its result, if any, is refused by the claim."""
+        with self.write_lock:
+            self.backend.fail(self.job_id, self.attempt, WALL_TIME_ERROR,
+                              f"ran longer than resources.max_wall_minutes ({self.wall_minutes:g} min)", None)
+            self.lost = True
+        event(logger, "job_wall_time_exceeded", logging.ERROR, job_id=self.job_id, attempt=self.attempt,
+              max_wall_minutes=self.wall_minutes)
 
     # -- the pipeline's event sink --
     def sink(self, item: Event) -> None:

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
+# Postgres mode (PRUNEBOARD_TEST_POSTGRES_URL): fixtures and helpers in tests/pg_support.py
+from pg_support import empty_postgres_database, postgres_database, postgres_template, server_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -13,14 +15,18 @@ TEST_MODEL_CACHE = ROOT / "var" / "test-cache"
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    """Each test gets its own home (database, exports) but shares the model cache."""
+def isolated_home(tmp_path, monkeypatch, request):
+    """Each test gets its own home (database, exports) but shares the model cache; with
+    PRUNEBOARD_TEST_POSTGRES_URL set, its own Postgres database instead of SQLite (tests/pg_support.py)."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("PRUNEBOARD_HOME", str(home))
     monkeypatch.setenv("PRUNEBOARD_CACHE_DIR", str(TEST_MODEL_CACHE))
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    if server_url() is not None:
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("postgres_database"))
     monkeypatch.setenv("PRUNEBOARD_ALLOW_NOOP", "1")
+    monkeypatch.setenv("PRUNEBOARD_AUTO_BASELINES", "0")  # tests of the feature switch it on
     if SHARED_DATA.is_dir():
         monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(SHARED_DATA))
     return home

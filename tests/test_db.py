@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from db.schema import Base, Job, Score
 from db.session import dispose_engines, get_engine, init_db, read_session, write_session
 from jobs import queue
 from jobs.states import JobState
+from pg_support import empty_database, requires_postgres, server_url, sqlite_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,16 +65,27 @@ def add_scores(session, job: Job, primary: dict[str, float], lower_is_better: tu
 # --- migrations and connections ---------------------------------------------------------------
 
 
-def test_init_db_creates_the_schema_of_the_models(isolated_home):
-    engine = init_db()
-    assert Path(engine.url.database) == isolated_home / "pruneboard.db"
-    assert set(inspect(engine).get_table_names()) >= {"jobs", "scores", "samples", "sample_checkpoints", "alembic_version"}
-    with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    assert diff == [], diff  # migrations and db/schema.py agree
-    assert init_db() is engine  # idempotent, cached
+@sqlite_only
+def test_default_database_is_sqlite_in_home(isolated_home):
+    assert Path(init_db().url.database) == isolated_home / "pruneboard.db"
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=requires_postgres)])
+def test_migrations_create_the_schema_of_the_models(backend, isolated_home):
+    """`upgrade head` on an empty database of each backend gives exactly db/schema.py."""
+    fresh = nullcontext(f"sqlite:///{isolated_home / 'fresh.db'}") if backend == "sqlite" else empty_database()
+    with fresh as url:
+        engine = init_db(url)
+        assert engine.dialect.name == backend
+        tables = set(inspect(engine).get_table_names())
+        assert tables >= {"jobs", "scores", "samples", "sample_checkpoints", "alembic_version"}
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == [], diff  # migrations and db/schema.py agree
+        assert init_db(url) is engine  # idempotent, cached
+
+
+@sqlite_only
 def test_sqlite_connections_use_wal_and_busy_timeout():
     init_db()
     with read_session() as session:
@@ -81,7 +94,9 @@ def test_sqlite_connections_use_wal_and_busy_timeout():
         assert session.scalar(text("PRAGMA foreign_keys")) == 1
 
 
-def test_processes_migrating_at_once_all_succeed(isolated_home):
+def test_processes_migrating_at_once_all_succeed(isolated_home, monkeypatch, request):
+    if server_url() is not None:  # the test's database is migrated already: start from an empty one
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("empty_postgres_database"))
     code = "from db.session import init_db; init_db()"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     for proc in procs:
@@ -124,7 +139,8 @@ def test_read_then_write_transactions_in_parallel_do_not_hit_locked_errors():
         try:
             for _ in range(5):
                 with write_session() as session:
-                    job = session.get(Job, job_id)
+                    # Postgres needs the row lock; on SQLite the write session already holds the write lock
+                    job = session.get(Job, job_id, with_for_update=True)
                     time.sleep(0.01)
                     job.attempts = job.attempts + 1
         except BaseException as exc:  # noqa: BLE001 - reported below

@@ -18,6 +18,7 @@ from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, Score, Trace
 from db.session import MIGRATIONS_DIR, dispose_engines, get_engine, init_db, read_session
 from db.traces import CUT_KEEP_CHARS, decode_trace, encode_traces
 from jobs import queue
+from pg_support import server_url
 
 
 @pytest.fixture(autouse=True)
@@ -221,21 +222,23 @@ def _upgrade(target: str) -> None:
             command.upgrade(config, target)
 
 
-def test_migration_0002_upgrades_a_database_with_data():
+def test_migration_0002_upgrades_a_database_with_data(monkeypatch, request):
+    if server_url() is not None:  # the test's database is migrated already: start from an empty one
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("empty_postgres_database"))
     _upgrade("0001")
     with get_engine().connect() as connection:
         with connection.begin():
             connection.execute(text(
                 "INSERT INTO jobs (id, config_hash, config_json, model, paradigm, method, sparsity, state, attempts,"
                 " requeues, progress, cancel_requested, created_at) VALUES (7, 'h', '{}', 'm', 'instruct', 'dense',"
-                " 0.0, 'succeeded', 1, 0, 1.0, 0, '2026-11-25 00:00:00')"))
+                " 0.0, 'succeeded', 1, 0, 1.0, FALSE, '2026-11-25 00:00:00')"))
             connection.execute(text(
                 "INSERT INTO scores (job_id, task, metric, value, stderr, higher_is_better, is_primary,"
-                " comparability_key) VALUES (7, 'synthetic-arith', 'exact_match', 0.0, NULL, 1, 1, 'k')"))
+                " comparability_key) VALUES (7, 'synthetic-arith', 'exact_match', 0.0, NULL, TRUE, TRUE, 'k')"))
             connection.execute(text(
                 "INSERT INTO samples (job_id, task, doc_id, prompt, output, extracted, gold, correct, prompt_tokens,"
                 " output_tokens, metrics_json) VALUES (7, 'synthetic-arith', 0, 'What is 40 + 2?', :out, '4', '42',"
-                " 0, 5, 9, '{\"exact_match\": 0.0}')"), {"out": "x" * 3000 + " 42"})
+                " FALSE, 5, 9, '{\"exact_match\": 0.0}')"), {"out": "x" * 3000 + " 42"})
             assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
 
     init_db()  # upgrades to head, as every process does on start

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ui.auth import login_button, login_notice
 from ui.shared import Shared
 from ui.tabs import compare, findings, leaderboard, plots, queue, submit
 
@@ -21,6 +22,11 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="PruneBoard") as demo:
         gr.Markdown("# PruneBoard\nWhat pruning really does to language models: prune, evaluate, compare.",
                     elem_id="pb-header")
+        notice = login_notice()
+        with gr.Row(elem_id="pb-account"):
+            login_button()  # None unless login is required and can work (see ui.auth)
+            if notice:
+                gr.Markdown(notice, elem_id="pb-login-notice")
         shared = Shared()
         with gr.Tabs(elem_id="pb-tabs") as tabs:
             shared.tabs = tabs

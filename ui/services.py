@@ -17,7 +17,8 @@ from backend.config import ConfigError, JobConfig, config_hash, parse_config_tex
 from db import queries
 from db.schema import Job
 from db.session import read_session
-from jobs import queue
+from jobs import access
+from jobs.access import ANONYMOUS, AccessError, User
 from jobs.states import InvalidTransition, JobNotFound, JobState
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -50,14 +51,15 @@ def example_text(name: str) -> str:
     return (EXAMPLES_DIR / name).read_text(encoding="utf-8")
 
 
-def submit_text(text: str, force: bool) -> str:
-    """Validate a YAML/JSON config and queue it; a Markdown message either way."""
+def submit_text(text: str, force: bool, user: User = ANONYMOUS) -> str:
+    """Validate a YAML/JSON config and queue it as `user` (login and quotas: `jobs.access`); a
+    Markdown message either way."""
     stripped = (text or "").lstrip()
     fmt = "json" if stripped.startswith("{") else "yaml"
     try:
         config = parse_config_text(text or "", fmt)
-        job, existing = queue.submit(config, force=bool(force), submitter="web")
-    except ConfigError as exc:
+        job, existing = access.submit_as(user, config, force=bool(force))
+    except (ConfigError, AccessError) as exc:
         return f"**Not submitted.** {escape(exc)}"
     if existing:
         return (f"This configuration already exists as **job {job.id}** ({job.state.value}). "
@@ -118,9 +120,10 @@ def queue_row(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any
     }
 
 
-def queue_view() -> pd.DataFrame:
+def queue_view(user: User = ANONYMOUS) -> pd.DataFrame:
+    """The newest jobs; hidden runs only for admins."""
     with read_session() as session:
-        jobs = queries.list_jobs(session, limit=200)
+        jobs = queries.list_jobs(session, limit=200, include_hidden=user.is_admin)
     return pd.DataFrame([queue_row(job) for job in jobs], columns=QUEUE_COLUMNS)
 
 
@@ -174,7 +177,7 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
 
-def job_actions(job_id: float | None) -> tuple[bool, bool, str]:
+def job_actions(job_id: float | None, user: User = ANONYMOUS) -> tuple[bool, bool, str]:
     """(cancel allowed, retry allowed, a sentence saying why a button is off)."""
     if not job_id:
         return False, False, "Select a job to cancel or retry it."
@@ -183,6 +186,8 @@ def job_actions(job_id: float | None) -> tuple[bool, bool, str]:
         state = None if job is None else job.state
     if state is None:
         return False, False, f"There is no job {int(job_id)}."
+    if not access.can_manage(user, int(job_id)):
+        return False, False, f"Only its submitter or an admin can cancel or retry job {int(job_id)}."
     can_cancel = state in (JobState.QUEUED, JobState.RUNNING)
     can_retry = state in (JobState.FAILED, JobState.CANCELLED)
     if can_cancel:
@@ -222,24 +227,24 @@ def job_details(job_id: float | None) -> str:
     return json.dumps(shown, indent=2, default=str)
 
 
-def cancel_job(job_id: float | None) -> str:
+def cancel_job(job_id: float | None, user: User = ANONYMOUS) -> str:
     if not job_id:
         return "Enter a job id first."
     try:
-        state = queue.cancel(int(job_id))
-    except (JobNotFound, InvalidTransition) as exc:
+        state = access.cancel_as(user, int(job_id))
+    except (JobNotFound, InvalidTransition, AccessError) as exc:
         return escape(exc)
     if state.value == "running":
         return f"Cancel requested for job {int(job_id)}; its worker stops it within one heartbeat."
     return f"Job {int(job_id)} is {state.value}."
 
 
-def retry_job(job_id: float | None) -> str:
+def retry_job(job_id: float | None, user: User = ANONYMOUS) -> str:
     if not job_id:
         return "Enter a job id first."
     try:
-        job = queue.retry(int(job_id))
-    except (JobNotFound, InvalidTransition) as exc:
+        job = access.retry_as(user, int(job_id))
+    except (JobNotFound, InvalidTransition, AccessError) as exc:
         return escape(exc)
     return f"Job {job.id} queued again."
 
@@ -307,15 +312,15 @@ def preset_job_yaml(name: str | None, index: int | None) -> Any:
     return config_to_yaml(documents[int(index)]) if 0 <= int(index) < len(documents) else gr.update()
 
 
-def submit_preset(name: str | None) -> str:
+def submit_preset(name: str | None, user: User = ANONYMOUS) -> str:
     module = _presets_module()
     if module is None:
         return "Presets are not available in this build."
     if not name:
         return "Choose a preset first."
     try:
-        submitted = module.submit_preset(name, submitter="web")
-    except (ConfigError, KeyError) as exc:
+        submitted = access.submit_many_as(user, module.preset_configs(name))
+    except (ConfigError, KeyError, AccessError) as exc:
         return f"**Preset not submitted.** {escape(exc)}"
     new = [job.id for job, existing in submitted if not existing]
     old = [job.id for job, existing in submitted if existing]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui import services
+from ui.auth import user_from
 
 QUEUE_REFRESH_SECONDS = 2.0
 
@@ -29,14 +30,31 @@ def build(shared) -> None:
     shared.queue_timer = gr.Timer(QUEUE_REFRESH_SECONDS)
 
 
-def _job_state(job_id):
+# Callbacks take the visitor's identity (Gradio injects `profile` and `request` by annotation;
+# they are not inputs): cancel, retry and hidden runs depend on who is asking.
+
+
+def _job_state(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
     """[panel, cancel, retry, hint] for the selected job."""
-    can_cancel, can_retry, hint = services.job_actions(job_id)
+    can_cancel, can_retry, hint = services.job_actions(job_id, user_from(profile, request))
     return [services.job_panel(job_id), gr.update(interactive=can_cancel), gr.update(interactive=can_retry), hint]
 
 
-def _refresh(job_id):
-    return [services.queue_view(), *_job_state(job_id)]
+def _refresh(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
+    user = user_from(profile, request)
+    return [services.queue_view(user), *_job_state(job_id, profile, request)]
+
+
+def _queue_view(profile: gr.OAuthProfile | None, request: gr.Request):
+    return services.queue_view(user_from(profile, request))
+
+
+def _cancel(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
+    return services.cancel_job(job_id, user_from(profile, request))
+
+
+def _retry(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
+    return services.retry_job(job_id, user_from(profile, request))
 
 
 def _on_select(evt: gr.SelectData):
@@ -51,8 +69,8 @@ def wire(shared, demo) -> None:
     shared.queue_table.select(_on_select, None, shared.queue_job_id, api_name=False)
     shared.queue_job_id.change(_job_state, shared.queue_job_id, job_outputs, api_name=False, trigger_mode="always_last")
     shared.queue_show.click(services.job_details, shared.queue_job_id, shared.queue_detail, api_name="job")
-    shared.queue_cancel.click(services.cancel_job, shared.queue_job_id, shared.queue_message, api_name="cancel").then(
+    shared.queue_cancel.click(_cancel, shared.queue_job_id, shared.queue_message, api_name="cancel").then(
         _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
-    shared.queue_retry.click(services.retry_job, shared.queue_job_id, shared.queue_message, api_name="retry").then(
+    shared.queue_retry.click(_retry, shared.queue_job_id, shared.queue_message, api_name="retry").then(
         _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
-    demo.load(services.queue_view, None, shared.queue_table, api_name=False)
+    demo.load(_queue_view, None, shared.queue_table, api_name=False)

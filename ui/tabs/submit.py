@@ -6,6 +6,7 @@ import gradio as gr
 
 from backend.config import ConfigError
 from ui import forms, services
+from ui.auth import user_from
 
 SCALAR_KEYS = [key for key in forms.FORM_KEYS if key not in ("params", "tasks")]
 """Form values held by one component each; params go to the slot pool, tasks to one group per category."""
@@ -162,6 +163,17 @@ def _check_updates(shared, config: dict | None, error: str | None = None) -> lis
     return [check, services.duplicate_message(duplicate), button, duplicate["id"] if duplicate else None, estimate]
 
 
+# Gradio injects `profile` and `request` by annotation (not inputs; the API keeps its signature).
+
+
+def _submit(text, force, profile: gr.OAuthProfile | None, request: gr.Request):
+    return services.submit_text(text, force, user_from(profile, request))
+
+
+def _submit_preset(name, profile: gr.OAuthProfile | None, request: gr.Request):
+    return services.submit_preset(name, user_from(profile, request))
+
+
 def wire(shared, demo) -> None:
     inputs = _inputs(shared)
     fields = shared.submit_fields
@@ -243,7 +255,7 @@ def wire(shared, demo) -> None:
     shared.submit_editor.change(on_editor, shared.submit_editor, check_outputs, api_name=False,
                                 trigger_mode="always_last")
     shared.submit_example.change(services.example_text, shared.submit_example, shared.submit_editor, api_name=False)
-    shared.submit_button.click(services.submit_text, [shared.submit_editor, shared.submit_force],
+    shared.submit_button.click(_submit, [shared.submit_editor, shared.submit_force],
                                shared.submit_message, api_name="submit").then(
         services.submitted_job_id, shared.submit_message, shared.queue_job_id, api_name=False)
 
@@ -260,6 +272,6 @@ def wire(shared, demo) -> None:
                                 api_name=False)
     shared.submit_preset_job.input(services.preset_job_yaml, [shared.submit_preset, shared.submit_preset_job],
                                    shared.submit_editor, api_name=False)
-    shared.submit_preset_button.click(services.submit_preset, shared.submit_preset, shared.submit_message,
+    shared.submit_preset_button.click(_submit_preset, shared.submit_preset, shared.submit_message,
                                       api_name=False)
     demo.load(on_editor, shared.submit_editor, check_outputs, api_name=False)
