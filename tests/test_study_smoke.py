@@ -1,0 +1,49 @@
+"""The `study-smoke` preset end to end on SmolLM2 through the queue: `submit-preset`, an in-process
+worker drains the queue, every job succeeds, and `findings()` gives a verdict for every finding."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from db.findings import FINDINGS, findings
+from db.schema import Job, Sample
+from db.session import dispose_engines, read_session
+from jobs.cli import main
+from jobs.presets import SMOKE_MAX_JOBS
+from jobs.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def _close_engines():
+    yield
+    dispose_engines()
+
+
+@pytest.mark.slow
+def test_study_smoke_runs_end_to_end(capsys, shared_data, smollm2):
+    assert main(["submit-preset", "study-smoke", "--json"]) == 0
+    submitted = json.loads(capsys.readouterr().out)["jobs"]
+    assert 1 <= len(submitted) <= SMOKE_MAX_JOBS and not any(j["existing"] for j in submitted)
+
+    Worker("study-smoke").run(drain=True)
+
+    with read_session() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        failures = {j.id: f"{j.error_type}: {j.error_message}" for j in jobs if j.state.value != "succeeded"}
+        assert not failures
+        assert [j.id for j in jobs] == [j["id"] for j in submitted]  # nothing else was queued
+        for job in jobs:
+            per_task = dict(session.execute(
+                select(Sample.task, func.count()).where(Sample.job_id == job.id).group_by(Sample.task)).all())
+            assert per_task == {"piqa": 10, "math500": 10}, job.id
+        dynamic = next(j for j in jobs if j.method == "skipgpt-style")
+        assert dynamic.prune_report_json["achieved_sparsity"] > 0
+        verdicts = findings(session, model="builtin:smollm2-135m-instruct", paradigm="instruct")
+
+    assert [v.key for v in verdicts] == [f.key for f in FINDINGS]
+    for v in verdicts:
+        assert v.verdict in ("supported", "contradicted", "inconclusive")
+        assert v.numbers["n_paired"] > 0 and v.numbers["job_ids"], v.key  # every finding compared real runs
+        assert v.verdict == "inconclusive"  # 10 samples per task: fewer than 30 paired
