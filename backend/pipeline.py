@@ -123,6 +123,11 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     reporter.stage("evaluate", f"evaluating {len(config.tasks)} task(s)")
     from backend.evaluation import evaluate
 
+    if method_cls.family == "dynamic":  # routers count their decisions during the evaluation only
+        from backend.pruning.dynamic import reset_skip_counters
+
+        reset_skip_counters(loaded.model)
+
     with tempfile.TemporaryDirectory(prefix="pruneboard-eval-") as workdir:
         evaluation = evaluate(
             loaded.model,
@@ -137,8 +142,13 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
             on_sample=lambda sample: events(SampleDone(sample)),
             completed=completed,
             think_markers=config.hf_args().think_markers if config.paradigm == "think" else None,
+            think_prompt=config.hf_args().think_prompt,
         )
 
+    if method_cls.family == "dynamic":
+        from backend.pruning.dynamic import evaluation_skip_report
+
+        report.details["evaluation_skip"] = evaluation_skip_report(loaded.model)
     reporter.stage("efficiency", "measuring parameters and throughput")
     from backend.efficiency import measure_efficiency
 
@@ -189,6 +199,10 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
     from backend.eval_backends import check_backend
 
     check_backend(config.evaluation.backend)  # vllm without the package or CUDA: a clear error
+    routed = get_method(config.pruning.method).family == "dynamic"
+    if routed and (config.keep_model or config.evaluation.backend == "vllm"):
+        raise ValueError(f"{config.pruning.method}: routers live in the Python model only; keep_model and the vllm "
+                         "backend would keep the weights without them (use the hf backend, keep_model: false)")
     for task in config.tasks:
         spec = get_task(task.name)
         if not spec.data_present(data_dir) and not spec.hub_available():
