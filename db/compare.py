@@ -92,7 +92,7 @@ def compare(session: Session, job_ids: Sequence[int], task: str, outcome: str = 
     """The runs' header, the statistics of each pair and one page of the filtered sample list."""
     ids = _check_runs(job_ids, outcome)
     page_size = max(1, int(page_size))
-    jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids), Job.hidden.is_(False)))}
     missing = [job_id for job_id in ids if job_id not in jobs]
     if missing:
         raise ValueError(f"no such job: {', '.join(map(str, missing))}")
@@ -126,6 +126,8 @@ def compare_sample(session: Session, job_ids: Sequence[int], task: str, doc_id: 
     from db.queries import sample_trace
 
     ids = _check_runs(job_ids, outcome)
+    if session.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids), Job.hidden.is_(False))) < len(ids):
+        return None  # a hidden (moderated) or missing run
     samples = _samples(session, ids, task, full_question=bool(search.strip()))
     if any(doc_id not in samples[job_id] for job_id in ids):
         return None

@@ -134,7 +134,7 @@ def _category(task: str) -> str | None:
 
 
 def _load_runs(session: Session, model: str | None, paradigm: str | None) -> list[_Run]:
-    query = select(Job).where(Job.state == JobState.SUCCEEDED).order_by(Job.id)
+    query = select(Job).where(Job.state == JobState.SUCCEEDED, Job.hidden.is_(False)).order_by(Job.id)
     if model is not None:
         query = query.where(Job.model == model)
     if paradigm is not None:

@@ -34,7 +34,7 @@ _AT_K = re.compile(r"^(pass|maj)@(\d+)$")
 
 def latest_runs(session: Session, model: str | None = None, paradigm: str | None = None) -> list[Job]:
     """The latest succeeded job of each config hash, by id."""
-    latest = (select(func.max(Job.id).label("job_id")).where(Job.state == JobState.SUCCEEDED)
+    latest = (select(func.max(Job.id).label("job_id")).where(Job.state == JobState.SUCCEEDED, Job.hidden.is_(False))
               .group_by(Job.config_hash).subquery())
     query = select(Job).join(latest, latest.c.job_id == Job.id).order_by(Job.id)
     if model is not None:

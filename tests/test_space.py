@@ -21,8 +21,10 @@ from backend import settings
 from backend.config import validate_config
 from backend.result import RunResult, SampleRecord, ScoreRecord
 from db import backup as db_backup
-from db.compare import comparable_runs
+from db.compare import comparable_runs, compare, compare_sample
+from db.findings import findings
 from db.leaderboard import board
+from db.plot_data import latest_runs
 from db.queries import list_jobs
 from db.schema import AuditEntry, Job, Sample, Score
 from db.session import dispose_engines, read_session
@@ -319,6 +321,12 @@ def test_hidden_and_deleted_runs_leave_the_board_and_are_audited(space, capsys):
 
     access.hide_run(carol, pruned, "scores look wrong")
     assert board_ids() == compare_ids() == {dense}
+    with read_session() as session:  # nor by naming it (a compare URL), nor in plots or findings
+        with pytest.raises(ValueError, match="no such job"):
+            compare(session, [dense, pruned], "synthetic-mc")
+        assert compare_sample(session, [dense, pruned], "synthetic-mc", 0) is None
+        assert {job.id for job in latest_runs(session)} == {dense}
+        assert all(pruned not in verdict.numbers.get("job_ids", ()) for verdict in findings(session))
     with read_session() as session:
         assert [j["id"] for j in list_jobs(session, include_hidden=False)] == [dense]
         assert {j["id"]: j["hidden"] for j in list_jobs(session)} == {dense: False, pruned: True}
