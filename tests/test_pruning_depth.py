@@ -31,9 +31,15 @@ def _calibration(num_samples=6, seq_len=24, seed=0):
     return torch.randint(3, 259, (num_samples, seq_len), generator=torch.Generator().manual_seed(seed))
 
 
-def _prune(method, model, sparsity=0.25, calibration=None, progress=lambda f, t: None):
+def _prune(method, model, sparsity=0.25, calibration=None, progress=lambda f, t: None, params=None):
     calibration = _calibration() if calibration is None else calibration
-    return get_method(method)().prune(model, sparsity, None, calibration, progress)
+    return get_method(method)().prune(model, sparsity, params, calibration, progress)
+
+
+def _all_predictions(method):
+    """Params scoring every prediction: the self-sampled fixture's guarantee holds for the full loss."""
+    cls = get_method(method)
+    return cls.Params(loss_stride=1) if "loss_stride" in cls.Params.model_fields else None
 
 
 def _self_sampled(model, num_samples=8, seq_len=32):
@@ -138,12 +144,45 @@ def test_ppl_without_a_block_equals_really_removing_it():
         assert scores[4] == pytest.approx(math.exp(model(calib, labels=calib).loss.item()), rel=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 3, 5])
+def test_loss_stride_scores_every_kth_prediction_exactly(stride):
+    model = _tiny().model
+    calib = _calibration(num_samples=2, seq_len=17)
+    cache = cache_block_inputs(model, calib)
+    nll, n = lm_nll(model, cache.final[0], calib, stride)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(calib).logits.double(), dim=-1)
+    positions = list(range(stride - 1, 16, stride))  # prediction at position p is of token p + 1
+    expected = -sum(float(logp[b, p, calib[b, p + 1]]) for b in range(2) for p in positions)
+    assert n == 2 * len(positions) and nll == pytest.approx(expected, rel=1e-5)
+
+
+def test_sleb_defaults_to_stride_4_and_its_first_round_is_shortened_ppl():
+    from backend.pruning.depth import PerplexityParams
+    from backend.pruning.sleb import SLEBParams
+
+    assert SLEBParams().loss_stride == 4 and PerplexityParams().loss_stride == 1
+    for method in ("sleb", "shortened-ppl"):
+        config = validate_config({"model": "builtin:tiny-llama", "tasks": ["synthetic-mc"],
+                                  "pruning": {"method": method, "sparsity": 0.25, "params": {"loss_stride": 2}}})
+        assert config.pruning.method_params().loss_stride == 2
+        with pytest.raises(ValueError):
+            validate_config({"model": "builtin:tiny-llama", "tasks": ["synthetic-mc"],
+                             "pruning": {"method": method, "sparsity": 0.25, "params": {"loss_stride": 0}}})
+    calib = _calibration()
+    sleb = _prune("sleb", _tiny().model, calibration=calib)
+    ppl = _prune("shortened-ppl", _tiny().model, calibration=calib, params=PerplexityParams(loss_stride=4))
+    assert sleb.details["loss_stride"] == ppl.details["loss_stride"] == 4
+    assert sleb.details["scores"] == pytest.approx(ppl.details["scores"], rel=1e-6)
+    assert sleb.details["dense_ppl"] == pytest.approx(ppl.details["dense_ppl"], rel=1e-6)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_identity_block_goes_first(method):
     model = _tiny().model
     _make_identity(model, 5)
     calib = _self_sampled(model)
-    report = _prune(method, model, sparsity=0.125, calibration=calib)
+    report = _prune(method, model, sparsity=0.125, calibration=calib, params=_all_predictions(method))
     assert report.details["removed_layers"] == [5]
     if method == "shortened-taylor":
         assert report.details["scores"][5] == pytest.approx(0.0, abs=1e-12)

@@ -4,9 +4,16 @@
   n = L (raised before any calibration work);
 * `cache_block_inputs(...)`: replays the decoder one block at a time and keeps the hidden states
   entering every listed block, per calibration batch (what SLEB and Shortened-PPL restart from);
-* `lm_nll(model, hidden, ids)`: summed next-token NLL of the calibration ids from the last block's
-  output hidden states (final norm + lm_head), so "perplexity with block i removed" only re-runs the
-  blocks after i;
+* `lm_nll(model, hidden, ids, loss_stride)`: summed next-token NLL of the calibration ids from the
+  last block's output hidden states (final norm + lm_head), so "perplexity with block i removed" only
+  re-runs the blocks after i. With `loss_stride` k only every k-th next-token prediction of each
+  sequence is scored (predictions k, 2k, 3k, ... counted from the first): the blocks still run on every
+  token (each scored prediction sees its whole prefix), only the lm_head and the softmax shrink k-fold.
+  The lm_head is the single most expensive layer of a small model (SmolLM2-135M: 576 x 49152, as
+  much compute per token as 8 of its 30 blocks), so SLEB, which runs it once per candidate per round,
+  defaults to k = 4 (`PerplexityParams`);
+* `replay(model, cache, b, start, skip)`: the hidden states of batch b entering every cached block
+  from `start` on (one left out), then the final output: what SLEB's next round starts from;
 * `depth_report(...)`: the report every depth method writes, with the same `details` keys:
   `removed_layers` (sorted original indices), `scores` (one per original layer), `score_name`,
   `score_rule` (which scores are removed), `layers_before`, `layers_after`, `tie_break`.
@@ -18,17 +25,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from backend.pruning.base import PruneReport, PruningMethod
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["BATCH_SIZE", "BlockCache", "DepthPruningMethod", "cache_block_inputs", "depth_count", "depth_report", "lm_nll",
-           "lowest", "nll_from"]
+__all__ = ["BATCH_SIZE", "BlockCache", "DepthPruningMethod", "PerplexityParams", "cache_block_inputs", "depth_count",
+           "depth_report", "lm_nll", "lowest", "nll_from", "replay"]
 
 BATCH_SIZE = 4
 """Calibration sequences per forward: bounds activation (and logits) memory; does not change scores."""
+
+
+class PerplexityParams(BaseModel):
+    """Knobs of the perplexity-scored depth methods (`shortened-ppl`, `sleb`).
+
+    `loss_stride`: score every k-th next-token prediction of each calibration sequence (1 = all).
+    Exact on the positions it keeps: every block still sees every token; only the lm_head/softmax
+    work shrinks k-fold.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss_stride: int = Field(1, ge=1)
 
 
 def depth_count(method: str, sparsity: float, total: int) -> int:
@@ -92,40 +114,50 @@ def cache_block_inputs(model: "nn.Module", calibration: "torch.Tensor", blocks: 
     return cache
 
 
-def lm_nll(model: "nn.Module", hidden: "torch.Tensor", ids: "torch.Tensor") -> tuple[float, int]:
-    """(summed next-token NLL, predicted tokens) of `ids` given the last block's output `hidden`."""
+def lm_nll(model: "nn.Module", hidden: "torch.Tensor", ids: "torch.Tensor", loss_stride: int = 1) -> tuple[float, int]:
+    """(summed next-token NLL, predictions scored) of `ids` given the last block's output `hidden`;
+    only every `loss_stride`-th prediction is scored (module docstring)."""
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
-        normed = model.model.norm(hidden[:, :-1])
+        normed = model.model.norm(hidden[:, :-1][:, loss_stride - 1::loss_stride])
         logits = model.get_output_embeddings()(normed).float()
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        targets = ids[:, 1:].to(logits.device)
+        targets = ids[:, 1:][:, loss_stride - 1::loss_stride].to(logits.device)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
     return float(nll.double().item()), int(targets.numel())
 
 
-def nll_from(model: "nn.Module", cache: BlockCache, start: int, skip: int | None = None) -> float:
-    """Mean NLL per token when the cached input of `cache.blocks[start]` runs through
-    `cache.blocks[start:]` with position `skip` left out (None: none left out)."""
+def replay(model: "nn.Module", cache: BlockCache, b: int, start: int, skip: int | None = None) -> list["torch.Tensor"]:
+    """Batch b from the cached input of `cache.blocks[start]` through `cache.blocks[start:]` with position
+    `skip` left out: the hidden states entering each block that runs, then the final output."""
     import torch
 
     from backend.pruning.layers import get_decoder_layers, run_layer
 
     layers = get_decoder_layers(model)
-    total, count = 0.0, 0
+    hidden = cache.inputs[b][start]
+    states = []
     with torch.no_grad():
-        for b, ids in enumerate(cache.ids):
-            hidden = cache.inputs[b][start]
-            for pos in range(start, len(cache.blocks)):
-                if pos != skip:
-                    hidden = run_layer(layers[cache.blocks[pos]], hidden, cache.kwargs[b])
-            nll, n = lm_nll(model, hidden, ids)
-            total += nll
-            count += n
+        for pos in range(start, len(cache.blocks)):
+            if pos != skip:
+                states.append(hidden)
+                hidden = run_layer(layers[cache.blocks[pos]], hidden, cache.kwargs[b])
+    states.append(hidden)
+    return states
+
+
+def nll_from(model: "nn.Module", cache: BlockCache, start: int, skip: int | None = None, loss_stride: int = 1) -> float:
+    """Mean NLL per scored prediction when the cached input of `cache.blocks[start]` runs through
+    `cache.blocks[start:]` with position `skip` left out (None: none left out)."""
+    total, count = 0.0, 0
+    for b, ids in enumerate(cache.ids):
+        nll, n = lm_nll(model, replay(model, cache, b, start, skip)[-1], ids, loss_stride)
+        total += nll
+        count += n
     return total / count
 
 

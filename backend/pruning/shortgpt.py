@@ -31,9 +31,10 @@ BATCH_SIZE = 4
 
 
 def layers_to_remove(scores: list[float], count: int) -> list[int]:
-    """Indices of the `count` lowest scores, ties to the lower index, returned sorted."""
-    ranked = sorted(range(len(scores)), key=lambda i: (scores[i], i))
-    return sorted(ranked[:count])
+    """Indices of the `count` lowest scores, ties to the lower index, returned sorted (`depth.lowest`)."""
+    from backend.pruning.depth import lowest
+
+    return lowest(scores, count)
 
 
 def block_influence(
@@ -86,18 +87,13 @@ class ShortGPT(DepthPruningMethod):
         progress: Callable[[float, str], None],
     ) -> PruneReport:
         from backend.models import count_parameters
-        from backend.pruning.depth import depth_report
+        from backend.pruning.depth import depth_count, depth_report
         from backend.pruning.layers import get_decoder_layers, remove_layers
 
         if calibration is None:
             raise ValueError("shortgpt needs calibration data")
         total = len(get_decoder_layers(model))
-        count = round(sparsity * total)
-        if count < 1:
-            raise ValueError(f"shortgpt: sparsity {sparsity} removes round({sparsity} x {total}) = 0 of "
-                             f"{total} layers; use at least {1 / total:.4f} (one layer)")
-        if count >= total:
-            raise ValueError(f"shortgpt: sparsity {sparsity} would remove all {total} layers")
+        count = depth_count(self.name, sparsity, total)
         params_before = count_parameters(model)
         scores = block_influence(model, calibration, lambda f, text: progress(0.95 * f, text))
         removed = remove_layers(model, layers_to_remove(scores, count))

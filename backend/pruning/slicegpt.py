@@ -25,8 +25,10 @@ Lifecycle (`slice_model`):
    replaced by `SlicedDecoderLayer`, which applies `attn_shortcut` (p=2i -> 2i+1) and `mlp_shortcut`
    (2i+1 -> 2i+2) as bias-free linears on the residual path. They cost 2·L·d² parameters, which the
    report counts (params_after is measured on the model).
-5. RMSNorm over d_p < D entries divides by sqrt(|x|²/d_p) instead of sqrt(|x|²/D); each norm's weight is
-   therefore set to the constant sqrt(D/d_p) (ones at 0 % slicing), keeping the original scaling.
+5. RMSNorm over d_p < D entries divides by sqrt(|x|²/d_p + eps) instead of sqrt(|x|²/D + eps); each norm's
+   weight is therefore set to the constant sqrt(D/d_p) and its epsilon to eps·D/d_p (unchanged at 0 %
+   slicing), so it computes exactly the original norm of the rotated vector (eps included: SmolLM2's
+   residual stream is small enough for eps to matter).
 
 `sparsity` is the fraction of the hidden dimension D sliced away (the same d at every position).
 At sparsity 0 the model computes the dense function (up to float rounding): tests check this.
@@ -185,10 +187,14 @@ def _fuse_norm(norm, linears) -> None:
 
 
 def _set_norm(norm, dim: int, hidden: int) -> None:
-    """Resize an RMSNorm to `dim` entries with the constant scale sqrt(D/dim) (see module docstring)."""
+    """Resize an RMSNorm to `dim` entries with the constant scale sqrt(D/dim) and epsilon eps x D/dim
+    (see module docstring): then it computes exactly the full-width RMSNorm of the rotated vector."""
     import torch
     from torch import nn
 
+    if hasattr(norm, "variance_epsilon"):
+        dense_eps = norm.__dict__.setdefault("_dense_epsilon", norm.variance_epsilon)
+        norm.variance_epsilon = dense_eps * hidden / dim
     weight = norm.weight
     norm.weight = nn.Parameter(torch.full((dim,), math.sqrt(hidden / dim), dtype=weight.dtype, device=weight.device))
 
