@@ -280,6 +280,10 @@ class HFModelArgs(_Strict):
     think_markers: tuple[str, str] | None = None
     """Think paradigm: (start, end) of the model's reasoning block; None: by model family
     (`backend.scoring.THINK_MARKERS`, default `<think>` / `</think>`)."""
+    think_prompt: bool | None = None
+    """Think paradigm: prompted thinking (a system instruction to reason inside the markers and the
+    start marker prefilled in the reply); None: on when the chat template does not mention the start
+    marker (a model without a thinking mode). Ignored in the instruct paradigm."""
 
 
 class JobConfig(_Strict):

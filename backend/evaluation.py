@@ -31,7 +31,11 @@ Sample records:
   primary filter's answer (of the first sample when `num_samples` > 1); `reasoning`, `answer`,
   `truncated`, `finish_reason`, `thinking_tokens` and `repetition` as in `eval_records._trace_fields`.
 * think paradigm: stop strings apply only after the end-of-thinking marker (`backend.thinking`);
-  `thinking_budget` / `extend_thinking` generate one sequence at a time.
+  `thinking_budget` / `extend_thinking` generate one sequence at a time. Prompted thinking
+  (`think_prompt`; auto: when the chat template does not mention the start marker, e.g. SmolLM2's
+  ChatML): generation prompts get a system instruction to reason inside the markers and end with
+  the start marker (`backend.thinking.ThinkPrompt`), recorded as `generation.think_prompt` in the
+  task manifest and comparability key (absent when not used, so other keys are unchanged).
 Token counts use the model's tokenizer without added special tokens.
 
 Metric names are lm-eval's `metric,filter` keys, shortened to `metric` for tasks with one filter
@@ -122,21 +126,31 @@ def evaluate(
     completed: Iterable[SampleRecord] = (),
     seed: int | None = None,
     think_markers: tuple[str, str] | None = None,
+    think_prompt: bool | None = None,
 ) -> EvalOutput:
     """Evaluate `model` on `tasks`; raise whatever `progress` or `on_sample` raise.
 
     `seed`, when given, sets lm-eval's python, numpy, torch and few-shot seeds (they matter for
     few-shot sampling and sampled generation); None keeps lm-eval's defaults. `completed` samples
     of other tasks, or beyond a task's limit, are ignored and not returned. `think_markers`
-    overrides the model family's reasoning markers (think paradigm).
+    overrides the model family's reasoning markers (think paradigm). `think_prompt` (think paradigm):
+    True / False forces prompted thinking on / off; None turns it on when the tokenizer's chat
+    template does not mention the start marker.
     """
     markers = tuple(think_markers) if think_markers else think_markers_for_model(model)
+    prompt = _think_prompt(tokenizer, markers, think_prompt) if paradigm == "think" else None
+    generates = any(get_task(tc.name).output_type == "generate" for tc in tasks)
+    if prompt is not None and generates and evaluation.backend != "hf":
+        from backend.eval_backends import BackendUnavailable
+
+        raise BackendUnavailable("prompted thinking (think paradigm on a model whose chat template has no "
+                                 "thinking mode) needs evaluation.backend 'hf'; or set model_args.think_prompt false")
     device = _device_type(model)
     if any(get_task(tc.name).runner is not None for tc in tasks):  # e.g. perplexity: no lm-eval
         return _evaluate_with_runners(
             model, tokenizer, tasks, evaluation, paradigm=paradigm, dtype=dtype, data_dir=data_dir,
             workdir=workdir, progress=progress, on_sample=on_sample, completed=completed, seed=seed,
-            think_markers=think_markers)
+            think_markers=think_markers, think_prompt=think_prompt)
     lm_eval_version = package_version("lm_eval")
     seeds = dict(LM_EVAL_DEFAULT_SEEDS) if seed is None else {k: seed for k in LM_EVAL_DEFAULT_SEEDS}
     done_before: dict[tuple[str, int], SampleRecord] = {s.key: s for s in completed}
@@ -146,7 +160,7 @@ def evaluate(
     prepared = [
         _prepare(tc, paradigm=paradigm, dtype=dtype, data_dir=data_dir, workdir=workdir,
                  seeds=seeds, lm_eval_version=lm_eval_version, completed=done_before,
-                 device=device, markers=markers)
+                 device=device, markers=markers, prompt=prompt)
         for tc in tasks
     ]
     # Log-likelihood tasks (no chat template) first, then generation tasks (chat template).
@@ -220,7 +234,8 @@ def _evaluate_with_runners(model, tokenizer, tasks: list[TaskConfig], evaluation
 def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workdir: Path,
              seeds: dict[str, int], lm_eval_version: str,
              completed: dict[tuple[str, int], SampleRecord], device: str = "cpu",
-             markers: tuple[str, str] = ("<think>", "</think>")) -> _Prepared:
+             markers: tuple[str, str] = ("<think>", "</think>"), prompt: Any = None) -> _Prepared:
+    """`prompt`: the `backend.thinking.ThinkPrompt` of prompted thinking (think paradigm) or None."""
     spec = get_task(tc.name)
     task_dir = workdir / spec.name
     lm_config = spec.build(data_dir, task_dir)
@@ -238,10 +253,12 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
             # Stop strings apply only after the reasoning: lm-eval stops at EOS, we stop and cut.
             think = ThinkControl(markers=markers, stops=tuple(generation["until"]),
                                  thinking_budget=tc.generation.thinking_budget,
-                                 extend_thinking=tc.generation.extend_thinking)
+                                 extend_thinking=tc.generation.extend_thinking, prompt=prompt)
             generation = {**generation, "until": []}
             scaling["think_stops"] = list(think.stops)
             scaling["think_markers"] = list(markers)
+            if prompt is not None:
+                scaling["think_prompt"] = prompt.record()
             lm_config["filter_list"] = _with_reasoning_strip(lm_config.get("filter_list"), markers)
         lm_config["generation_kwargs"] = generation
         k = tc.generation.num_samples
@@ -349,6 +366,14 @@ def _scaling_fields(tc: TaskConfig) -> dict[str, Any]:
 def think_markers_for_model(model) -> tuple[str, str]:
     config = getattr(model, "config", None)
     return think_markers(getattr(config, "model_type", None))
+
+
+def _think_prompt(tokenizer, markers: tuple[str, str], forced: bool | None):
+    """The `ThinkPrompt` of the think paradigm, or None (forced off, or the template thinks natively)."""
+    from backend.thinking import ThinkPrompt, template_has_thinking
+
+    use = (not template_has_thinking(tokenizer, markers[0])) if forced is None else forced
+    return ThinkPrompt.for_markers(markers) if use else None
 
 
 def _device_type(model) -> str:

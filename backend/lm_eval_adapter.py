@@ -1,5 +1,6 @@
 """The lm-eval side of evaluation: building a task from its config dict, the tracked HF model that
-reports progress before every batch (and drives think-paradigm generation), and one lm-eval pass.
+reports progress before every batch (and drives think-paradigm generation, with prompted thinking
+for models without a thinking mode), and one lm-eval pass.
 
 Split from `backend.evaluation`, which prepares tasks, streams samples and aggregates scores.
 """
@@ -78,8 +79,11 @@ def make_evaluation_lm(model, tokenizer, evaluation: EvaluationConfig, tracker: 
 def _make_hf_lm(model, tokenizer, batch_size: int | str, tracker: ProgressTracker):
     from lm_eval.models.huggingface import HFLM
 
+    from backend.thinking import apply_think_prompt
+
     class TrackedHFLM(HFLM):
-        """HFLM that reports progress before every model batch; batching and order are untouched."""
+        """HFLM that reports progress before every model batch; batching and order are untouched.
+        In the think paradigm it renders prompted thinking (`think_control.prompt`) into chat prompts."""
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             tracker.begin_requests(len(requests))
@@ -106,6 +110,12 @@ def _make_hf_lm(model, tokenizer, batch_size: int | str, tracker: ProgressTracke
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
             return _think_generate(self, self.think_control, context, max_length, generation_kwargs)
 
+        def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+            prompt = self.think_control.prompt if self.think_control is not None else None
+            if prompt is None:
+                return super().apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+            return apply_think_prompt(super().apply_chat_template, chat_history, add_generation_prompt, prompt)
+
         def get_model_info(self) -> dict:
             return {}  # the stock one asks the hub for a revision sha
 
@@ -118,13 +128,19 @@ def _think_generate(lm, control, context, max_length: int, generation_kwargs: di
     """Think-paradigm generation for a left-padded batch; returns prompt + new ids as HF generate does.
 
     Without budget forcing or extension: one batched `generate` whose only stop strings are those
-    after the end marker (`backend.thinking.stop_after_thinking`). With them: one row at a time
+    after the end marker (`backend.thinking.stop_after_thinking`); with prompted thinking, rows that
+    ended their turn without the end marker are then closed and answered one at a time
+    (`backend.thinking.close_and_answer`). With them: one row at a time
     (`backend.thinking.generate_controlled`).
     """
     import torch
     from transformers import StoppingCriteriaList
 
-    from backend.thinking import generate_controlled, stop_after_thinking
+    from backend.thinking import (
+        close_and_answer,
+        generate_controlled,
+        stop_after_thinking,
+    )
 
     kwargs = dict(generation_kwargs)
     attention = kwargs.pop("attention_mask", None)
@@ -137,20 +153,33 @@ def _think_generate(lm, control, context, max_length: int, generation_kwargs: di
     if not control.controlled:
         criteria = StoppingCriteriaList([stop_after_thinking(
             lm.tokenizer, control.markers[1], control.stops, prompt_len, context.shape[0])])
-        return lm.model.generate(input_ids=context, attention_mask=attention, max_length=max_length,
-                                 stopping_criteria=criteria, pad_token_id=pad, use_cache=True, **kwargs)
-    rows = []
-    control.last_info = []
-    for i in range(context.shape[0]):
-        ids = context[i].tolist()
-        if attention is not None:
-            ids = [t for t, m in zip(ids, attention[i].tolist()) if m]
-        new, info = generate_controlled(lm.model, lm.tokenizer, ids, max_new_tokens=max_length - prompt_len,
-                                        control=control, gen_kwargs=kwargs)
-        control.last_info.append(info)
-        rows.append(context[i].tolist() + new)
+        out = lm.model.generate(input_ids=context, attention_mask=attention, max_length=max_length,
+                                stopping_criteria=criteria, pad_token_id=pad, use_cache=True, **kwargs)
+        if control.prompt is None:
+            return out
+        # prompted thinking: replies that ended their turn inside the block are closed and answered
+        rows = [context[i].tolist() + close_and_answer(
+                    lm.model, lm.tokenizer, _unpadded(context, attention, i), out[i, prompt_len:].tolist(),
+                    max_new_tokens=max_length - prompt_len, control=control, gen_kwargs=kwargs)
+                for i in range(context.shape[0])]
+    else:
+        rows = []
+        control.last_info = []
+        for i in range(context.shape[0]):
+            new, info = generate_controlled(lm.model, lm.tokenizer, _unpadded(context, attention, i),
+                                            max_new_tokens=max_length - prompt_len, control=control,
+                                            gen_kwargs=kwargs)
+            control.last_info.append(info)
+            rows.append(context[i].tolist() + new)
     width = max(len(r) for r in rows)
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=context.device)
+
+
+def _unpadded(context, attention, row: int) -> list[int]:
+    ids = context[row].tolist()
+    if attention is None:
+        return ids
+    return [t for t, m in zip(ids, attention[row].tolist()) if m]
 
 
 def run_task(lm, p: _Prepared, seeds: dict[str, int]) -> list[dict[str, Any]]:

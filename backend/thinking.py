@@ -10,6 +10,14 @@ Used by `backend.evaluation`'s lm-eval model wrapper in the think paradigm (torc
   reasoning tokens the end marker is appended and the model answers with the budget left) and
   `extend_thinking` (when the model ends its reasoning, by the marker or EOS, the marker is
   replaced by "Wait" up to E times). Thinking tokens are counted in generated token ids.
+* `ThinkPrompt` / `apply_think_prompt`: prompted thinking for a model whose chat template has no
+  thinking mode (e.g. SmolLM2's ChatML): a system instruction asks for reasoning inside the markers
+  and the assistant turn is prefilled with the start marker, so generation starts inside the block
+  and the output holds only the end marker (`backend.scoring.split_thinking` handles that). Small
+  models rarely write the end marker themselves (SmolLM2-135M: never), so a reply that ends its turn
+  (EOS) inside the prompted block has its reasoning closed there: `ThinkPrompt.close` (the end
+  marker and a blank line) replaces the EOS and the model answers with the budget left
+  (`close_and_answer`), as budget forcing does at its cap.
 """
 from __future__ import annotations
 
@@ -18,6 +26,54 @@ from typing import Any, Sequence
 
 WAIT = "Wait"
 """Appended (after a newline) when `extend_thinking` makes the model keep reasoning."""
+THINK_INSTRUCTION = "Think step by step inside {start} and {end}, then give the final answer."
+"""System instruction of prompted thinking; `{start}` / `{end}` are the model's markers."""
+
+
+@dataclass(frozen=True)
+class ThinkPrompt:
+    """Prompted thinking: `instruction` goes into the system message, `prefill` opens the assistant turn."""
+
+    instruction: str
+    prefill: str
+    close: str
+    """Appended when the reply ends its turn inside the block (the newlines lead the model to answer)."""
+
+    @classmethod
+    def for_markers(cls, markers: tuple[str, str]) -> ThinkPrompt:
+        start, end = markers
+        return cls(instruction=THINK_INSTRUCTION.format(start=start, end=end), prefill=start + "\n",
+                   close=end + "\n\n")
+
+    def record(self) -> dict[str, str]:
+        """What the manifest and comparability key record."""
+        return {"instruction": self.instruction, "prefill": self.prefill, "close_at_end_of_turn": self.close}
+
+
+def template_has_thinking(tokenizer, start_marker: str) -> bool:
+    """Whether the tokenizer's chat template mentions `start_marker` (a native thinking mode)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates
+        template = "\n".join(str(t) for t in template.values())
+    return bool(template) and start_marker in template
+
+
+def apply_think_prompt(render, chat_history: list[dict[str, str]], add_generation_prompt: bool,
+                       prompt: ThinkPrompt) -> str:
+    """`render(messages, add_generation_prompt)` (lm-eval's chat-template call) with prompted thinking.
+
+    The instruction leads the system message (one is added when there is none); the prefill follows
+    the generation prompt, or leads the final assistant message that lm-eval continues (gen_prefix).
+    """
+    messages = [dict(m) for m in chat_history]
+    if messages and messages[0].get("role") == "system":
+        messages[0]["content"] = f"{prompt.instruction}\n\n{messages[0]['content']}"
+    else:
+        messages.insert(0, {"role": "system", "content": prompt.instruction})
+    if add_generation_prompt:
+        return render(messages, add_generation_prompt=True) + prompt.prefill
+    messages[-1]["content"] = prompt.prefill + messages[-1]["content"]
+    return render(messages, add_generation_prompt=False)
 
 
 @dataclass
@@ -28,6 +84,8 @@ class ThinkControl:
     stops: tuple[str, ...]
     thinking_budget: int | None = None
     extend_thinking: int = 0
+    prompt: ThinkPrompt | None = None
+    """Prompted thinking (None: the model's chat template opens the reasoning itself)."""
     last_info: list[dict[str, Any]] = field(default_factory=list)
     """Per-row info of the latest controlled generations (thinking tokens, forced, extensions)."""
 
@@ -104,6 +162,7 @@ def generate_controlled(model, tokenizer, prompt_ids: list[int], *, max_new_toke
     thinking = 0
     extensions = 0
     forced = False
+    closed = False
     answering = False
     finished = False
 
@@ -147,9 +206,14 @@ def generate_controlled(model, tokenizer, prompt_ids: list[int], *, max_new_toke
                 thinking += len(kept)
                 extensions += 1
                 continue
-            new += seg
             thinking += len(body)
-            finished = True
+            if control.prompt is not None:  # end of turn inside the prompted block: close it, then answer
+                close_ids = tokenizer(control.prompt.close, add_special_tokens=False)["input_ids"]
+                new += body + close_ids[: max_new_tokens - len(new) - len(body)]
+                closed = answering = True
+            else:
+                new += seg
+                finished = True
         else:
             new += seg
             thinking += len(seg)
@@ -158,14 +222,40 @@ def generate_controlled(model, tokenizer, prompt_ids: list[int], *, max_new_toke
                 forced = answering = True
             elif len(seg) < limit:  # stopped for another reason (pad, criteria): treat as done
                 finished = True
-    remaining = max_new_tokens - len(new)
-    if answering and remaining > 0:
-        criteria = StoppingCriteriaList([stop_after_thinking(tokenizer, end, control.stops, len(prompt_ids), 1)])
-        ids = torch.tensor([prompt_ids + new], device=model.device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=remaining,
-                             stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id,
-                             use_cache=True, **gen_kwargs)
-        new += out[0, ids.shape[1]:].tolist()
-    info = {"thinking_tokens": min(thinking, cap), "forced": forced, "extensions": extensions,
-            "new_tokens": len(new)}
+    if answering:
+        new = _answer(model, tokenizer, prompt_ids, new, max_new_tokens, control, gen_kwargs)
+    info = {"thinking_tokens": min(thinking, cap), "forced": forced, "closed_at_end_of_turn": closed,
+            "extensions": extensions, "new_tokens": len(new)}
     return new[:max_new_tokens], info
+
+
+def _answer(model, tokenizer, prompt_ids: list[int], new: list[int], max_new_tokens: int,
+            control: ThinkControl, gen_kwargs: dict[str, Any]) -> list[int]:
+    """`new` (ending with the end marker) plus the model's answer, up to a stop string after the marker."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    remaining = max_new_tokens - len(new)
+    if remaining <= 0:
+        return new
+    criteria = StoppingCriteriaList([stop_after_thinking(tokenizer, control.markers[1], control.stops,
+                                                         len(prompt_ids), 1)])
+    ids = torch.tensor([prompt_ids + new], device=model.device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=remaining,
+                         stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id,
+                         use_cache=True, **gen_kwargs)
+    return new + out[0, ids.shape[1]:].tolist()
+
+
+def close_and_answer(model, tokenizer, prompt_ids: list[int], new: list[int], *, max_new_tokens: int,
+                     control: ThinkControl, gen_kwargs: dict[str, Any]) -> list[int]:
+    """Prompted thinking, batched path: a reply that ended its turn (EOS) without the end marker gets
+    its reasoning closed (EOS and what follows replaced by `ThinkPrompt.close`) and an answer.
+    Replies that closed the block, or ran out of budget, come back unchanged."""
+    eos_ids = _eos_ids(model, tokenizer)
+    stop = next((i for i, t in enumerate(new) if t in eos_ids), None)
+    if stop is None or control.markers[1] in tokenizer.decode(new[:stop], skip_special_tokens=False):
+        return new
+    close_ids = tokenizer(control.prompt.close, add_special_tokens=False)["input_ids"]
+    closed = new[:stop] + close_ids[: max_new_tokens - stop]
+    return _answer(model, tokenizer, prompt_ids, closed, max_new_tokens, control, gen_kwargs)[:max_new_tokens]

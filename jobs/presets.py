@@ -8,10 +8,10 @@ let every finding of `db.findings` be evaluated: classification (PIQA, WinoGrand
 (GSM8K, MATH-500) and test-time scaling (MATH-500 with k sampled answers per prompt).
 
 * `study-cpu`: SmolLM2-135M-Instruct in both paradigms, CPU-sized samples and budgets. SmolLM2
-  has no thinking mode and the config has no thinking prompt, so in the think paradigm budget
-  forcing (`thinking_budget`) appends the end-of-thinking marker after that many tokens and the
-  model then answers; a reply that ends (EOS) before the budget has no marker and counts as
-  truncated.
+  has no thinking mode, so the think paradigm uses prompted thinking (`model_args.think_prompt`,
+  auto: a system instruction to reason inside `<think>`/`</think>`, the reply prefilled with
+  `<think>`; a reply that ends its turn inside the block has it closed there and then answers) and
+  budget forcing (`thinking_budget`) appends the end marker after that many reasoning tokens.
 * `study-gpu`: Qwen2.5-1.5B-Instruct and the DeepSeek-R1-Distill-Qwen-1.5B reasoning model by hub
   id, GPU-sized samples and budgets, SkipGPT routers trained longer and with LoRA restoration.
 * `study-smoke`: six instruct jobs (dense, each family at 0.2 with generic calibration, Wanda-OWL
