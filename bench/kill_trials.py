@@ -5,7 +5,9 @@ Each trial queues one job and starts a worker process whose pipeline streams one
 pipeline is scripted so the kill lands at a known point: after 1, 2, ... all samples were
 checkpointed, round-robin over the trials). The worker is SIGKILLed, its lease expires, and a second
 worker drains the queue. A trial is ok when the job ended `succeeded` with exactly one accepted
-completion (one `job_succeeded` event over both workers' logs), exactly its scores and samples (none
+completion (one "job N succeeded" line of `jobs.queue`, logged where the completion commits: the
+workers' logs for local trials, the server's log for remote ones, since a remote worker can be killed
+after the server accepted its result and before it logs anything), exactly its scores and samples (none
 partial, none twice), no checkpoint left, the second worker evaluated only what the first had not
 checkpointed, and (remote) the workers' own home stayed empty.
 
@@ -142,11 +144,14 @@ class Trials:
     the database this process's environment names; `workdir` keeps the workers' logs."""
 
     def __init__(self, kind: str, workdir: Path, server: str | None = None, token: str | None = None,
-                 n_samples: int = N_SAMPLES, sample_seconds: float = SAMPLE_SECONDS):
+                 n_samples: int = N_SAMPLES, sample_seconds: float = SAMPLE_SECONDS,
+                 server_log: Path | None = None):
         if kind not in ("local", "remote") or (kind == "remote" and not (server and token)):
             raise ValueError("kind is local, or remote with server and token")
         self.kind, self.workdir, self.server, self.token = kind, workdir, server, token
         self.n_samples, self.sample_seconds = n_samples, sample_seconds
+        self.server_log = server_log
+        """Remote: the app's log, where the queue logs the completions it commits."""
         self.env = dict(os.environ)
         if kind == "remote":  # another machine: an empty home and no database URL
             remote_home = workdir / "remote-home"
@@ -207,7 +212,7 @@ class Trials:
             rescuer.wait()
             return [f"job {job_id}: the rescuer did not finish within {WORKER_TIMEOUT:.0f} s"]
         problems = [] if rescuer.returncode == 0 else [f"rescuer exited {rescuer.returncode}"]
-        problems += self.check(job_id, [victim_err, rescuer_err])
+        problems += self.check(job_id, [self.server_log] if self.kind == "remote" else [victim_err, rescuer_err])
         if not victim_finished:
             problems += self.check_resume(rescuer_log, checkpointed)
         if self.kind == "remote" and any(Path(self.env["PRUNEBOARD_HOME"]).iterdir()):
@@ -278,15 +283,12 @@ def _checkpoints(job_id: int) -> int:
     return len(_checkpoint_docs(job_id))
 
 
-def _succeeded_events(log: Path, job_id: int) -> int:
-    """`job_succeeded` events for this job in a worker's log (text or JSON format)."""
-    if not log.exists():
+def _succeeded_events(log: Path | None, job_id: int) -> int:
+    """Completions of this job committed by the queue (its "job N succeeded (" line) in a log."""
+    if log is None or not log.exists():
         return 0
-    count = 0
-    for line in log.read_text(errors="replace").splitlines():
-        if "job_succeeded" in line and (f"job_id={job_id} " in line or f'"job_id": {job_id},' in line):
-            count += 1
-    return count
+    marker = f"job {job_id} succeeded ("
+    return sum("jobs.queue" in line and marker in line for line in log.read_text(errors="replace").splitlines())
 
 
 def run_kind(kind: str, trials: int, workdir: Path, first_seed: int = 0) -> int:
@@ -298,7 +300,8 @@ def run_kind(kind: str, trials: int, workdir: Path, first_seed: int = 0) -> int:
 
     token = tokens.create(f"kill-trials-{os.getpid()}-{first_seed}")
     with serve_app(workdir / "app.log") as url:
-        return sum(not p for p in Trials("remote", workdir, url, token).run(trials, first_seed))
+        trials_ = Trials("remote", workdir, url, token, server_log=workdir / "app.log")
+        return sum(not p for p in trials_.run(trials, first_seed))
 
 
 def main() -> None:

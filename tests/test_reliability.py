@@ -64,7 +64,7 @@ def test_trial_checks_catch_a_second_completion_an_extra_score_and_a_left_checkp
     assert not trials.trial(0, seed=7)  # a clean trial first
     job_id = _last_job_id()
     log = tmp_path / "extra.log"
-    log.write_text(f"INFO jobs.worker: job_succeeded job_id={job_id} attempt=3 scores=2 samples=6\n")
+    log.write_text(f"INFO jobs.queue: job {job_id} succeeded (2 scores, 6 samples)\n")
     assert any("accepted completions" in p for p in trials.check(job_id, [log, *tmp_path.glob("local-*.log")]))
     record = SampleRecord(task="synthetic-mc", doc_id=0, prompt="q", output="a", extracted="a", gold="a",
                           correct=True, prompt_tokens=1, output_tokens=1, metrics={"acc": 1.0})

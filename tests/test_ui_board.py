@@ -198,3 +198,24 @@ def test_fork_without_a_run_says_what_to_do(runs):
     assert "Open a run first" in message
     text, selected, _ = _fork(runs["dense"])
     assert "model: builtin:tiny-llama" in text and selected.selected == "submit"
+
+
+def test_threads_exporting_the_same_board_at_once_all_succeed(tmp_path, runs):
+    """The app serves several requests per process: simultaneous writes of one export must not collide."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    shown = board.board_view().board
+    threads = 8
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)  # a fresh folder: every thread finds the files missing
+        barrier = Barrier(threads)
+
+        def export(_):
+            barrier.wait()
+            return board.write_exports(shown, "raw", folder)
+
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(export, range(threads)))
+        assert len(set(results)) == 1
+        assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in results[0])

@@ -209,9 +209,11 @@ def write_exports(board: lb.Board, view: str, directory: str | Path | None = Non
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
         path = folder / f"pruneboard-leaderboard-{view}-{digest}.{fmt}"
         if not path.exists():
-            tmp = path.with_suffix(f".{fmt}.part{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)  # atomic: a reader never sees a half-written file
+            # a unique temporary name per write: threads of one process may export the same board at once
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".part")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)  # atomic: a reader never sees a half-written file
         paths.append(str(path))
     return paths[0], paths[1]
 
