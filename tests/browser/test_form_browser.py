@@ -33,8 +33,10 @@ def test_form_submits_a_config_that_finishes_in_the_queue(ui, page, screenshot):
 
     # A depth method needs a sparsity above 0: the form says so, from the CLI's schema.
     _choose(page, "pb-submit-method", "depth · shortgpt")
-    ui.wait_for_text("Valid", within="#pb-submit-check")  # leaving dense starts from sparsity 0.25
-    assert page.locator("#pb-submit-sparsity input[type=number]").input_value() == "0.25"
+    # leaving dense starts from sparsity 0.25 (wait for it: "Valid" was already shown for dense)
+    page.wait_for_function(
+        "() => document.querySelector('#pb-submit-sparsity input[type=number]')?.value === '0.25'", timeout=60_000)
+    ui.wait_for_text("Valid", within="#pb-submit-check")
     _type(page, "#pb-submit-sparsity input[type=number]", "0")
     ui.wait_for_text("needs a sparsity > 0", within="#pb-submit-check")
     assert page.locator("#pb-param-choice-0").is_hidden()  # shortgpt has no parameters of its own
