@@ -4,6 +4,7 @@ Queue tab; submitting the same form again is flagged as a duplicate that opens t
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 RUN_MS = 300_000
 """A tiny-llama run takes seconds of compute, but the worker imports torch and lm-eval first on
@@ -61,12 +62,13 @@ def test_form_submits_a_config_that_finishes_in_the_queue(ui, page, screenshot):
     ui.wait_for_text("Queued as job 1", within="#pb-submit-message")
 
     ui.select_tab("queue")
-    assert page.locator("#pb-queue-job input").input_value() == "1"  # the submitted job is selected
+    expect(page.locator("#pb-queue-job input")).to_have_value("1")  # the submitted job is selected
     ui.wait_for_text("Job 1", within="#pb-queue-detail")
     ui.wait_for_text("succeeded", within="#pb-queue-detail", timeout_ms=RUN_MS)
     detail = ui.text("#pb-queue-detail")
     assert "synthetic-arith" in detail and "synthetic-mc" in detail  # the scores it stored
-    assert page.locator("#pb-queue-cancel").is_disabled() and page.locator("#pb-queue-retry").is_disabled()
+    expect(page.locator("#pb-queue-cancel")).to_be_disabled()
+    expect(page.locator("#pb-queue-retry")).to_be_disabled()
     screenshot("queue-job-succeeded")
 
     # The same form again is a duplicate of job 1, and the button opens it in the queue.
@@ -87,11 +89,12 @@ def test_queue_buttons_are_explained_without_a_selection(ui, page, browser_app):
     job_id = browser_app.submit_config(NOOP_CONFIG)
     ui.open("?tab=queue")
     page.wait_for_selector("#pb-tab-queue-button[aria-selected=true]")
-    assert page.locator("#pb-queue-cancel").is_disabled() and page.locator("#pb-queue-retry").is_disabled()
+    expect(page.locator("#pb-queue-cancel")).to_be_disabled()
+    expect(page.locator("#pb-queue-retry")).to_be_disabled()
     assert "Select a job" in ui.text("#pb-queue-hint")
     assert "No job selected" in ui.text("#pb-queue-detail")
     # The timer keeps refreshing the table while no job is selected (an empty job box is no error).
     ui.wait_for_text("builtin:noop", within="#pb-queue-table")
     page.locator("#pb-queue-table [role=gridcell]").first.click()  # newest first: this job
     ui.wait_for_text(f"Job {job_id}", within="#pb-queue-detail")
-    assert page.locator("#pb-queue-job input").input_value() == str(job_id)
+    expect(page.locator("#pb-queue-job input")).to_have_value(str(job_id))
