@@ -121,8 +121,9 @@ def compare(session: Session, job_ids: Sequence[int], task: str, outcome: str = 
 def compare_sample(session: Session, job_ids: Sequence[int], task: str, doc_id: int, outcome: str = "all",
                    search: str = "") -> dict[str, Any] | None:
     """One sample of every run with full texts (db.queries.sample_trace); `prev` / `next` are the
-    neighbouring doc ids within the list filtered by `outcome` and `search` (None at the ends).
-    None when a run lacks the sample."""
+    neighbouring doc ids within the list filtered by `outcome` and `search` (None at the ends), and
+    `position` is the doc's 0-based index in that list (None when the filter leaves it out), so a
+    caller can tell which page of `compare` lists it. None when a run lacks the sample."""
     from db.queries import sample_trace
 
     ids = _check_runs(job_ids, outcome)
@@ -148,7 +149,8 @@ def compare_sample(session: Session, job_ids: Sequence[int], task: str, doc_id: 
             "truncated_for_storage": trace.get("truncated_for_storage", False),
         })
     return {"question": question, "gold": samples[ids[0]][doc_id]["gold"], "doc_id": doc_id,
-            "prev": before[-1] if before else None, "next": after[0] if after else None, "runs": runs}
+            "prev": before[-1] if before else None, "next": after[0] if after else None,
+            "position": len(before) if doc_id in selected else None, "runs": runs}
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -168,6 +168,60 @@ def test_build_view_filters_and_renders_a_seeded_comparison():
     assert "No sample matches" in nothing.sample and nothing.rows.empty
 
 
+def test_stepping_past_a_page_end_lists_the_page_of_the_shown_sample(monkeypatch):
+    monkeypatch.setattr(cv, "PAGE_SIZE", 10)  # 30 docs: pages 0-9, 10-19, 20-29
+    a, b = _seed("dense", 0.0, lambda i: i % 3 != 0), _seed("magnitude", 0.5, lambda i: i % 2 == 0)
+    last_of_first = cv.build_view(cv.CompareQuery(runs=[a, b], page=1, doc=9))
+    assert last_of_first.query.page == 1 and last_of_first.next_doc == 10
+    # The tab passes the list page it shows with the neighbour's doc; the doc decides the page.
+    stepped = cv.build_view(cv.CompareQuery(runs=[a, b], page=1, doc=last_of_first.next_doc))
+    assert "(doc 10)" in stepped.sample
+    assert stepped.query.page == 2 and stepped.rows["doc"].tolist() == list(range(10, 20))
+    assert "Samples 11–20 of 30 · page 2 of 3" == stepped.page_info
+    assert stepped.has_previous_page and stepped.has_next_page
+    back = cv.build_view(cv.CompareQuery(runs=[a, b], page=2, doc=stepped.prev_doc))
+    assert "(doc 9)" in back.sample and back.query.page == 1 and back.rows["doc"].tolist() == list(range(10))
+    assert not back.has_previous_page and back.has_next_page
+    # Pages count positions in the filtered list, not doc ids.
+    monkeypatch.setattr(cv, "PAGE_SIZE", 4)
+    only_a = [i for i in range(N_DOCS) if i % 3 != 0 and i % 2 != 0]  # 1 5 7 11 | 13 17 19 23 | 25 29
+    filtered = cv.build_view(cv.CompareQuery(runs=[a, b], outcome="only-a", page=1, doc=only_a[3]))
+    assert filtered.query.page == 1 and filtered.next_doc == only_a[4]
+    filtered_next = cv.build_view(cv.CompareQuery(runs=[a, b], outcome="only-a", page=1, doc=filtered.next_doc))
+    assert filtered_next.query.page == 2 and filtered_next.rows["doc"].tolist() == only_a[4:8]
+    assert "page 2 of 3" in filtered_next.page_info
+
+
+def test_doc_in_the_url_opens_the_list_page_that_holds_it(monkeypatch):
+    monkeypatch.setattr(cv, "PAGE_SIZE", 10)
+    a, b = _seed("dense", 0.0, lambda i: i % 3 != 0), _seed("magnitude", 0.5, lambda i: i % 2 == 0)
+    view = cv.build_view(cv.parse_query({"tab": "compare", "runs": f"{a},{b}", "page": "1", "doc": "25"}))
+    assert "(doc 25)" in view.sample
+    assert view.query.page == 3 and view.rows["doc"].tolist() == list(range(20, 30))
+    assert "page 3 of 3" in view.page_info and "page=3" in view.link
+    assert view.has_previous_page and not view.has_next_page
+    # A doc the filter leaves out is still shown; the list keeps the page asked for.
+    outside = cv.build_view(cv.CompareQuery(runs=[a, b], outcome="only-a", page=1, doc=2))
+    assert "(doc 2)" in outside.sample and outside.query.page == 1
+
+
+def test_page_controls_are_never_dead(monkeypatch):
+    from ui.tabs import compare as compare_tab
+
+    monkeypatch.setattr(cv, "PAGE_SIZE", 10)
+    a, b = _seed("dense", 0.0, lambda i: i % 3 != 0), _seed("magnitude", 0.5, lambda i: i % 2 == 0)
+    outputs = compare_tab._render([a, b], "synthetic-arith", "all", "", 1, 19, None)
+    page, page_prev, page_next = outputs[4], outputs[6], outputs[7]
+    assert page == 2 and page_prev["interactive"] and page_next["interactive"]
+    outputs = compare_tab._render([a, b], "synthetic-arith", "all", "", 3, None, None)
+    assert outputs[4] == 3 and outputs[6]["interactive"] and not outputs[7]["interactive"]
+    # Nothing listed (one run; a page from an old link): no page to go to either way.
+    lone = cv.build_view(cv.CompareQuery(runs=[a], page=5))
+    assert lone.query.page == 1 and not lone.has_previous_page and not lone.has_next_page
+    outputs = compare_tab._render([a], None, "all", "", 5, None, None)
+    assert not outputs[6]["interactive"] and not outputs[7]["interactive"]
+
+
 def test_build_view_empty_states_say_what_to_do():
     assert "Submit two runs" in cv.build_view(cv.CompareQuery()).header
     a = _seed("dense", 0.0, lambda i: True)

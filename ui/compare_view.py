@@ -262,6 +262,11 @@ def render_sample_diff(sample: Mapping[str, Any], pair: str | None) -> str:
     return render_diff(trace_text(runs[a]), trace_text(runs[b]), a, b)
 
 
+def page_of(position: int, page_size: int) -> int:
+    """The 1-based list page that holds the sample at 0-based `position` of the filtered list."""
+    return position // max(1, page_size) + 1
+
+
 def page_text(comparison: Any) -> str:
     if not comparison.total:
         return "No samples match."
@@ -294,9 +299,22 @@ class CompareView:
     def link(self) -> str:
         return query_string(self.query)
 
+    @property
+    def has_previous_page(self) -> bool:
+        return self.query.page > 1
+
+    @property
+    def has_next_page(self) -> bool:
+        return self.query.page < self.pages
+
 
 def build_view(query: CompareQuery, pair: str | None = None) -> CompareView:
-    """Query `db.compare` for this state and render it; an empty state says what to do next."""
+    """Query `db.compare` for this state and render it; an empty state says what to do next.
+
+    A shown doc that the filtered list holds decides the list page (it wins over `query.page`), so stepping
+    to the previous / next sample or opening `?doc=` lists the page that holds it. Without a doc,
+    the first sample of `query.page` is shown. `query.page` ends within 1..pages."""
+    requested_page, query.page = query.page, 1  # page 1 until a list exists (no dead page buttons)
     try:
         from db import compare as compare_db
     except ImportError:
@@ -329,8 +347,14 @@ def build_view(query: CompareQuery, pair: str | None = None) -> CompareView:
         if query.outcome == "only-c" and len(query.runs) < 3:
             query.outcome = "all"
         try:
+            sample = None
+            if query.doc is not None:
+                sample = compare_db.compare_sample(session, query.runs, query.task, query.doc,
+                                                    outcome=query.outcome, search=query.search)
+                if sample and sample.get("position") is not None:
+                    requested_page = page_of(sample["position"], PAGE_SIZE)
             comparison = compare_db.compare(session, query.runs, query.task, outcome=query.outcome,
-                                            search=query.search, page=query.page, page_size=PAGE_SIZE)
+                                            search=query.search, page=requested_page, page_size=PAGE_SIZE)
         except ValueError as exc:
             view.header = empty_state(f"Cannot compare these runs: {exc}")
             return view
@@ -343,13 +367,13 @@ def build_view(query: CompareQuery, pair: str | None = None) -> CompareView:
         view.pairs = diff_pairs(letters)
         if query.doc is None and len(comparison.rows):
             query.doc = int(comparison.rows.iloc[0]["doc_id"])
+            sample = compare_db.compare_sample(session, query.runs, query.task, query.doc,
+                                                outcome=query.outcome, search=query.search)
         if query.doc is None:
             view.sample = empty_state(f"No sample matches “{OUTCOME_LABELS[query.outcome]}”"
                                       + (f" and the search {query.search!r}" if query.search else "")
                                       + ". Choose another outcome filter or clear the search.")
             return view
-        sample = compare_db.compare_sample(session, query.runs, query.task, query.doc, outcome=query.outcome,
-                                            search=query.search)
     if not sample:
         view.sample = empty_state(f"No stored sample with doc id {query.doc} for {query.task}.")
         return view

@@ -66,7 +66,7 @@ def _render(runs, task, outcome, search, page, doc, pair) -> list:
         gr.update(choices=view.run_choices, value=q.runs),
         gr.update(choices=view.task_choices, value=q.task if view.task_choices else None),
         q.outcome, q.search, q.page, view.page_info,
-        gr.update(interactive=q.page > 1), gr.update(interactive=q.page < view.pages),
+        gr.update(interactive=view.has_previous_page), gr.update(interactive=view.has_next_page),
         view.header, view.rows, q.doc, view.sample,
         gr.update(choices=view.pairs, value=pair_value), view.diff,
         gr.update(interactive=view.prev_doc is not None), gr.update(interactive=view.next_doc is not None),
