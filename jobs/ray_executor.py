@@ -10,7 +10,13 @@ WallTimeExceeded and its task cancelled. Results go through the same completion 
 worker (`complete` under the claim's attempt); a task that raises fails its job with the exception's
 type and message. SIGTERM/SIGINT cancels the tasks and hands their jobs back to the queue.
 
-Limits: tasks report no progress and stream no samples (a requeued job starts over). The driver's
+Progress and samples: each task's event sink puts the pipeline's events, tagged with job id and
+attempt, into one `ray.util.queue.Queue` actor (0 CPUs) that the driver drains every loop. The
+driver writes the latest progress with the job's heartbeat (at most every PROGRESS_INTERVAL seconds,
+always on a stage change) and checkpoints each finished sample (`record_sample` under the claim's
+attempt) before it completes the job, so a requeued job resumes from its checkpoints (the claim's
+`completed` samples go into the task). Events of a job no longer in flight are dropped. Limits: a
+task cannot be stopped between events as the local worker's sink does; cancels kill it. The driver's
 PRUNEBOARD_* and HF_* variables travel with each task. Capabilities: the cluster counts as a GPU
 worker when it has GPU resources (accelerator memory: PRUNEBOARD_WORKER_ACCELERATOR_MEMORY_GB, else
 the driver's largest GPU); models as for other workers (`jobs.resources`). Nodes of an existing
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.events import Event, Progress, SampleDone
 from jobs.logs import event
 from jobs.resources import (
     WALL_TIME_ERROR,
@@ -40,6 +47,7 @@ from jobs.states import LostClaim
 from jobs.worker import (
     ERROR_BACKOFF,
     POLL_INTERVAL,
+    PROGRESS_INTERVAL,
     Claim,
     FatalWorkerError,
     LocalQueue,
@@ -83,13 +91,39 @@ def init_ray(address: str | None = None, **init_kwargs: Any):
     return ray
 
 
-def _run_task(config: dict[str, Any], completed: list, env: dict[str, str]):
-    """The Ray task: the pipeline on one claimed config (no database, no events)."""
+def _run_task(config: dict[str, Any], completed: list, env: dict[str, str], channel: Any, tag: tuple[int, int]):
+    """The Ray task: the pipeline on one claimed config, resuming after `completed`; its events go
+    to the driver through `channel` (no database access here)."""
     os.environ.update(env)
     from backend.config import validate_config
     from backend.pipeline import run
 
-    return run(validate_config(config), lambda _event: None, completed)
+    return run(validate_config(config), _ChannelSink(channel, tag), completed)
+
+
+class _ChannelSink:
+    """The task's event sink: puts (job id, attempt, event) into the driver's queue actor.
+
+    A queue actor rather than, say, a per-job actor or returning a generator: one actor serves every
+    task, the pipeline never waits for the driver (the queue is unbounded, a put is one short call
+    to the actor), and a finished task's events are all in the queue before its result is ready
+    (each put returns once the actor holds the event), so the driver checkpoints them before it
+    completes the job."""
+
+    def __init__(self, channel: Any, tag: tuple[int, int]):
+        self.channel = channel
+        self.tag = tag
+        self.broken = False
+
+    def __call__(self, item: Event) -> None:
+        if self.channel is None or self.broken:
+            return
+        try:
+            self.channel.put_nowait((*self.tag, item))
+        except Exception:  # progress and checkpoints must not fail the run: the result carries every sample
+            self.broken = True
+            logger.warning("job %d: cannot send events to the driver; running on without them", self.tag[0],
+                           exc_info=True)
 
 
 @dataclass
@@ -100,6 +134,11 @@ class _InFlight:
     next_beat: float
     stopping: str | None = None
     """Why its task was cancelled: cancel | lost | wall | stop."""
+    progress: Progress | None = None
+    """The latest progress its task sent."""
+    progress_unwritten: bool = False
+    written_stage: str | None = None
+    last_progress_write: float = 0.0
 
 
 class RayExecutor:
@@ -123,6 +162,8 @@ class RayExecutor:
         self.address = address
         self.init_kwargs = init_kwargs or {}
         self.inflight: dict[Any, _InFlight] = {}
+        self._channel: Any = None
+        """The queue actor the tasks send their events through (while `run` runs)."""
         self._stop = threading.Event()
 
     @property
@@ -142,6 +183,9 @@ class RayExecutor:
         restore = self._install_signals() if install_signals else {}
         processed = 0
         event(logger, "worker_started", worker=self.worker_id, executor="ray", slots=slots, drain=drain)
+        from ray.util.queue import Queue
+
+        self._channel = Queue(actor_options={"num_cpus": 0})
         try:
             while True:
                 try:
@@ -160,6 +204,7 @@ class RayExecutor:
                     self._stop.wait(self.poll_interval)
                     continue
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.poll_interval)
+                self._drain_events(ray)  # before _finish: a job's checkpoints never arrive after its completion
                 for ref in ready:
                     self._finish(ray, self.inflight.pop(ref))
                     processed += 1
@@ -174,6 +219,7 @@ class RayExecutor:
                 self.inflight.clear()
             for signum, handler in restore.items():
                 signal.signal(signum, handler)
+            self._close_channel()
             try:
                 self.backend.stopped(self.worker_id)
             except Exception:
@@ -210,19 +256,67 @@ class RayExecutor:
         device = (claim.config.get("resources") or {}).get("device", "any")
         ref = task.options(num_gpus=1 if device == "cuda" else 0, num_cpus=self.cpus_per_job,
                            name=f"pruneboard-job-{claim.job_id}", max_retries=0).remote(
-            claim.config, list(claim.completed), _forwarded_env())
+            claim.config, list(claim.completed), _forwarded_env(), self._channel, (claim.job_id, claim.attempt))
         wall = max_wall_seconds(claim.config)
         now = time.monotonic()
         self.inflight[ref] = _InFlight(claim, ref, None if wall is None else now + wall, now)
         event(logger, "job_claimed", worker=claim.worker_id or self.worker_id, job_id=claim.job_id,
-              attempt=claim.attempt, executor="ray", num_gpus=1 if device == "cuda" else 0)
+              attempt=claim.attempt, executor="ray", num_gpus=1 if device == "cuda" else 0,
+              resumed_samples=len(claim.completed))
+
+    # -- events from the tasks --
+
+    def _drain_events(self, ray) -> None:
+        """Apply every event the tasks sent since the last drain: progress is remembered (written by
+        `_beat`), samples are checkpointed under the claim's attempt."""
+        if self._channel is None:
+            return
+        try:
+            waiting = self._channel.qsize()
+            batch = self._channel.get_nowait_batch(waiting) if waiting else []
+        except Exception:  # the queue actor died: jobs run on and complete without progress
+            logger.exception("worker %s: the event queue failed; progress and checkpoints stop", self.worker_id)
+            self._channel = None
+            return
+        by_claim = {(item.claim.job_id, item.claim.attempt): item for item in self.inflight.values()}
+        for job_id, attempt, item_event in batch:
+            item = by_claim.get((job_id, attempt))
+            if item is None or item.stopping not in (None, "stop"):  # gone, or its claim is settled
+                continue
+            if isinstance(item_event, Progress):
+                item.progress, item.progress_unwritten = item_event, True
+            elif isinstance(item_event, SampleDone):
+                self._record_sample(ray, item, item_event)
+
+    def _record_sample(self, ray, item: _InFlight, done: SampleDone) -> None:
+        claim = item.claim
+        try:
+            self.backend.record_sample(claim.job_id, claim.attempt, done.sample)
+        except LostClaim:
+            event(logger, "claim_lost", logging.WARNING, job_id=claim.job_id, attempt=claim.attempt)
+            self._cancel(ray, item, "lost")
+        except FatalWorkerError:
+            raise
+        except Exception:  # a transient DB or network error: the final result carries every sample anyway
+            logger.warning("job %d: could not checkpoint a sample", claim.job_id, exc_info=True)
+
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        try:
+            channel.shutdown(force=True)  # every event of a finished job was drained before it completed
+        except Exception:
+            logger.warning("worker %s: could not shut down the event queue", self.worker_id, exc_info=True)
 
     # -- leases, cancels and wall time --
 
     def _beat(self, ray) -> None:
+        """Renew each lease every lease/3 seconds, and write new progress at most every
+        PROGRESS_INTERVAL seconds (at once on a stage change), with the latest progress."""
         now = time.monotonic()
         for item in list(self.inflight.values()):
-            if item.stopping is not None or now < item.next_beat:
+            if item.stopping is not None or (now < item.next_beat and not _progress_due(item, now)):
                 continue
             claim = item.claim
             item.next_beat = now + claim.lease_seconds / 3
@@ -234,8 +328,7 @@ class RayExecutor:
                     event(logger, "job_wall_time_exceeded", logging.ERROR, job_id=claim.job_id,
                           attempt=claim.attempt, max_wall_minutes=minutes)
                     self._cancel(ray, item, "wall")
-                elif self.backend.heartbeat(claim.job_id, claim.attempt, None, "running",
-                                            f"running as a Ray task ({self.worker_id})"):
+                elif self.backend.heartbeat(claim.job_id, claim.attempt, *self._progress_to_write(item, now)):
                     logger.info("job %d: cancel requested", claim.job_id)
                     self._cancel(ray, item, "cancel")
             except LostClaim:
@@ -246,6 +339,13 @@ class RayExecutor:
             except Exception:  # a transient DB or network error; the next beat may succeed
                 item.next_beat = now + 1.0
                 logger.exception("job %d: heartbeat failed", claim.job_id)
+
+    def _progress_to_write(self, item: _InFlight, now: float) -> tuple[float | None, str, str]:
+        latest = item.progress
+        if latest is None:  # the task has not started (or sent nothing) yet
+            return None, "running", f"running as a Ray task ({self.worker_id})"
+        item.progress_unwritten, item.written_stage, item.last_progress_write = False, latest.stage, now
+        return latest.fraction, latest.stage, latest.text
 
     def _cancel(self, ray, item: _InFlight, why: str) -> None:
         item.stopping = why
@@ -316,6 +416,11 @@ class RayExecutor:
             self.stop()
 
         return {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _progress_due(item: _InFlight, now: float) -> bool:
+    return item.progress_unwritten and (item.progress.stage != item.written_stage
+                                        or now - item.last_progress_write >= PROGRESS_INTERVAL)
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -1,24 +1,29 @@
 """The Ray executor (jobs.ray_executor) on a local `ray.init(num_cpus=2)`: builtin:noop jobs run
 concurrently to success through the queue, a failing task fails its job with its message, cancel
-and wall time stop the task, and a real SmolLM2 job runs end to end. Skipped without Ray, except
-under CI=true, where .ci/run installs it (requirements-ray.txt)."""
+and wall time stop the task, a tiny-llama task's progress and samples reach the database before its
+job completes, a requeued job resumes from its checkpoints, and a real SmolLM2 job runs end to end.
+Skipped without Ray, except under CI=true, where .ci/run installs it (requirements-ray.txt)."""
 from __future__ import annotations
 
 import os
 import sys
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from backend.config import validate_config
-from db.schema import Sample, Score
+from backend.pipeline import STAGES
+from backend.result import SampleRecord
+from db.schema import Sample, SampleCheckpoint, Score, utcnow
 from db.session import dispose_engines, read_session
 from jobs import queue
 from jobs.cli import main
 from jobs.resources import WALL_TIME_ERROR
 from jobs.states import JobState
+from jobs.worker import LocalQueue
 
 try:
     import ray
@@ -96,6 +101,80 @@ def test_a_failing_task_fails_its_job_with_its_message(ray_cluster):
     assert (failed.error_type, failed.error_message) == ("RuntimeError", "boom on purpose")
     assert "boom on purpose" in failed.log_tail
     assert queue.get_job(ok_id).state == JobState.SUCCEEDED
+
+
+class RecordingQueue(LocalQueue):
+    """LocalQueue that logs the driver's progress writes and checkpoints, and what the database
+    held when the job was completed (checkpoints are deleted by the completion)."""
+
+    def __init__(self):
+        super().__init__()
+        self.heartbeats: list[tuple[int, float | None, str | None]] = []
+        self.recorded: list[tuple[int, int]] = []
+        self.at_completion: dict[str, object] = {}
+
+    def heartbeat(self, job_id, attempt, progress, stage, text) -> bool:
+        self.heartbeats.append((attempt, progress, stage))
+        return super().heartbeat(job_id, attempt, progress, stage, text)
+
+    def record_sample(self, job_id, attempt, sample) -> None:
+        self.recorded.append((attempt, sample.doc_id))
+        super().record_sample(job_id, attempt, sample)
+
+    def complete(self, job_id, attempt, result) -> bool:
+        job = queue.get_job(job_id)
+        with read_session() as session:
+            checkpointed = session.scalars(select(SampleCheckpoint.doc_id).where(SampleCheckpoint.job_id == job_id))
+            self.at_completion = {"stage": job.stage, "progress": job.progress, "checkpointed": sorted(checkpointed)}
+        return super().complete(job_id, attempt, result)
+
+
+def tiny_llama(limit: int = 4):
+    return validate_config({"model": "builtin:tiny-llama", "tasks": [{"name": "synthetic-mc", "limit": limit}],
+                            "pruning": {"method": "dense"}, "seed": 0})
+
+
+@needs_ray
+def test_task_progress_and_samples_reach_the_database_before_completion(ray_cluster):
+    job_id = queue.submit(tiny_llama())[0].id
+    backend = RecordingQueue()
+    assert executor(max_concurrent=1, backend=backend).run(drain=True, install_signals=False) == 1
+    job = queue.get_job(job_id)
+    assert job.state == JobState.SUCCEEDED, (job.error_type, job.error_message, job.log_tail)
+    # the pipeline's own stages and fractions went out with the heartbeats, not just "running"
+    written = [(progress, stage) for _, progress, stage in backend.heartbeats if stage in STAGES]
+    assert written and all(progress is not None for progress, _ in written)
+    assert backend.at_completion["stage"] in STAGES and backend.at_completion["progress"] is not None
+    # every sample was checkpointed under the claim's attempt before the job completed
+    assert sorted(backend.recorded) == [(1, doc_id) for doc_id in range(4)]
+    assert backend.at_completion["checkpointed"] == [0, 1, 2, 3]
+    with read_session() as session:
+        assert session.scalar(select(func.count()).select_from(SampleCheckpoint)) == 0
+        assert session.scalar(select(func.count()).select_from(Sample).where(Sample.job_id == job_id)) == 4
+
+
+@needs_ray
+def test_requeued_job_resumes_from_its_checkpoints_on_ray(ray_cluster):
+    job_id = queue.submit(tiny_llama())[0].id
+    assert queue.claim_next("dead-worker").attempts == 1
+    for doc_id in (0, 1):  # marked so that a regenerated sample would show
+        queue.record_sample(job_id, 1, SampleRecord(
+            task="synthetic-mc", doc_id=doc_id, prompt="q", output="from attempt 1", extracted="0", gold="1",
+            correct=False, prompt_tokens=3, output_tokens=1, metrics={"acc": 0.0}))
+    queue.requeue_expired(now=utcnow() + timedelta(hours=1))  # that worker died
+    backend = RecordingQueue()
+    assert executor(max_concurrent=1, backend=backend).run(drain=True, install_signals=False) == 1
+    job = queue.get_job(job_id)
+    assert job.state == JobState.SUCCEEDED, (job.error_type, job.error_message, job.log_tail)
+    assert job.attempts == 2
+    assert sorted(backend.recorded) == [(2, 2), (2, 3)]  # only the missing samples were evaluated
+    tasks_manifest = job.manifest_json["tasks"]["synthetic-mc"]
+    assert (tasks_manifest["resumed"], tasks_manifest["evaluated"]) == (2, 2)
+    with read_session() as session:
+        outputs = dict(session.execute(select(Sample.doc_id, Sample.output).where(Sample.job_id == job_id)).all())
+    assert sorted(outputs) == [0, 1, 2, 3]
+    assert outputs[0] == outputs[1] == "from attempt 1"
+    assert "from attempt 1" not in (outputs[2], outputs[3])
 
 
 def _run_in_thread(runner):
