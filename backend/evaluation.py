@@ -66,7 +66,7 @@ from backend.result import SampleRecord, ScoreRecord
 from backend.scoring import (
     SCORER_VERSION,
     reasoning_filter,
-    split_thinking,
+    think_answer,
     think_markers,
 )
 from backend.tasks import get_task
@@ -399,8 +399,8 @@ def _with_reasoning_strip(filter_list: list[dict[str, Any]] | None,
                           markers: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     """Prepend a reasoning strip to every filter so answers are read after the end-of-thinking marker.
 
-    Without `markers`: `strip_reasoning` (`<think>` / `</think>`). With them: the answer part of
-    `split_thinking` ("" when the end marker is missing: a truncated trace has no answer).
+    Without `markers`: `strip_reasoning` (`<think>` / `</think>`). With them:
+    `think_answer` ("" when the end marker is missing: a truncated trace has no answer).
     """
     strip = {"function": "custom", "filter_fn": reasoning_filter}
     if markers is not None:
@@ -412,7 +412,7 @@ def _with_reasoning_strip(filter_list: list[dict[str, Any]] | None,
 
 def _answer_part_filter(markers: tuple[str, str]):
     def answer_part(resps, docs):
-        return [[split_thinking(r, markers)[1] for r in rs] for rs in resps]
+        return [[think_answer(r, markers) for r in rs] for rs in resps]
 
     return answer_part
 

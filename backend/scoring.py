@@ -20,9 +20,9 @@ Reasoning tasks (AIME, AMC, MATH-500, GPQA, JEEBench) add, in the same versioned
   "**C**", `\\boxed{C}`, "Answer: C", else the last standalone capital letter among the options).
 * `jee_score`: JEEBench per type (MCQ letter, MCQ(multiple) exact set + partial credit, Integer exact,
   Numeric within 0.01 absolute).
-* `split_thinking`, `cut_at_stop`, `repetition_rate`, `majority_vote`, `pass_at_k`: the think/answer
-  split, stop strings applied after the reasoning, the degeneration indicator and test-time-scaling
-  metrics (see the README).
+* `split_thinking` / `think_answer`, `cut_at_stop`, `repetition_rate`, `majority_vote`,
+  `pass_at_k`: the think/answer split, stop strings applied after the reasoning, the degeneration
+  indicator and test-time-scaling metrics (see the README).
 
 Version 2: think-paradigm outputs are cut at the first stop string after the end-of-thinking marker
 (stop strings are no longer applied inside the reasoning).
@@ -63,6 +63,7 @@ __all__ = [
     "pass_at_k",
     "repetition_rate",
     "split_thinking",
+    "think_answer",
     "think_markers",
 ]
 
@@ -208,6 +209,15 @@ def split_thinking(text: str, markers: tuple[str, str] = DEFAULT_THINK_MARKERS) 
         return reasoning.strip("\n"), answer.strip(), False
     reasoning = text.split(start, 1)[1] if start in text else text
     return reasoning.strip("\n"), "", True
+
+
+def think_answer(text: str, markers: tuple[str, str] = DEFAULT_THINK_MARKERS) -> str:
+    """The answer part of a think model's output, as evaluation scores it (`split_thinking`).
+
+    "" when the end marker is missing (a truncated trace has no answer). Evaluation's answer filter
+    and `jobs.rescore` both call this, so a rescored run reads the same answers it was scored on.
+    """
+    return split_thinking(text, tuple(markers))[1]
 
 
 def cut_at_stop(text: str, stops: Sequence[str], end_marker: str | None = None) -> str:

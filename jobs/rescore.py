@@ -4,12 +4,14 @@
 
 For every task of a succeeded run whose `TaskSpec.rescore` is set (generation tasks), each stored
 sample is scored again from its full stored text (its trace; `samples` for runs stored before
-traces existed): the answer text is the stored `answer`, or for "think" runs the output after its
-reasoning block (`backend.scoring.strip_reasoning`), or the output. The sample's `extracted`,
-`correct` and metrics are updated, the task's scores are recomputed from the per-sample metrics with
-the aggregation of `backend.eval_records.aggregate` (lm-eval's `mean` and `mean_stderr`, stderr None
-for one sample), and they record the current `backend.scoring.SCORER_VERSION` and the comparability
-key recomputed with it. The run's trace statistics are recomputed. All in one transaction.
+traces existed): the answer text is the stored `answer`, or for "think" runs the answer part of the
+output read as evaluation read it (`backend.scoring.think_answer` with the markers the task manifest
+records in `generation.think_markers`, `<think>` / `</think>` when it records none: no end marker,
+no answer), or the output. The sample's `extracted`, `correct` and metrics are updated, the task's
+scores are recomputed from the per-sample metrics with the aggregation of
+`backend.eval_records.aggregate` (lm-eval's `mean` and `mean_stderr`, stderr None for one sample),
+and they record the current `backend.scoring.SCORER_VERSION` and the comparability key recomputed
+with it. The run's trace statistics are recomputed. All in one transaction.
 
 Tasks without `rescore` (log-likelihood ones: their scores depend only on the model) are left
 alone and reported as not rescorable. A trace cut for storage (see `db.traces`) is rescored from
@@ -67,7 +69,7 @@ def rescore(job_id: int) -> dict[str, Any]:
                 reports.append({"task": task, "rescored": False, "reason": reason})
                 continue
             key = _new_key(task_manifests.get(task), scoring.SCORER_VERSION)
-            report = _rescore_task(session, job, spec, key)
+            report = _rescore_task(session, job, spec, key, _recorded_think_markers(task_manifests.get(task)))
             if key is not None and task in task_manifests:
                 task_manifests[task] = {**task_manifests[task], "comparability_key": key,
                                         "scorer_version": scoring.SCORER_VERSION,
@@ -83,7 +85,7 @@ def rescore(job_id: int) -> dict[str, Any]:
     return {"id": job_id, "scorer_version": scoring.SCORER_VERSION, "tasks": reports}
 
 
-def _rescore_task(session, job: Job, spec, key: str | None) -> dict[str, Any]:
+def _rescore_task(session, job: Job, spec, key: str | None, markers: tuple[str, str]) -> dict[str, Any]:
     from backend import scoring
     from db.traces import decode_trace
 
@@ -104,7 +106,7 @@ def _rescore_task(session, job: Job, spec, key: str | None) -> dict[str, Any]:
             texts = {"prompt": row.prompt, "output": row.output, "reasoning": None, "answer": row.answer}
         answer = texts["answer"]
         if answer is None:
-            answer = scoring.strip_reasoning(texts["output"]) if job.paradigm == "think" else texts["output"]
+            answer = scoring.think_answer(texts["output"], markers) if job.paradigm == "think" else texts["output"]
         record = SampleRecord(
             task=row.task, doc_id=row.doc_id, prompt=texts["prompt"], output=texts["output"],
             extracted=row.extracted, gold=row.gold, correct=row.correct, prompt_tokens=row.prompt_tokens,
@@ -136,6 +138,21 @@ def _rescore_task(session, job: Job, spec, key: str | None) -> dict[str, Any]:
                               "primary": score.is_primary})
     return {"task": spec.name, "rescored": True, "samples": len(rows), "changed": changed,
             "truncated_traces": cut, "scores": scores_report}
+
+
+def _recorded_think_markers(task_manifest: dict[str, Any] | None) -> tuple[str, str]:
+    """The (start, end) reasoning markers the run's evaluation used for the task.
+
+    Evaluation records them as `generation.think_markers` in think runs (prompted thinking only
+    changes the prompt, not how the answer is read); the default markers otherwise.
+    """
+    from backend.scoring import DEFAULT_THINK_MARKERS
+
+    generation = (task_manifest or {}).get("generation")
+    recorded = generation.get("think_markers") if isinstance(generation, dict) else None
+    if isinstance(recorded, (list, tuple)) and len(recorded) == 2 and all(isinstance(m, str) and m for m in recorded):
+        return recorded[0], recorded[1]
+    return DEFAULT_THINK_MARKERS
 
 
 def _aggregate(values: list[float]) -> tuple[float | None, float | None]:

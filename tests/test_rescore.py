@@ -43,14 +43,18 @@ def mc(doc_id: int, correct: bool) -> SampleRecord:
                         "0", "0" if correct else "1", correct, 5, 1, {"acc": float(correct)})
 
 
-def stored_run(paradigm: str = "instruct", seed: int = 0, extra=()) -> int:
+def stored_run(paradigm: str = "instruct", seed: int = 0, extra=(), generation=None) -> int:
+    """`generation`: the task manifest's generation record (think runs keep their markers there)."""
     samples = [arith(i) for i in range(3)] + [mc(0, True), mc(1, False)] + list(extra)
     scores = [
         ScoreRecord("synthetic-arith", "exact_match", 2 / 3, 1 / 3, True, True, comparability_key(KEY_FIELDS)),
         ScoreRecord("synthetic-mc", "acc", 0.5, 0.5, True, True, "mc-key"),
     ]
-    manifest = {"tasks": {"synthetic-arith": {"key_fields": KEY_FIELDS, "comparability_key": comparability_key(KEY_FIELDS),
-                                              "scorer_version": scoring.SCORER_VERSION}}}
+    arith_manifest = {"key_fields": KEY_FIELDS, "comparability_key": comparability_key(KEY_FIELDS),
+                      "scorer_version": scoring.SCORER_VERSION}
+    if generation is not None:
+        arith_manifest["generation"] = generation
+    manifest = {"tasks": {"synthetic-arith": arith_manifest}}
     config = validate_config({"model": "builtin:noop", "paradigm": paradigm, "tasks": ["synthetic-arith"], "seed": seed})
     job, _ = queue.submit(config)
     claimed = queue.claim_next("w")
@@ -126,6 +130,34 @@ def test_rescore_reads_the_full_stored_output_and_strips_reasoning_in_think_runs
     samples, _ = rows(job_id, "synthetic-arith")
     assert (samples[3].extracted, samples[3].correct) == ("42", True)  # the answer after </think>, not a "9"
     assert report["tasks"][0]["changed"] == 0
+
+
+def answerless(doc_id: int, output: str, gold: str = "42") -> SampleRecord:
+    """A think sample stored without its answer part, scored correct (as by a looser reader)."""
+    return SampleRecord("synthetic-arith", doc_id, f"Q{doc_id}", output, gold, gold, True, 9, 30,
+                        {"exact_match": 1.0}, answer=None)
+
+
+def test_rescore_of_a_truncated_prompted_think_trace_finds_no_answer():
+    # Prompted thinking prefills `<think>` in the prompt: the output has only the end marker, and
+    # here not even that (the budget ran out), so evaluation read no answer from it.
+    generation = {"think_markers": ["<think>", "</think>"],
+                  "think_prompt": {"instruction": "Think first.", "prefill": "<think>\n", "close_at_end_of_turn": "\n</think>\n"}}
+    job_id = stored_run(paradigm="think", extra=[answerless(3, "Let me try 6 * 7 = 42, or maybe")], generation=generation)
+    rescore(job_id)
+    samples, scores = rows(job_id, "synthetic-arith")
+    assert (samples[3].extracted, samples[3].correct, samples[3].metrics_json) == (None, False, {"exact_match": 0.0})
+    assert scores["exact_match"].value == pytest.approx(2 / 4)
+
+
+def test_rescore_reads_answers_after_the_markers_the_run_recorded():
+    generation = {"think_markers": ["<seed:think>", "</seed:think>"]}
+    finished = answerless(3, "<seed:think>Qwen would open with <think>; 6 * 7 = 41? No.</seed:think>So it is 42")
+    truncated = answerless(4, "<seed:think>6 * 7 = 42, I guess")
+    job_id = stored_run(paradigm="think", extra=[finished, truncated], generation=generation)
+    rescore(job_id)
+    samples, _ = rows(job_id, "synthetic-arith")
+    assert [(s.extracted, s.correct) for s in samples[3:]] == [("42", True), (None, False)]
 
 
 def test_gsm8k_rescore_scores_both_filters():

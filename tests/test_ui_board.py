@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -219,3 +221,50 @@ def test_threads_exporting_the_same_board_at_once_all_succeed(tmp_path, runs):
             results = list(pool.map(export, range(threads)))
         assert len(set(results)) == 1
         assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in results[0])
+
+
+def test_writing_exports_removes_only_its_own_stale_files(tmp_path, runs):
+    shown = board.board_view().board
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    long_ago = time.time() - board.EXPORT_RETENTION_S - 60
+    stale = folder / "pruneboard-leaderboard-delta-0123456789ab.csv"
+    stale_part = folder / "pruneboard-leaderboard-raw-0123456789ab.jsonk3_x9.part"  # an interrupted write
+    fresh = folder / "pruneboard-leaderboard-retained-abcdef012345.json"
+    foreign = folder / "notes.csv"  # old, but not ours
+    for path in (stale, stale_part, fresh, foreign):
+        path.write_text("x")
+    for path in (stale, stale_part, foreign):
+        os.utime(path, (long_ago, long_ago))
+
+    written = board.write_exports(shown, "raw", folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([fresh.name, foreign.name, *(Path(p).name for p in written)])
+
+
+def test_reused_exports_are_renewed_so_cleanup_keeps_them(tmp_path, runs):
+    """An unchanged board reuses its files; reuse renews them, else another request's cleanup could
+    delete a file just handed out for download."""
+    shown = board.board_view().board
+    first = board.write_exports(shown, "raw", tmp_path)
+    nearly_stale = time.time() - board.EXPORT_RETENTION_S + 60
+    for path in first:
+        os.utime(path, (nearly_stale, nearly_stale))
+    before = time.time()
+    assert board.write_exports(shown, "raw", tmp_path) == first
+    assert all(Path(p).stat().st_mtime >= before - 1 for p in first)
+    assert board.remove_stale_exports(tmp_path, max_age_s=30) == 0
+
+
+def test_stale_export_cleanup_tolerates_files_removed_meanwhile(tmp_path, monkeypatch):
+    stale = tmp_path / "pruneboard-leaderboard-raw-0123456789ab.csv"
+    stale.write_text("x")
+    os.utime(stale, (0, 0))
+    real_unlink = os.unlink
+
+    def racing_unlink(path):  # another process deletes the file first
+        real_unlink(path)
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", racing_unlink)
+    assert board.remove_stale_exports(tmp_path) == 0 and not stale.exists()
+    assert board.remove_stale_exports(tmp_path / "missing") == 0

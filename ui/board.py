@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,9 +33,12 @@ from ui.services import escape
 __all__ = [
     "ALL", "RECOVERY_CHOICES", "VIEW_CHOICES", "ORDER_CHOICES", "PINNED_ORDER", "make_filters", "load_board",
     "sort_choices", "sort_board", "arrange_columns", "styled", "summary_markdown", "legend_markdown", "write_exports",
+    "EXPORT_RETENTION_S", "remove_stale_exports",
     "BoardView", "board_view", "RunDetail", "run_detail", "fork_config", "job_at_row", "PlotData",
     "plot_data_for", "plot_figures", "score_columns", "busiest_setting", "filter_choices",
 ]
+
+logger = logging.getLogger(__name__)
 
 ALL = "(all)"
 RECOVERY_CHOICES = ["any", "yes", "no"]
@@ -196,19 +202,59 @@ def legend_markdown(board: lb.Board) -> str:
     return "\n".join(lines)
 
 
+EXPORT_RETENTION_S = 3600.0
+"""Exports older than this are deleted on the next write: Gradio copies a file into its own cache as
+soon as the event returns it, so ours are only needed briefly, and a long-running Space must not
+fill its disk with one file per distinct board shown."""
+
+_EXPORT_PREFIX = "pruneboard-leaderboard-"
+_EXPORT_NAME = re.compile(re.escape(_EXPORT_PREFIX) + r".*-[0-9a-f]{12}\.(?:csv|json)(?:\w*\.part)?")
+"""Names `write_exports` creates: finished exports and `.part` files left by an interrupted write."""
+
+
+def remove_stale_exports(folder: str | Path, max_age_s: float = EXPORT_RETENTION_S) -> int:
+    """Delete this module's export files in `folder` last modified more than `max_age_s` ago.
+
+    Other files are never touched. Another thread or process may clean the same folder at once, so a
+    file that vanishes meanwhile is skipped. Returns how many files this call removed.
+    """
+    cutoff = time.time() - max_age_s
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not _EXPORT_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            continue  # removed by a concurrent cleanup
+        except OSError as error:  # a cleanup failure must not break the board refresh
+            logger.warning("could not remove stale export %s: %s", entry.path, error)
+    return removed
+
+
 def write_exports(board: lb.Board, view: str, directory: str | Path | None = None) -> tuple[str, str]:
     """(csv path, json path) of `export_board(board, ...)` under the temporary directory.
 
     Names carry a hash of the content: concurrent refreshes with other filters never overwrite a file
-    another user is about to download, and refreshing an unchanged board writes nothing new."""
+    another user is about to download, and refreshing an unchanged board writes nothing new (the
+    existing file's time is renewed so cleanup keeps it). Each call first removes exports older than
+    `EXPORT_RETENTION_S` (`remove_stale_exports`)."""
     folder = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / "pruneboard-exports"
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_exports(folder)
     paths = []
     for fmt in ("csv", "json"):
         text = lb.export_board(board, fmt)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        path = folder / f"pruneboard-leaderboard-{view}-{digest}.{fmt}"
-        if not path.exists():
+        path = folder / f"{_EXPORT_PREFIX}{view}-{digest}.{fmt}"
+        if not _renew(path):
             # a unique temporary name per write: threads of one process may export the same board at once
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".part")
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -216,6 +262,15 @@ def write_exports(board: lb.Board, view: str, directory: str | Path | None = Non
             os.replace(tmp, path)  # atomic: a reader never sees a half-written file
         paths.append(str(path))
     return paths[0], paths[1]
+
+
+def _renew(path: Path) -> bool:
+    """Mark an existing export as just used (its mtime is now); False when there is none."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 @dataclass
