@@ -18,8 +18,13 @@ TABS = [
 """(label, tab id, module): the tab ids are stable (used by `gr.Tabs(selected=...)` and tests)."""
 
 
+GRADIO_CACHE_CLEANUP = (3600, 6 * 3600)
+"""(every, older than) seconds: Gradio's copies of downloads and plots are deleted, so a long-running
+Space does not fill its disk; six hours outlasts any page a user still has open."""
+
+
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="PruneBoard") as demo:
+    with gr.Blocks(title="PruneBoard", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         gr.Markdown("# PruneBoard\nWhat pruning really does to language models: prune, evaluate, compare.",
                     elem_id="pb-header")
         notice = login_notice()
