@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.config import validate_config
+from bench.kill_trials import SCORES, Trials, serve_app, wait_for
 from db.schema import Job, Sample, SampleCheckpoint, Score, WorkerRecord, utcnow
 from db.session import dispose_engines, read_session
 from jobs import queue, tokens
@@ -33,41 +33,12 @@ def _close_engines():
     dispose_engines()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(isolated_home, monkeypatch):
     """The app on a free port, sharing this test's database; short leases so dead workers expire fast."""
     monkeypatch.setenv("PRUNEBOARD_LEASE_SECONDS", LEASE_SECONDS)
-    port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "PRUNEBOARD_LOCAL_WORKERS": "0",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = isolated_home / "app.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app exited early: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).json().get("ok"):
-                break
-        except (httpx.HTTPError, ValueError):
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError("app did not serve within 120 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with serve_app(isolated_home / "app.log", timeout=120) as url:
+        yield url
 
 
 @pytest.fixture
@@ -98,16 +69,6 @@ def job_row(job_id: int) -> Job:
 def count(model, *where) -> int:
     with read_session() as session:
         return session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
 
 
 def test_remote_worker_runs_noop_jobs_end_to_end(server, worker_env):
@@ -149,95 +110,46 @@ def test_rejected_token_ends_the_remote_worker_at_once(server, worker_env):
     assert job_row(job_id).state == JobState.QUEUED and job_row(job_id).attempts == 0
 
 
-# A worker process with a scripted pipeline that streams one sample every 0.2 s, so a test can kill
-# it at a known point; the worker loop, the HTTP backend and the server are the real ones.
-SCRIPTED_WORKER = r'''
-import json, sys, time
-from backend.events import Progress, SampleDone
-from backend.result import RunResult, SampleRecord, ScoreRecord
-from jobs.remote import HttpQueue
-from jobs.worker import Worker
-
-server, token, name, log_path, n_samples, drain = sys.argv[1:7]
-n_samples = int(n_samples)
-
-def make(doc_id):
-    return SampleRecord(task="synthetic-mc", doc_id=doc_id, prompt=f"q{doc_id}", output="a", extracted="a",
-                        gold="a", correct=doc_id % 2 == 0, prompt_tokens=3, output_tokens=1,
-                        metrics={"acc": float(doc_id % 2 == 0)})
-
-def pipeline(config, events, completed):
-    done = {s.doc_id for s in completed}
-    with open(log_path, "a") as log:
-        log.write(json.dumps({"completed": sorted(done)}) + "\n")
-        log.flush()
-        for doc_id in range(n_samples):
-            if doc_id not in done:
-                time.sleep(0.2)
-                events(SampleDone(make(doc_id)))
-                log.write(json.dumps({"emitted": doc_id}) + "\n")
-                log.flush()
-            events(Progress((doc_id + 1) / n_samples, "evaluate", f"{doc_id + 1}/{n_samples}"))
-    samples = [make(d) for d in range(n_samples)]
-    acc = sum(s.correct for s in samples) / n_samples
-    return RunResult(scores=[ScoreRecord("synthetic-mc", "acc", acc, None, True, True, "k")], samples=samples,
-                     efficiency={}, prune_report={"method": "dense"}, manifest={"scripted": True})
-
-Worker(name, pipeline=pipeline, backend=HttpQueue(server, token)).run(drain=drain == "drain")
-'''
-
-
-def scripted_worker(url, token, env, name, log_path, n_samples, drain) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", SCRIPTED_WORKER, url, token, name, str(log_path), str(n_samples),
-         "drain" if drain else "run"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 TRIALS = 3
 N_SAMPLES = 8
 
 
-def test_killed_remote_worker_is_resumed_from_streamed_samples(server, worker_env, tmp_path):
+def test_killed_remote_worker_is_resumed_from_streamed_samples(server, tmp_path):
     token = tokens.create("gpu")
+    # bench/kill_trials.py's scripted worker: the real worker loop, HTTP backend and server, with a
+    # pipeline that streams one sample every 0.2 s, so the kill lands at a known point
+    trials = Trials("remote", tmp_path, server, token, n_samples=N_SAMPLES, sample_seconds=0.2)
     for trial in range(TRIALS):
         job_id = queue.submit(noop(100 + trial))[0].id
-        victim_log, rescuer_log = tmp_path / f"victim-{trial}.jsonl", tmp_path / f"rescuer-{trial}.jsonl"
-        victim = scripted_worker(server, token, worker_env, f"victim-{trial}", victim_log, N_SAMPLES, drain=False)
+        victim, _, _ = trials.start(f"victim-{trial}", drain=False)
         try:
             # Kill after 2 + trial streamed samples: different points in the job each trial.
-            wait_for(lambda j=job_id, n=2 + trial: count(SampleCheckpoint, SampleCheckpoint.job_id == j) >= n, timeout=60)
+            wait_for(lambda j=job_id, n=2 + trial: count(SampleCheckpoint, SampleCheckpoint.job_id == j) >= n, 60,
+                     f"{2 + trial} checkpointed samples")
         finally:
             victim.send_signal(signal.SIGKILL)
             victim.communicate(timeout=10)
         assert job_row(job_id).state == JobState.RUNNING
         expires = job_row(job_id).lease_expires_at
-        wait_for(lambda at=expires: utcnow() > at, timeout=10)
+        wait_for(lambda at=expires: utcnow() > at, 10, "the victim's lease to expire")
         with read_session() as session:
             checkpointed = set(session.scalars(select(SampleCheckpoint.doc_id).where(SampleCheckpoint.job_id == job_id)))
 
-        rescuer = scripted_worker(server, token, worker_env, f"rescuer-{trial}", rescuer_log, N_SAMPLES, drain=True)
-        _, stderr = rescuer.communicate(timeout=120)
-        assert rescuer.returncode == 0, stderr
+        rescuer, rescuer_log, rescuer_err = trials.start(f"rescuer-{trial}", drain=True)
+        assert rescuer.wait(timeout=120) == 0, rescuer_err.read_text()[-3000:]
 
-        log = read_log(rescuer_log)
-        assert set(log[0]["completed"]) == checkpointed  # resumed from exactly what was streamed
-        emitted = [entry["emitted"] for entry in log[1:]]
-        assert sorted(emitted) == sorted(set(range(N_SAMPLES)) - checkpointed)  # nothing evaluated twice
+        # resumed from exactly what was streamed, nothing evaluated twice
+        assert trials.check_resume(rescuer_log, checkpointed) == []
         row = job_row(job_id)
         assert row.state == JobState.SUCCEEDED and row.attempts == 2 and row.requeues == 1
         assert row.worker_id == f"gpu/rescuer-{trial}"
         with read_session() as session:
             doc_ids = session.scalars(select(Sample.doc_id).where(Sample.job_id == job_id)).all()
         assert sorted(doc_ids) == list(range(N_SAMPLES))
-        assert count(Score, Score.job_id == job_id) == 1
+        assert count(Score, Score.job_id == job_id) == len(SCORES)
         assert count(SampleCheckpoint, SampleCheckpoint.job_id == job_id) == 0
-    assert count(Job) == TRIALS and count(Score) == TRIALS
+    assert count(Job) == TRIALS and count(Score) == TRIALS * len(SCORES)
+    assert list((tmp_path / "remote-home").iterdir()) == []  # the workers never opened a database
     with read_session() as session:
         stale = session.scalar(select(WorkerRecord).where(WorkerRecord.id == "gpu/victim-0"))
     assert stale.stopped_at is None  # killed: it never said goodbye (status marks it stale later)
@@ -277,7 +189,8 @@ def test_killed_remote_worker_running_smollm2_is_resumed_by_the_next(server, wor
     token = tokens.create("gpu-real")
     victim = remote_worker(server, token, worker_env, "--id", "victim")
     try:
-        wait_for(lambda: count(SampleCheckpoint, SampleCheckpoint.task == "synthetic-mc") == 10, timeout=600)
+        wait_for(lambda: count(SampleCheckpoint, SampleCheckpoint.task == "synthetic-mc") == 10, 600,
+                 "10 checkpointed samples")
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.communicate(timeout=10)
@@ -286,7 +199,7 @@ def test_killed_remote_worker_running_smollm2_is_resumed_by_the_next(server, wor
         streamed = {c.doc_id: c.output for c in session.scalars(select(SampleCheckpoint))}
     assert set(streamed) >= set(range(10))
     expires = job_row(job_id).lease_expires_at
-    wait_for(lambda: utcnow() > expires, timeout=10)
+    wait_for(lambda: utcnow() > expires, 10, "the victim's lease to expire")
 
     rescuer = remote_worker(server, token, worker_env, "--drain", "--id", "rescuer")
     _, stderr = rescuer.communicate(timeout=900)

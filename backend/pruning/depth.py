@@ -17,13 +17,17 @@
 * `depth_report(...)`: the report every depth method writes, with the same `details` keys:
   `removed_layers` (sorted original indices), `scores` (one per original layer), `score_name`,
   `score_rule` (which scores are removed), `layers_before`, `layers_after`, `tie_break`.
+* `DepthPruningMethod.prune`: the lifecycle every depth method shares (default params, calibration
+  required, n from `depth_count` before any work, remove the chosen blocks, `depth_report`); a method
+  only implements `choose_blocks`, returning a `BlockChoice`.
 
 Torch is imported inside functions only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,8 +37,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["BATCH_SIZE", "BlockCache", "DepthPruningMethod", "PerplexityParams", "cache_block_inputs", "depth_count",
-           "depth_report", "lm_nll", "lowest", "nll_from", "replay"]
+__all__ = ["BATCH_SIZE", "BlockCache", "BlockChoice", "DepthPruningMethod", "PerplexityParams", "cache_block_inputs",
+           "depth_count", "depth_report", "lm_nll", "lowest", "nll_from", "replay"]
 
 BATCH_SIZE = 4
 """Calibration sequences per forward: bounds activation (and logits) memory; does not change scores."""
@@ -186,12 +190,28 @@ def depth_report(method: str, model: "nn.Module", sparsity: float, params_before
     )
 
 
+@dataclass
+class BlockChoice:
+    """What a depth method chose: the blocks to remove (original indices, any order), one score per
+    original block, its own `details` keys and a suffix for the final progress text."""
+
+    remove: list[int]
+    scores: Sequence[float]
+    details: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+ProgressFn = Callable[[float, str], None]
+
+
 class DepthPruningMethod(PruningMethod):
-    """Base of the methods that remove whole decoder blocks; subclasses choose which and implement `prune`."""
+    """Base of the methods that remove whole decoder blocks; subclasses choose which (`choose_blocks`)."""
 
     family = "depth"
     needs_calibration = True
     sparsity_meaning = "fraction of decoder layers removed: n = round(sparsity x L)"
+    score_name: ClassVar[str]
+    score_rule: ClassVar[str] = "lowest removed"
 
     @classmethod
     def check_sparsity(cls, sparsity: float) -> None:
@@ -199,5 +219,24 @@ class DepthPruningMethod(PruningMethod):
         if sparsity <= 0:
             raise ValueError(f"{cls.name} needs a sparsity > 0 (the fraction of decoder layers to remove)")
 
+    @abc.abstractmethod
+    def choose_blocks(self, model: "nn.Module", calibration: "torch.Tensor", count: int, params: BaseModel,
+                      progress: ProgressFn) -> BlockChoice:
+        """Score the blocks of the unchanged model and choose `count` to remove; progress up to < 1."""
 
-ProgressFn = Callable[[float, str], None]
+    def prune(self, model: "nn.Module", sparsity: float, params: BaseModel | None,
+              calibration: "torch.Tensor | None", progress: ProgressFn) -> PruneReport:
+        from backend.models import count_parameters
+        from backend.pruning.layers import get_decoder_layers, remove_layers
+
+        params = params if params is not None else self.Params()
+        if calibration is None:
+            raise ValueError(f"{self.name} needs calibration data")
+        total = len(get_decoder_layers(model))
+        count = depth_count(self.name, sparsity, total)
+        params_before = count_parameters(model)
+        choice = self.choose_blocks(model, calibration, count, params, progress)
+        removed = remove_layers(model, choice.remove)
+        progress(1.0, f"{self.name}: removed layers {removed}{choice.note}")
+        return depth_report(self.name, model, sparsity, params_before, total, removed, choice.scores,
+                            self.score_name, self.score_rule, **choice.details)

@@ -22,10 +22,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable
 
-from pydantic import BaseModel
-
-from backend.pruning.base import PruneReport, register_method
-from backend.pruning.depth import DepthPruningMethod, PerplexityParams
+from backend.pruning.base import register_method
+from backend.pruning.depth import (
+    BlockChoice,
+    DepthPruningMethod,
+    PerplexityParams,
+    lowest,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -61,29 +64,11 @@ class ShortenedPPL(DepthPruningMethod):
     name = "shortened-ppl"
     description = "one-shot block removal by perplexity without each block (Shortened LLaMA, Kim et al. 2024)"
     Params = PerplexityParams
+    score_name = "ppl_without_block"
 
-    def prune(
-        self,
-        model: "torch.nn.Module",
-        sparsity: float,
-        params: BaseModel | None,
-        calibration: "torch.Tensor | None",
-        progress: Callable[[float, str], None],
-    ) -> PruneReport:
-        from backend.models import count_parameters
-        from backend.pruning.depth import depth_count, depth_report, lowest
-        from backend.pruning.layers import get_decoder_layers, remove_layers
-
-        params = params if params is not None else PerplexityParams()
-        if calibration is None:
-            raise ValueError("shortened-ppl needs calibration data")
-        total = len(get_decoder_layers(model))
-        count = depth_count(self.name, sparsity, total)
-        params_before = count_parameters(model)
+    def choose_blocks(self, model: "torch.nn.Module", calibration: "torch.Tensor", count: int,
+                      params: PerplexityParams, progress: Callable[[float, str], None]) -> BlockChoice:
         scores, dense = ppl_without_each_block(model, calibration, lambda f, t: progress(0.98 * f, t),
                                                params.loss_stride)
-        removed = remove_layers(model, lowest(scores, count))
-        progress(1.0, f"shortened-ppl: removed layers {removed}")
-        return depth_report(self.name, model, sparsity, params_before, total, removed, scores,
-                            "ppl_without_block", "lowest removed", dense_ppl=round(dense, 6),
-                            loss_stride=params.loss_stride)
+        return BlockChoice(lowest(scores, count), scores,
+                           {"dense_ppl": round(dense, 6), "loss_stride": params.loss_stride})

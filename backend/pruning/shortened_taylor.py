@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from backend.pruning.base import PruneReport, register_method
-from backend.pruning.depth import DepthPruningMethod
+from backend.pruning.base import register_method
+from backend.pruning.depth import BlockChoice, DepthPruningMethod, lowest
 
 if TYPE_CHECKING:
     import torch
@@ -98,28 +98,10 @@ class ShortenedTaylor(DepthPruningMethod):
     name = "shortened-taylor"
     description = "one-shot block removal by first-order Taylor importance |w * dL/dw| (Shortened LLaMA, Kim et al. 2024)"
     Params = TaylorParams
+    score_name = "taylor_importance"
 
-    def prune(
-        self,
-        model: "torch.nn.Module",
-        sparsity: float,
-        params: BaseModel | None,
-        calibration: "torch.Tensor | None",
-        progress: Callable[[float, str], None],
-    ) -> PruneReport:
-        from backend.models import count_parameters
-        from backend.pruning.depth import depth_count, depth_report, lowest
-        from backend.pruning.layers import get_decoder_layers, remove_layers
-
-        params = params if params is not None else TaylorParams()
-        if calibration is None:
-            raise ValueError("shortened-taylor needs calibration data")
-        total = len(get_decoder_layers(model))
-        count = depth_count(self.name, sparsity, total)
-        params_before = count_parameters(model)
+    def choose_blocks(self, model: "torch.nn.Module", calibration: "torch.Tensor", count: int,
+                      params: TaylorParams, progress: Callable[[float, str], None]) -> BlockChoice:
         scores, loss = taylor_importance(model, calibration, params.aggregate, progress)
-        removed = remove_layers(model, lowest(scores, count))
-        progress(1.0, f"shortened-taylor: removed layers {removed}")
-        return depth_report(self.name, model, sparsity, params_before, total, removed, scores,
-                            "taylor_importance", "lowest removed", aggregate=params.aggregate,
-                            calibration_loss=round(loss, 6))
+        return BlockChoice(lowest(scores, count), scores,
+                           {"aggregate": params.aggregate, "calibration_loss": round(loss, 6)})

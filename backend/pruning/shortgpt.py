@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel
 
-from backend.pruning.base import PruneReport, register_method
-from backend.pruning.depth import DepthPruningMethod
+from backend.pruning.base import register_method
+from backend.pruning.depth import BlockChoice, DepthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -77,28 +77,11 @@ class ShortGPT(DepthPruningMethod):
 
     name = "shortgpt"
     description = "remove the decoder layers with the lowest Block Influence (Men et al. 2024)"
+    score_name = "block_influence"
 
-    def prune(
-        self,
-        model: "torch.nn.Module",
-        sparsity: float,
-        params: BaseModel,
-        calibration: "torch.Tensor | None",
-        progress: Callable[[float, str], None],
-    ) -> PruneReport:
-        from backend.models import count_parameters
-        from backend.pruning.depth import depth_count, depth_report
-        from backend.pruning.layers import get_decoder_layers, remove_layers
-
-        if calibration is None:
-            raise ValueError("shortgpt needs calibration data")
-        total = len(get_decoder_layers(model))
-        count = depth_count(self.name, sparsity, total)
-        params_before = count_parameters(model)
+    def choose_blocks(self, model: "torch.nn.Module", calibration: "torch.Tensor", count: int,
+                      params: BaseModel, progress: Callable[[float, str], None]) -> BlockChoice:
         scores = block_influence(model, calibration, lambda f, text: progress(0.95 * f, text))
-        removed = remove_layers(model, layers_to_remove(scores, count))
-        progress(1.0, f"shortgpt: removed layers {removed}")
         # the details keys every depth method shares (backend.pruning.depth), plus `block_influence`
-        return depth_report(self.name, model, sparsity, params_before, total, removed, scores,
-                            "block_influence", "lowest removed",
-                            block_influence=[round(s, 8) for s in scores])
+        return BlockChoice(layers_to_remove(scores, count), scores,
+                           {"block_influence": [round(s, 8) for s in scores]})

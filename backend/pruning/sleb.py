@@ -32,10 +32,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from backend.pruning.base import PruneReport, register_method
-from backend.pruning.depth import DepthPruningMethod, PerplexityParams
+from backend.pruning.base import register_method
+from backend.pruning.depth import BlockChoice, DepthPruningMethod, PerplexityParams
 
 if TYPE_CHECKING:
     import torch
@@ -105,32 +105,17 @@ class SLEB(DepthPruningMethod):
     name = "sleb"
     description = "greedy block removal by calibration perplexity, re-measured after each removal (Song et al. 2024)"
     Params = SLEBParams
+    score_name = "ppl_without_block"
+    score_rule = "greedy: lowest, re-measured per round"
 
-    def prune(
-        self,
-        model: "torch.nn.Module",
-        sparsity: float,
-        params: BaseModel | None,
-        calibration: "torch.Tensor | None",
-        progress: Callable[[float, str], None],
-    ) -> PruneReport:
-        from backend.models import count_parameters
-        from backend.pruning.depth import depth_count, depth_report
-        from backend.pruning.layers import get_decoder_layers, remove_layers
-
-        params = params if params is not None else SLEBParams()
-        if calibration is None:
-            raise ValueError("sleb needs calibration data")
-        total = len(get_decoder_layers(model))
-        count = depth_count(self.name, sparsity, total)
-        params_before = count_parameters(model)
+    def choose_blocks(self, model: "torch.nn.Module", calibration: "torch.Tensor", count: int,
+                      params: SLEBParams, progress: Callable[[float, str], None]) -> BlockChoice:
         order, rounds, dense_ppl = sleb_order(model, calibration, count, lambda f, t: progress(0.98 * f, t),
                                               params.loss_stride)
-        first = rounds[0]["ppl_without"]
-        removed = remove_layers(model, order)
-        progress(1.0, f"sleb: removed layers {removed} (order {order})")
-        return depth_report(
-            self.name, model, sparsity, params_before, total, removed,
-            [first[str(i)] for i in range(total)], "ppl_without_block", "greedy: lowest, re-measured per round",
-            removal_order=order, rounds=rounds, dense_ppl=round(dense_ppl, 6), loss_stride=params.loss_stride,
+        first = rounds[0]["ppl_without"]  # round 1 measured every block: the one score per original layer
+        return BlockChoice(
+            order, [first[str(i)] for i in range(len(first))],
+            {"removal_order": order, "rounds": rounds, "dense_ppl": round(dense_ppl, 6),
+             "loss_stride": params.loss_stride},
+            note=f" (order {order})",
         )
