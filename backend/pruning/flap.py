@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from backend.pruning.base import PruneReport, register_method
-from backend.pruning.width import WidthPruningMethod
+from backend.pruning.base import register_method
+from backend.pruning.width import WidthChoice, WidthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -118,35 +118,18 @@ class Flap(WidthPruningMethod):
     description = "retraining-free width pruning by input fluctuation, adaptive across layers, bias compensation (An et al. 2024)"
     Params = FlapParams
 
-    def prune(self, model, sparsity, params, calibration, progress) -> PruneReport:
+    def choose_units(self, model, calibration, geos, sparsity, target, params, progress) -> WidthChoice:
         import torch
 
-        from backend.models import count_parameters
         from backend.pruning.layers import get_decoder_layers
-        from backend.pruning.width import (
-            add_bias,
-            apply_plan,
-            block_params,
-            geometry,
-            record_layer_widths,
-            select_budget,
-            width_details,
-        )
+        from backend.pruning.width import add_bias, select_budget
 
-        params = params if isinstance(params, FlapParams) else FlapParams()
-        self.check_sparsity(sparsity)
-        if calibration is None:
-            raise ValueError("flap needs calibration data")
-        layers = get_decoder_layers(model)
-        geos = [geometry(layer) for layer in layers]
-        params_before = count_parameters(model)
-        block_before = block_params(model)
-        target = round(sparsity * block_before)
         most = sum((g.groups - 1) * g.group_cost + (g.channels - 1) * g.channel_cost for g in geos)
         if target > most:
             raise ValueError(f"flap: sparsity {sparsity} removes {target} parameters, more than keeping one head "
                              f"group and one MLP channel per layer allows ({most})")
 
+        layers = get_decoder_layers(model)
         attn_stats, mlp_stats = input_moments(model, calibration, lambda f, t: progress(0.8 * f, t))
         attn_scores, mlp_scores = [], []
         with torch.no_grad():
@@ -205,22 +188,11 @@ class Flap(WidthPruningMethod):
                     if drop_channels.get(i):
                         cols = torch.tensor(sorted(drop_channels[i]), dtype=torch.long)
                         _compensate(layer.mlp.down_proj, cols, mlp_stats[i].mean(), add_bias)
-        apply_plan(model, drop_groups, drop_channels)
-        record_layer_widths(model)
-        progress(1.0, "flap: pruned")
-        block_after = block_params(model)
-        return PruneReport(
-            method=self.name,
-            requested_sparsity=sparsity,
-            achieved_sparsity=(block_before - block_after) / block_before,
-            params_before=params_before,
-            params_after=count_parameters(model),
-            details=width_details(model, block_before, target, {
-                "metric": "Var(x_j) x ||W[:, j]||^2, standardised per module type, ranked globally",
-                "bias_compensation": params.bias_compensation,
-                "bias_params_added": added,
-            }),
-        )
+        return WidthChoice(drop_groups, drop_channels, {
+            "metric": "Var(x_j) x ||W[:, j]||^2, standardised per module type, ranked globally",
+            "bias_compensation": params.bias_compensation,
+            "bias_params_added": added,
+        })
 
 
 def _compensate(linear: "nn.Linear", cols: "torch.Tensor", mean: "torch.Tensor", add_bias) -> None:

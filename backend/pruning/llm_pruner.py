@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from backend.pruning.base import PruneReport, register_method
-from backend.pruning.width import WidthPruningMethod
+from backend.pruning.base import register_method
+from backend.pruning.width import WidthChoice, WidthPruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -185,27 +185,8 @@ class LLMPruner(WidthPruningMethod):
     description = "width pruning of head groups and MLP channels by first-order Taylor importance (Ma et al. 2023)"
     Params = LLMPrunerParams
 
-    def prune(self, model, sparsity, params, calibration, progress) -> PruneReport:
-        from backend.models import count_parameters
-        from backend.pruning.layers import get_decoder_layers
-        from backend.pruning.width import (
-            apply_plan,
-            block_params,
-            geometry,
-            record_layer_widths,
-            width_details,
-        )
-
-        params = params if isinstance(params, LLMPrunerParams) else LLMPrunerParams()
-        self.check_sparsity(sparsity)
-        if calibration is None:
-            raise ValueError("llm-pruner needs calibration data")
-        layers = get_decoder_layers(model)
-        geos = [geometry(layer) for layer in layers]
+    def choose_units(self, model, calibration, geos, sparsity, target, params, progress) -> WidthChoice:
         _check_uniform_costs(geos)
-        params_before = count_parameters(model)
-        block_before = block_params(model)
-        target = round(sparsity * block_before)
         heads, channels = plan_counts(geos, target, params.scope)
 
         head_scores, channel_scores = taylor_importance(model, calibration, lambda f, t: progress(0.9 * f, t))
@@ -215,19 +196,8 @@ class LLMPruner(WidthPruningMethod):
         else:
             drop_groups = _global_lowest(head_scores, heads[0])
             drop_channels = _global_lowest(channel_scores, channels)
-        apply_plan(model, drop_groups, drop_channels)
-        record_layer_widths(model)
-        progress(1.0, "llm-pruner: pruned")
-        block_after = block_params(model)
-        return PruneReport(
-            method=self.name,
-            requested_sparsity=sparsity,
-            achieved_sparsity=(block_before - block_after) / block_before,
-            params_before=params_before,
-            params_after=count_parameters(model),
-            details=width_details(model, block_before, target, {
-                "scope": params.scope,
-                "importance": "first-order Taylor |sum w * dL/dw| per group",
-                "head_importance": [[round(float(x), 8) for x in s] for s in head_scores],
-            }),
-        )
+        return WidthChoice(drop_groups, drop_channels, {
+            "scope": params.scope,
+            "importance": "first-order Taylor |sum w * dL/dw| per group",
+            "head_importance": [[round(float(x), 8) for x in s] for s in head_scores],
+        })

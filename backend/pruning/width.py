@@ -17,17 +17,25 @@ such a model (it would make every layer full width), so reload with `load_pruned
 as `backend.models.load_pruned`): it builds the model from the config, shrinks each layer to its
 recorded shape, then loads the saved tensors (strictly: a missing or extra tensor is an error).
 
+`WidthPruningMethod.prune` is the lifecycle the width methods share (default params, sparsity and
+calibration checks, the parameter target round(sparsity x decoder-block parameters), removal for
+real, recorded widths, the report with `width_details`); a method only implements `choose_units`,
+returning a `WidthChoice`.
+
 Torch is imported inside functions only.
 """
 from __future__ import annotations
 
+import abc
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from backend.pruning.base import PruningMethod
+from pydantic import BaseModel
+
+from backend.pruning.base import PruneReport, PruningMethod
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "WIDTHS_KEY",
     "Geometry",
+    "WidthChoice",
+    "WidthPruningMethod",
     "apply_layer_widths",
     "block_params",
     "geometry",
@@ -339,8 +349,22 @@ def select_budget(costs: list[int], order: list[int], target: int, allowed=None)
     return taken
 
 
+@dataclass
+class WidthChoice:
+    """What a width method chose: head groups and MLP channels to remove (per layer index, original
+    numbering) and its own `details` keys."""
+
+    drop_groups: dict[int, list[int]]
+    drop_channels: dict[int, list[int]]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[float, str], None]
+
+
 class WidthPruningMethod(PruningMethod):
-    """Base of the methods that remove attention head groups and MLP channels for real (llm-pruner, flap)."""
+    """Base of the methods that remove attention head groups and MLP channels for real (llm-pruner,
+    flap); subclasses choose which (`choose_units`)."""
 
     family = "width"
     needs_calibration = True
@@ -350,6 +374,40 @@ class WidthPruningMethod(PruningMethod):
     def check_sparsity(cls, sparsity: float) -> None:
         if sparsity <= 0:
             raise ValueError(f"{cls.name} needs a sparsity > 0 (the fraction of decoder-block parameters to remove)")
+
+    @abc.abstractmethod
+    def choose_units(self, model: "nn.Module", calibration: "torch.Tensor", geos: list[Geometry], sparsity: float,
+                     target: int, params: BaseModel, progress: ProgressFn) -> WidthChoice:
+        """Reject a `target` (parameters to remove) the method cannot meet before any calibration work,
+        then score the unchanged model and choose; may adjust weights that stay (FLAP's bias
+        compensation). Progress up to < 1."""
+
+    def prune(self, model: "nn.Module", sparsity: float, params: BaseModel | None,
+              calibration: "torch.Tensor | None", progress: ProgressFn) -> PruneReport:
+        from backend.models import count_parameters
+        from backend.pruning.layers import get_decoder_layers
+
+        params = params if isinstance(params, self.Params) else self.Params()
+        self.check_sparsity(sparsity)
+        if calibration is None:
+            raise ValueError(f"{self.name} needs calibration data")
+        geos = [geometry(layer) for layer in get_decoder_layers(model)]
+        params_before = count_parameters(model)
+        block_before = block_params(model)
+        target = round(sparsity * block_before)
+        choice = self.choose_units(model, calibration, geos, sparsity, target, params, progress)
+        apply_plan(model, choice.drop_groups, choice.drop_channels)
+        record_layer_widths(model)
+        progress(1.0, f"{self.name}: pruned")
+        block_after = block_params(model)
+        return PruneReport(
+            method=self.name,
+            requested_sparsity=sparsity,
+            achieved_sparsity=(block_before - block_after) / block_before,
+            params_before=params_before,
+            params_after=count_parameters(model),
+            details=width_details(model, block_before, target, choice.details),
+        )
 
 
 def apply_plan(model: "nn.Module", drop_groups: dict[int, list[int]], drop_channels: dict[int, list[int]]) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from backend.tasks.base import TaskDataMissing
+from backend.tasks.base import TaskDataMissing, TaskSpec
 
 CHAT_STOP_SEQUENCES: tuple[str, ...] = (
     "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>",
@@ -16,6 +16,9 @@ these catch models whose EOS differs from their end-of-turn token."""
 LOGLIKELIHOOD_METRICS: list[dict[str, Any]] = [
     {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
 ]
+
+ACC_AND_NORM: tuple[str, ...] = ("acc", "acc_norm")
+"""lm-eval's accuracy and its length-normalised variant: the metrics of most multiple-choice tasks."""
 
 
 def require_files(task: str, data_dir: Path, files: Iterable[str]) -> None:
@@ -49,3 +52,29 @@ def json_dataset(splits: dict[str, Path]) -> dict[str, Any]:
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {split: str(path) for split, path in splits.items()}},
     }
+
+
+def multiple_choice_config(task: str, source: dict[str, Any], *, doc_to_text: str, doc_to_target: str,
+                           doc_to_choice: Any) -> dict[str, Any]:
+    """lm-eval config (version 1.0) of a multiple-choice task scored by `acc` and `acc_norm`.
+    `source`: its dataset and split keys (and any `process_docs`)."""
+    return {
+        "task": task,
+        **source,
+        "output_type": "multiple_choice",
+        "doc_to_text": doc_to_text,
+        "doc_to_target": doc_to_target,
+        "doc_to_choice": doc_to_choice,
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ACC_AND_NORM],
+        "metadata": {"version": 1.0},
+    }
+
+
+def multiple_choice_task(name: str, description: str, build: Callable[[Path, Path], dict[str, Any]], *,
+                         data_files: Iterable[str], lm_eval_task: str, hub_dataset: str | None = None,
+                         data_schema: str = "") -> TaskSpec:
+    """The TaskSpec of a log-likelihood classification task scored by `acc` (primary) and `acc_norm`."""
+    return TaskSpec(name=name, category="classification", output_type="loglikelihood", primary_metric="acc",
+                    higher_is_better=True, description=description, build=build, data_files=tuple(data_files),
+                    metrics=ACC_AND_NORM, lm_eval_task=lm_eval_task, hub_dataset=hub_dataset,
+                    data_schema=data_schema)

@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import write_jsonl
+from backend.tasks._common import multiple_choice_config, multiple_choice_task, write_jsonl
 from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
-from backend.tasks.base import TaskSpec, register_task
+from backend.tasks.base import register_task
 
 NAME = "hellaswag"
 DATA_FILES = ("hellaswag/hellaswag_val.jsonl",)
@@ -63,34 +63,17 @@ def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
         ])
     splits = ({"validation_split": "validation", "fewshot_split": "validation"} if local
               else {"training_split": "train", "validation_split": "validation"})
-    return {
-        "task": NAME,
-        **dataset_keys(local, "validation", path, HUB_DATASET, None),
-        **splits,
-        "process_docs": process_docs,
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{query}}",
-        "doc_to_target": "{{label}}",
-        "doc_to_choice": "choices",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
+    source = {**dataset_keys(local, "validation", path, HUB_DATASET, None), **splits, "process_docs": process_docs}
+    return multiple_choice_config(NAME, source, doc_to_text="{{query}}", doc_to_target="{{label}}",
+                                  doc_to_choice="choices")
 
 
-register_task(TaskSpec(
-    name=NAME,
-    category="classification",
-    output_type="loglikelihood",
-    primary_metric="acc",
-    higher_is_better=True,
-    description="HellaSwag validation (10042 four-ending completions), lm-eval's preprocessing and "
-                "prompt; log-likelihood accuracy (acc, acc_norm), chance 0.25.",
-    build=build,
+register_task(multiple_choice_task(
+    NAME,
+    "HellaSwag validation (10042 four-ending completions), lm-eval's preprocessing and "
+    "prompt; log-likelihood accuracy (acc, acc_norm), chance 0.25.",
+    build,
     data_files=DATA_FILES,
-    metrics=("acc", "acc_norm"),
     lm_eval_task="hellaswag",
     hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,

@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import write_jsonl
+from backend.tasks._common import multiple_choice_config, multiple_choice_task, write_jsonl
 from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
-from backend.tasks.base import TaskSpec, register_task
+from backend.tasks.base import register_task
 
 NAME = "openbookqa"
 DATA_FILES = ("openbookqa/test.jsonl",)
@@ -54,33 +54,18 @@ def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
         rows = read_rows(data_dir / DATA_FILES[0])
         require_fields(NAME, data_dir / DATA_FILES[0], rows, ("answerKey",))
         path = write_jsonl(workdir / NAME / "test.jsonl", [normalise(r) for r in rows])
-    return {
-        "task": NAME,
-        **dataset_keys(local, "test", path, HUB_DATASET, HUB_NAME),
-        **(LOCAL_SPLITS if local else HUB_SPLITS),
-        "output_type": "multiple_choice",
-        "doc_to_text": "question_stem",
-        "doc_to_target": "{{choices.label.index(answerKey.lstrip())}}",
-        "doc_to_choice": "{{choices.text}}",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
+    source = {**dataset_keys(local, "test", path, HUB_DATASET, HUB_NAME), **(LOCAL_SPLITS if local else HUB_SPLITS)}
+    return multiple_choice_config(NAME, source, doc_to_text="question_stem",
+                                  doc_to_target="{{choices.label.index(answerKey.lstrip())}}",
+                                  doc_to_choice="{{choices.text}}")
 
 
-register_task(TaskSpec(
-    name=NAME,
-    category="classification",
-    output_type="loglikelihood",
-    primary_metric="acc",
-    higher_is_better=True,
-    description="OpenBookQA test (500 four-option science questions), lm-eval's prompt; "
-                "log-likelihood accuracy (acc, acc_norm), chance 0.25.",
-    build=build,
+register_task(multiple_choice_task(
+    NAME,
+    "OpenBookQA test (500 four-option science questions), lm-eval's prompt; "
+    "log-likelihood accuracy (acc, acc_norm), chance 0.25.",
+    build,
     data_files=DATA_FILES,
-    metrics=("acc", "acc_norm"),
     lm_eval_task="openbookqa",
     hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
