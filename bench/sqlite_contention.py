@@ -78,6 +78,7 @@ class UiSimulation:
         self.lock = threading.Lock()
         self.actions: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.error_samples: dict[str, str] = {}
 
     def run(self, threads: int) -> dict:
         workers = [threading.Thread(target=self.loop, args=(n,), name=f"ui-{n}") for n in range(threads)]
@@ -86,7 +87,8 @@ class UiSimulation:
         for thread in workers:
             thread.join()
         return {"ui_actions": sum(self.actions.values()), "ui_by_action": dict(self.actions),
-                "ui_errors": sum(self.errors.values()), "ui_locked": self.errors["locked"]}
+                "ui_errors": sum(self.errors.values()), "ui_locked": self.errors["locked"],
+                "ui_error_samples": self.error_samples}
 
     def loop(self, n: int) -> None:
         rng = random.Random(n)
@@ -98,6 +100,7 @@ class UiSimulation:
                 kind = "locked" if LOCKED.search(str(exc)) else type(exc).__name__
                 with self.lock:
                     self.errors[kind] += 1
+                    self.error_samples.setdefault(kind, f"{action}: {exc}"[:300])
                 self.log.error("ui %s failed: %s\n%s", action, exc, traceback.format_exc())
             else:
                 with self.lock:
@@ -179,8 +182,12 @@ def locked_lines(path: Path) -> int:
     return len(LOCKED.findall(path.read_text(errors="replace"))) if path.exists() else 0
 
 
-def traceback_count(path: Path) -> int:
-    return path.read_text(errors="replace").count("Traceback") if path.exists() else 0
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*(.*)")
+
+
+def traceback_lines(path: Path) -> list[str]:
+    """The exception line ending each traceback in a log."""
+    return _TRACEBACK.findall(path.read_text(errors="replace")) if path.exists() else []
 
 
 def contend(workdir: Path, seconds: float, n_workers: int = 4, ui_threads: int = 3) -> dict:
@@ -232,7 +239,7 @@ def contend(workdir: Path, seconds: float, n_workers: int = 4, ui_threads: int =
     states = {state.value: n for state, n in states.items()}
     (workdir / "ui.stderr").write_text(ui.stderr)
     locked = sum(locked_lines(path) for path in [*logs, ui_log, workdir / "ui.stderr"])
-    worker_tracebacks = sum(traceback_count(path) for path in logs)
+    worker_errors = [line[:300] for path in logs for line in traceback_lines(path)]
     return {
         "seconds": round(elapsed, 1),
         "workers": n_workers,
@@ -242,7 +249,8 @@ def contend(workdir: Path, seconds: float, n_workers: int = 4, ui_threads: int =
         "ui_actions": ui_figures["ui_actions"],
         "ui_by_action": ui_figures["ui_by_action"],
         "locked_errors": locked,
-        "other_errors": ui_figures["ui_errors"] - ui_figures["ui_locked"] + worker_tracebacks,
+        "other_errors": ui_figures["ui_errors"] - ui_figures["ui_locked"] + len(worker_errors),
+        "error_samples": {**ui_figures["ui_error_samples"], **{f"worker {n}": e for n, e in enumerate(worker_errors[:5])}},
         "worker_exit_codes": worker_codes,
     }
 

@@ -86,7 +86,7 @@ def test_workers_and_ui_share_sqlite_without_lock_errors(monkeypatch, tmp_path):
     monkeypatch.setenv("PRUNEBOARD_LEASE_SECONDS", "3")  # a heartbeat every second per running job
     figures = contend(tmp_path / "contention", seconds=15, n_workers=4, ui_threads=3)
     assert figures["locked_errors"] == 0, figures
-    assert figures["other_errors"] == 0, figures
+    assert figures["other_errors"] == 0, figures["error_samples"]
     assert figures["jobs_done"] > 0 and figures["ui_actions"] > 0, figures
     assert figures["worker_exit_codes"] == [0, 0, 0, 0]
     assert "running" not in figures["jobs_by_state"]  # stopped workers handed their jobs back
