@@ -20,9 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import write_jsonl
+from backend.tasks._common import (
+    multiple_choice_config,
+    multiple_choice_task,
+    write_jsonl,
+)
 from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
-from backend.tasks.base import TaskSpec, register_task
+from backend.tasks.base import register_task
 
 HUB_DATASET = "allenai/ai2_arc"
 SCHEMA = ("JSON lines: question, choices {text: [...], label: [...]}, answerKey "
@@ -52,20 +56,9 @@ def normalise(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def lm_eval_config(name: str, dataset: dict[str, Any], local: bool) -> dict[str, Any]:
-    return {
-        "task": name,
-        **dataset,
-        **(LOCAL_SPLITS if local else HUB_SPLITS),
-        "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{question}}\nAnswer:",
-        "doc_to_target": "{{choices.label.index(answerKey)}}",
-        "doc_to_choice": "{{choices.text}}",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
+    return multiple_choice_config(name, {**dataset, **(LOCAL_SPLITS if local else HUB_SPLITS)},
+                                  doc_to_text="Question: {{question}}\nAnswer:",
+                                  doc_to_target="{{choices.label.index(answerKey)}}", doc_to_choice="{{choices.text}}")
 
 
 def _builder(name: str):
@@ -84,17 +77,12 @@ def _builder(name: str):
 
 
 for _name, (_subset, _lm_eval, _file, _rows) in SUBSETS.items():
-    register_task(TaskSpec(
-        name=_name,
-        category="classification",
-        output_type="loglikelihood",
-        primary_metric="acc",
-        higher_is_better=True,
-        description=f"{_subset} test ({_rows} science questions, 3-5 options), lm-eval's prompt; "
-                    "log-likelihood accuracy (acc, acc_norm).",
-        build=_builder(_name),
+    register_task(multiple_choice_task(
+        _name,
+        f"{_subset} test ({_rows} science questions, 3-5 options), lm-eval's prompt; "
+        "log-likelihood accuracy (acc, acc_norm).",
+        _builder(_name),
         data_files=(_file,),
-        metrics=("acc", "acc_norm"),
         lm_eval_task=_lm_eval,
         hub_dataset=HUB_DATASET,
         data_schema=SCHEMA,

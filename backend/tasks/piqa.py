@@ -10,8 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import json_dataset, read_jsonl, require_files, write_jsonl
-from backend.tasks.base import TaskSpec, register_task
+from backend.tasks._common import (
+    json_dataset,
+    multiple_choice_config,
+    multiple_choice_task,
+    read_jsonl,
+    require_files,
+    write_jsonl,
+)
+from backend.tasks.base import register_task
 
 DATA_FILES = ("piqa/dev.jsonl", "piqa/dev-labels.lst")
 
@@ -31,32 +38,16 @@ def load_rows(data_dir: Path) -> list[dict[str, Any]]:
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
     path = write_jsonl(workdir / "piqa" / "validation.jsonl", load_rows(data_dir))
-    return {
-        "task": "piqa",
-        **json_dataset({"validation": path}),
-        "validation_split": "validation",
-        "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{goal}}\nAnswer:",
-        "doc_to_target": "label",
-        "doc_to_choice": "{{[sol1, sol2]}}",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
+    return multiple_choice_config("piqa", {**json_dataset({"validation": path}), "validation_split": "validation"},
+                                  doc_to_text="Question: {{goal}}\nAnswer:", doc_to_target="label",
+                                  doc_to_choice="{{[sol1, sol2]}}")
 
 
-register_task(TaskSpec(
-    name="piqa",
-    category="classification",
-    output_type="loglikelihood",
-    primary_metric="acc",
-    higher_is_better=True,
-    description="PIQA dev (1838 two-choice physical commonsense questions), lm-eval's prompt; "
-                "log-likelihood accuracy (acc, acc_norm), chance 0.5.",
-    build=build,
+register_task(multiple_choice_task(
+    "piqa",
+    "PIQA dev (1838 two-choice physical commonsense questions), lm-eval's prompt; "
+    "log-likelihood accuracy (acc, acc_norm), chance 0.5.",
+    build,
     data_files=DATA_FILES,
-    metrics=("acc", "acc_norm"),
     lm_eval_task="piqa",
 ))
