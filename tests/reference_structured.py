@@ -258,6 +258,31 @@ def llm_pruner_per_layer_counts(model: nn.Module, sparsity: float) -> tuple[int,
     return heads, [channels // count + (1 if i < channels % count else 0) for i in range(count)]
 
 
+def llm_pruner_global_counts(model: nn.Module, sparsity: float) -> tuple[int, int]:
+    """(head groups, MLP channels) removed in total by the global plan: the same ratio r = target /
+    removable parameters as per-layer, so round(r x all head groups) head groups, then as many channels
+    as bring the total nearest the target (so it lands within half a channel of it)."""
+    s = _shapes(model)
+    count = len(model.model.layers)
+    target = round(sparsity * block_param_count(model))
+    removable = count * (s["groups"] * s["group_cost"] + s["channels"] * s["channel_cost"])
+    heads = round(target / removable * count * s["groups"])
+    return heads, round((target - heads * s["group_cost"]) / s["channel_cost"])
+
+
+def global_candidates(scores: list[list[float]]) -> list[tuple[int, int]]:
+    """(layer, index) of every unit the global scope may remove, layer-major: all but the most important
+    unit of each layer. Reproduces the documented rule "every layer keeps at least one head group and one
+    channel" as a constraint on the set rather than a walk: removing the `count` lowest candidates is what
+    walking all units lowest first and skipping a layer's last unit gives, since the unit skipped is the
+    layer's last in that order (among tied maxima the higher index, ties going to the lower index)."""
+    candidates = []
+    for layer, row in enumerate(scores):
+        kept = max(range(len(row)), key=lambda i: (row[i], i))
+        candidates.extend((layer, i) for i in range(len(row)) if i != kept)
+    return candidates
+
+
 def kept_rows(dense: torch.Tensor, pruned: torch.Tensor, block: int = 1) -> list[int]:
     """Which `block`-row chunks of `dense` survive, in order, in `pruned` (exact copies)."""
     index = {dense[i:i + block].numpy().tobytes(): i // block for i in range(0, dense.shape[0], block)}

@@ -140,6 +140,26 @@ def check_llm_pruner(dense, pruned, calib: torch.Tensor, sparsity: float) -> Non
         assert_same_pick(removed_channels[i], channels[i], channel_counts[i], f"llm-pruner layer {i} channels")
 
 
+def check_llm_pruner_global(dense, pruned, calib: torch.Tensor, sparsity: float) -> None:
+    """Global scope: the lowest head groups / channels across all layers, each layer's most important one
+    kept, and the removed parameters within half an MLP channel of round(sparsity x block parameters)."""
+    heads, channels = ref.llm_pruner_importance(dense, calib)
+    head_total, channel_total = ref.llm_pruner_global_counts(dense, sparsity)
+    groups, removed_channels = width_removals(dense, pruned)
+    for what, scores, removed, total in (("head groups", heads, groups, head_total),
+                                         ("channels", channels, removed_channels, channel_total)):
+        candidates = ref.global_candidates(scores)
+        position = {unit: n for n, unit in enumerate(candidates)}
+        picked = [(layer, unit) for layer, units in removed.items() for unit in units]
+        assert all(unit in position for unit in picked), \
+            f"llm-pruner global {what}: removed a layer's most important unit ({sorted(set(picked) - set(position))})"
+        assert_same_pick([position[unit] for unit in picked], [scores[layer][i] for layer, i in candidates], total,
+                         f"llm-pruner global {what}")
+    target = round(sparsity * ref.block_param_count(dense))
+    removed_params = ref.block_param_count(dense) - ref.block_param_count(pruned)
+    assert abs(removed_params - target) <= ref._shapes(dense)["channel_cost"] / 2
+
+
 def check_slicegpt(dense, pruned, calib: torch.Tensor, sparsity: float, probe: torch.Tensor, atol: float) -> None:
     reference = ref.ProjectedModel(dense, calib, sparsity)
     want = reference.logits(probe)
@@ -184,6 +204,24 @@ def test_tiny_llm_pruner_export_matches_reference(tmp_path):
     out, manifest = export(tmp_path, config)
     dense = dense_tiny()
     check_llm_pruner(dense.model, load_pruned(out), calibration_of(config, dense, manifest), 0.3)
+
+
+def test_tiny_llm_pruner_global_export_matches_reference(tmp_path):
+    from backend.models import load_pruned
+
+    config = tiny_config("llm-pruner", 0.3, scope="global")
+    out, manifest = export(tmp_path, config)
+    dense = dense_tiny()
+    calib = calibration_of(config, dense, manifest)
+    heads, _ = ref.llm_pruner_importance(dense.model, calib)
+    reported = [x for row in manifest["prune_report"]["head_importance"] for x in row]
+    assert reported == pytest.approx([x for row in heads for x in row], rel=1e-3, abs=1e-8)
+    # the per-layer minimum must matter here: unconstrained, the lowest head groups would empty a layer
+    head_total, _ = ref.llm_pruner_global_counts(dense.model, 0.3)
+    flat = [(layer, g) for layer, row in enumerate(heads) for g in range(len(row))]
+    unconstrained = [flat[n] for n in ref.lowest([heads[layer][g] for layer, g in flat], head_total)]
+    assert any(sum(layer == i for layer, _ in unconstrained) == len(heads[i]) for i in range(len(heads)))
+    check_llm_pruner_global(dense.model, load_pruned(out), calib, 0.3)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.25])
