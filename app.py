@@ -26,9 +26,11 @@ logger = logging.getLogger("pruneboard.app")
 
 
 def start_local_workers(count: int) -> list[subprocess.Popen]:
-    """Workers are separate processes (a model run never blocks the UI); stopped when the app exits."""
+    """Workers are separate processes (a model run never blocks the UI); stopped when the app exits,
+    and on their own (--stop-with-parent) when the app was killed without running its exit handlers."""
     workers = [
-        subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--id", f"local-{i}"], cwd=ROOT)
+        subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--id", f"local-{i}", "--stop-with-parent"],
+                         cwd=ROOT)
         for i in range(count)
     ]
 

@@ -13,9 +13,13 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 from jobs.states import JobState
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["main", "build_parser"]
 
@@ -77,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the remote worker's token (default: $PRUNEBOARD_WORKER_TOKEN)")
     worker.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                         help="seconds between claims while idle (default 0.3 local, 2 remote)")
+    worker.add_argument("--stop-with-parent", action="store_true",
+                        help="stop (handing back the running job) when the process that started it is gone; "
+                             "the app starts its local workers so, so a killed app leaves none behind")
     worker.add_argument("--executor", choices=("local", "ray"), default="local",
                         help="local: one job at a time in this process; ray: each job a Ray task "
                              "(pip install -r requirements-ray.txt)")
@@ -292,6 +299,29 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _runner(args: argparse.Namespace, poll: float, backend=None):
     """The worker loop of --executor: this process (Worker) or a Ray cluster (RayExecutor)."""
+    runner = _executor(args, poll, backend)
+    if args.stop_with_parent:
+        _stop_when_orphaned(runner)
+    return runner
+
+
+def _stop_when_orphaned(runner, interval: float = 1.0) -> None:
+    """Stop `runner` once this process is re-parented. A parent killed with SIGKILL (or one whose
+    shutdown timed out) runs no exit handler, so its children must notice on their own."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not runner.stopping:
+            if os.getppid() != parent:
+                logger.warning("worker: parent process %d is gone; stopping", parent)
+                runner.stop()
+                return
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _executor(args: argparse.Namespace, poll: float, backend=None):
     if args.executor == "local":
         if args.address is not None or args.max_concurrent is not None:
             raise _Fail("--address and --max-concurrent need --executor ray")

@@ -212,3 +212,40 @@ def test_commands_that_run_no_model_import_no_torch(noop_file):
     ]
     assert proc.stdout.strip().splitlines()[-1] == "TORCH False"
 
+
+
+def test_worker_started_with_stop_with_parent_exits_when_its_parent_is_killed():
+    """A parent killed with SIGKILL runs no exit handler (app.py's atexit stop): the worker notices."""
+    import signal
+    import time
+
+    init_db()
+    dispose_engines()
+    launcher = ("import subprocess, sys\n"
+                "child = subprocess.Popen([sys.executable, '-m', 'jobs', 'worker', '--id', 'orphan', "
+                "'--poll', '0.1', '--stop-with-parent'])\n"
+                "print(child.pid, flush=True)\n"
+                "child.wait()\n")
+    parent = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    try:
+        time.sleep(3)  # the worker is up and polling
+        assert _alive(worker_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker_pid), "the orphaned worker kept running"
+    finally:
+        if _alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, reaped by init soon after, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
