@@ -13,20 +13,16 @@ import json
 import logging
 import os
 import sys
-import threading
-import time
 from typing import Any
 
 from jobs.states import JobState
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_CONFLICT, EXIT_BAD_INPUT, EXIT_AUTH = 0, 1, 2, 3
 
 
-class _Fail(Exception):
+class CliError(Exception):
     """A one-line error for the user, with its exit code."""
 
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
@@ -143,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     try:
         handler(args)
-    except _Fail as exc:
+    except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
@@ -177,7 +173,7 @@ def _submit_preset(args: argparse.Namespace) -> None:
         configs = preset_configs(args.name) if args.dry_run else None
         submitted = [] if args.dry_run else submit_preset(args.name, submitter=submitter)
     except (UnknownPreset, ConfigError) as exc:
-        raise _Fail(str(exc)) from None
+        raise CliError(str(exc)) from None
     if configs is not None and args.json:
         _print_json({"preset": args.name, "configs": [canonical_dict(c) for c in configs]})
     elif configs is not None:
@@ -202,7 +198,7 @@ def _status(args: argparse.Namespace) -> None:
         if args.id is not None:
             detail = job_detail(session, args.id)
             if detail is None:
-                raise _Fail(f"no job with id {args.id}")
+                raise CliError(f"no job with id {args.id}")
             jobs = [detail]
         else:
             jobs = list_jobs(session, limit=args.limit, state=args.state)
@@ -257,7 +253,7 @@ def _prune(args: argparse.Namespace) -> None:
     config = _load_config(args.config)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise _Fail(f"--out {out} exists and is not an empty directory")
+        raise CliError(f"--out {out} exists and is not an empty directory")
     from backend.export import prune_only, save_pruned
 
     def progress(fraction: float, text: str) -> None:
@@ -266,78 +262,16 @@ def _prune(args: argparse.Namespace) -> None:
     try:
         loaded, report, manifest = prune_only(config, progress)
     except (ValueError, FileNotFoundError) as exc:
-        raise _Fail(str(exc)) from None
+        raise CliError(str(exc)) from None
     saved = save_pruned(loaded, report, manifest, out)
     progress(1.0, f"saved to {saved}")
     print(saved)
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from jobs.worker import POLL_INTERVAL
+    from jobs.cli_worker import run_worker  # its own module: the worker loop, executors and parent watch
 
-    token = args.token or os.environ.get("PRUNEBOARD_WORKER_TOKEN")
-    if args.server is None:
-        if args.token:
-            raise _Fail("--token needs --server (local workers use the database directly)")
-        _runner(args, args.poll or POLL_INTERVAL).run(drain=args.drain)
-        return
-    if not token:
-        raise _Fail("--server needs --token TOKEN (or $PRUNEBOARD_WORKER_TOKEN)")
-    from jobs.remote import REMOTE_POLL_INTERVAL, HttpQueue, ServerUnreachable, TokenRejected
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # our own events say what each call did
-    backend = HttpQueue(args.server, token)
-    try:
-        _runner(args, args.poll or REMOTE_POLL_INTERVAL, backend).run(drain=args.drain)
-    except TokenRejected as exc:
-        raise _Fail(str(exc), EXIT_AUTH) from None
-    except ServerUnreachable as exc:
-        raise _Fail(f"server {args.server} unreachable: {exc}", EXIT_CONFLICT) from None
-    finally:
-        backend.close()
-
-
-def _runner(args: argparse.Namespace, poll: float, backend=None):
-    """The worker loop of --executor: this process (Worker) or a Ray cluster (RayExecutor)."""
-    runner = _executor(args, poll, backend)
-    if args.stop_with_parent:
-        _stop_when_orphaned(runner)
-    return runner
-
-
-def _stop_when_orphaned(runner, interval: float = 1.0) -> None:
-    """Stop `runner` once this process is re-parented. A parent killed with SIGKILL (or one whose
-    shutdown timed out) runs no exit handler, so its children must notice on their own."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while not runner.stopping:
-            if os.getppid() != parent:
-                logger.warning("worker: parent process %d is gone; stopping", parent)
-                runner.stop()
-                return
-            time.sleep(interval)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _executor(args: argparse.Namespace, poll: float, backend=None):
-    if args.executor == "local":
-        if args.address is not None or args.max_concurrent is not None:
-            raise _Fail("--address and --max-concurrent need --executor ray")
-        from jobs.worker import Worker
-
-        return Worker(worker_id=args.worker_id, poll_interval=poll, backend=backend)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise _Fail("--max-concurrent must be at least 1")
-    from jobs.ray_executor import RayExecutor, RayMissing, import_ray
-
-    try:
-        import_ray()
-    except RayMissing as exc:
-        raise _Fail(str(exc)) from None
-    return RayExecutor(worker_id=args.worker_id, backend=backend, max_concurrent=args.max_concurrent,
-                       cpus_per_job=args.cpus_per_job, poll_interval=poll, address=args.address)
+    run_worker(args)
 
 
 def _token(args: argparse.Namespace) -> None:
@@ -347,13 +281,13 @@ def _token(args: argparse.Namespace) -> None:
         try:
             token = tokens.create(args.name)
         except (ValueError, FileExistsError) as exc:
-            raise _Fail(str(exc), EXIT_CONFLICT if isinstance(exc, FileExistsError) else EXIT_BAD_INPUT) from None
+            raise CliError(str(exc), EXIT_CONFLICT if isinstance(exc, FileExistsError) else EXIT_BAD_INPUT) from None
         print(f"worker token {args.name} (shown once; stored hashed): {token}")
     elif args.token_command == "revoke":
         try:
             revoked = tokens.revoke(args.name)
         except KeyError:
-            raise _Fail(f"no token named {args.name!r}") from None
+            raise CliError(f"no token named {args.name!r}") from None
         print(f"token {args.name}: {'revoked' if revoked else 'already revoked'}")
     else:
         rows = tokens.list_tokens()
@@ -384,7 +318,7 @@ def _admin(args: argparse.Namespace) -> None:
     try:
         _transition(lambda: action(actor, args.id, args.reason))
     except ValueError as exc:  # an empty reason (InvalidTransition is handled by _transition)
-        raise _Fail(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(f"job {args.id}: {({'hide': 'hidden', 'unhide': 'shown again', 'delete': 'deleted'})[args.admin_command]}")
 
 
@@ -456,11 +390,11 @@ def _load_config(path: str):
             return parse_config_text(sys.stdin.read())
         return load_config(path)
     except ConfigError as exc:
-        raise _Fail(str(exc)) from None
+        raise CliError(str(exc)) from None
     except RecursionError:
-        raise _Fail("config is nested too deeply") from None
+        raise CliError("config is nested too deeply") from None
     except (ValueError, TypeError) as exc:  # anything else a document can provoke in validation
-        raise _Fail(f"invalid config: {exc}") from None
+        raise CliError(f"invalid config: {exc}") from None
 
 
 def _transition(action):
@@ -469,9 +403,9 @@ def _transition(action):
     try:
         return action()
     except JobNotFound as exc:
-        raise _Fail(str(exc), EXIT_BAD_INPUT) from None
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except InvalidTransition as exc:
-        raise _Fail(str(exc), EXIT_CONFLICT) from None
+        raise CliError(str(exc), EXIT_CONFLICT) from None
 
 
 def _cancel_text(state) -> str:
