@@ -6,11 +6,15 @@ events, and store the returned result. Stages: load -> calibrate -> prune -> rec
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import random
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from backend import settings
@@ -85,24 +89,33 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
 
     loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg))
 
-    calibration = None
-    if method_cls.uses_calibration(config.pruning.method_params()):
-        reporter.stage("calibrate", f"building calibration set ({config.calibration.source})")
-        from backend.calibration import build_calibration
+    cache_key = prune_cache_key(config, loaded.fingerprint)
+    cached = _PRUNE_CACHE.get(cache_key) if settings.prune_cache_enabled() else None
+    if cached is not None:  # the same pruning of the same weights (e.g. the other paradigm's run)
+        reporter.stage("prune", f"reusing the pruned model of an earlier run ({cache_key[:12]})")
+        loaded.model, report, calibration = cached.restore(loaded.model)
+    else:
+        calibration = None
+        if method_cls.uses_calibration(config.pruning.method_params()):
+            reporter.stage("calibrate", f"building calibration set ({config.calibration.source})")
+            from backend.calibration import build_calibration
 
-        calibration = build_calibration(
-            config.calibration, loaded.tokenizer, data_dir, model=loaded.model, fingerprint=loaded.fingerprint,
-            paradigm=config.paradigm, progress=reporter.stage_progress(),
+            calibration = build_calibration(
+                config.calibration, loaded.tokenizer, data_dir, model=loaded.model,
+                fingerprint=loaded.fingerprint, paradigm=config.paradigm, progress=reporter.stage_progress(),
+            )
+
+        reporter.stage("prune", f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
+        report = method_cls().prune(
+            loaded.model,
+            config.pruning.sparsity,
+            config.pruning.method_params(),
+            calibration.tensor if calibration is not None else None,
+            reporter.stage_progress(),
         )
-
-    reporter.stage("prune", f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
-    report = method_cls().prune(
-        loaded.model,
-        config.pruning.sparsity,
-        config.pruning.method_params(),
-        calibration.tensor if calibration is not None else None,
-        reporter.stage_progress(),
-    )
+        if settings.prune_cache_enabled():
+            _PRUNE_CACHE.put(cache_key, loaded.model, report, calibration)
+    _seed_everything(config.seed)  # evaluation draws the same numbers whether pruning ran or was reused
     recovery = None
     if config.recovery is not None and config.recovery.enabled:
         reporter.stage("recover", f"LoRA recovery, {config.recovery.steps} steps")
@@ -174,6 +187,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         **_leak_fields(config, data_dir, calibration is not None),
         "saved_model": saved_model,
         "resumed_samples": len(completed),
+        "pruned_model_reused": cached is not None,
         **({"recovery": recovery} if recovery is not None else {}),
     }
     return RunResult(
@@ -185,6 +199,59 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         stage_seconds=stage_seconds,
         trace_stats=_trace_stats(evaluation.samples),
     )
+
+
+def prune_cache_key(config: JobConfig, fingerprint: str) -> str:
+    """What determines the pruned weights: the model's weights and load settings, the pruning, the
+    seed and, when the method calibrates, the calibration (with the paradigm and thinking settings
+    where the calibration text depends on them). Tasks, evaluation and recovery are left out."""
+    method_cls = get_method(config.pruning.method)
+    calibrated = method_cls.uses_calibration(config.pruning.method_params())
+    calibration = canonical_dict(config).get("calibration", {}) if calibrated else None
+    paradigm_bound = calibrated and config.calibration.source in ("task-aligned", "self-generated")
+    key = {
+        "fingerprint": fingerprint,
+        "model": config.model,
+        "model_args": config.model_args,
+        "pruning": config.pruning.model_dump(mode="json"),
+        "calibration": calibration,
+        "paradigm": config.paradigm if paradigm_bound else None,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class _CachedPrune:
+    model: object
+    report: object
+    calibration: object
+
+    def restore(self, loaded_model):
+        """A fresh copy (evaluation and recovery change the model they get)."""
+        del loaded_model  # the freshly loaded dense weights are replaced, not pruned again
+        return copy.deepcopy(self.model), copy.deepcopy(self.report), self.calibration
+
+
+class _PruneCache:
+    """The last pruned model of this process (PRUNEBOARD_PRUNE_CACHE=1), kept on its device.
+
+    A worker that runs the instruct and think runs of one pruning back to back prunes once. One
+    entry only: a pruned model is as large as the model; a different key replaces it."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._entry: _CachedPrune | None = None
+
+    def get(self, key: str) -> _CachedPrune | None:
+        return self._entry if key == self._key else None
+
+    def put(self, key: str, model, report, calibration) -> None:
+        self._key, self._entry = None, None  # free the old copy before making the new one
+        self._key, self._entry = key, _CachedPrune(copy.deepcopy(model), copy.deepcopy(report), calibration)
+
+
+_PRUNE_CACHE = _PruneCache()
 
 
 def _trace_stats(samples: list[SampleRecord]) -> dict:

@@ -70,6 +70,13 @@ def auto_baselines() -> bool:
     return os.environ.get("PRUNEBOARD_AUTO_BASELINES", "1") != "0"
 
 
+def prune_cache_enabled() -> bool:
+    """PRUNEBOARD_PRUNE_CACHE=1: a worker keeps its last pruned model in memory and reuses it for a
+    run with the same pruning (e.g. the same method in the other paradigm). Off by default: the
+    copy costs as much memory as the model."""
+    return os.environ.get("PRUNEBOARD_PRUNE_CACHE") == "1"
+
+
 def server_port() -> int:
     return _int_env("GRADIO_SERVER_PORT", DEFAULT_PORT)
 

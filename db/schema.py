@@ -37,7 +37,7 @@ from jobs.states import JobState
 
 __all__ = [
     "Base", "Job", "Score", "Sample", "SampleCheckpoint", "Trace", "utcnow", "JOB_STATE_TYPE",
-    "SAMPLE_PREVIEW_CHARS", "WorkerToken", "WorkerRecord", "AuditEntry",
+    "SAMPLE_PREVIEW_CHARS", "Deployment", "WorkerToken", "WorkerRecord", "AuditEntry",
 ]
 
 SAMPLE_PREVIEW_CHARS = 2000
@@ -108,6 +108,13 @@ class Job(Base):
     min_accelerator_memory_gb: Mapped[float | None] = mapped_column(Float)
     model_source: Mapped[str | None] = mapped_column(String(8))
     """builtin | local | hub: which workers can load the model (NULL: rows before migration 0006)."""
+    origin_id: Mapped[str | None] = mapped_column(String(120), index=True)
+    """Imported runs: "<deployment id>/<job id>" where the run was produced (NULL: produced here,
+    where its origin id is this deployment's id and the job's own id)."""
+    imported_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When the run was imported from a results bundle (NULL: produced here)."""
+    provenance_json: Mapped[dict[str, Any] | None]
+    """Imported runs: the commit and deployment that produced them and the bundle they came from."""
 
     __table_args__ = (
         Index("ix_jobs_state_id", "state", "id"),  # claim_next, requeue_expired, leaderboard
@@ -216,6 +223,15 @@ class Trace(Base):
     truncated_for_storage: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (UniqueConstraint("job_id", "task", "doc_id", name="uq_traces_job_task_doc"),)
+
+
+class Deployment(Base):
+    """One row: this database's random id, made with it; it names the origin of every run made here."""
+
+    __tablename__ = "deployment"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class WorkerToken(Base):
