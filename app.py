@@ -71,14 +71,40 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
+SNAPSHOT = ROOT / "results" / "snapshot.jsonl.gz"
+"""The shipped results (results/README.md): an empty database starts with them."""
+
+
+def seed_results(snapshot: Path = SNAPSHOT) -> dict | None:
+    """Import the shipped snapshot into an empty, never-seeded database (one transaction, before the
+    first request is answered); off with PRUNEBOARD_SEED_RESULTS=0."""
+    from jobs.bundle import BundleError, seed_empty_database
+
+    if not settings.seed_results():
+        return None
+    if not snapshot.is_file():
+        logger.warning("no results snapshot at %s: the leaderboard starts empty", snapshot)
+        return None
+    try:
+        counts = seed_empty_database(snapshot, source_name=f"results/{snapshot.name}")
+    except BundleError as exc:
+        logger.error("the results snapshot %s was not imported: %s", snapshot, exc)
+        return None
+    if counts is not None:
+        logger.info("imported the results snapshot: %d run(s)", counts["imported"])
+    return counts
+
+
 def prepare_database():
-    """Restore a lost database from its backup, migrate, and start periodic backups when enabled;
-    returns the backup thread (None when backups are off)."""
+    """Restore a lost database from its backup, migrate, seed an empty one with the shipped
+    results, and start periodic backups when enabled; returns the backup thread (None when
+    backups are off)."""
     from db.backup import BackupThread, restore_if_needed
     from db.session import init_db
 
     restore_if_needed()
     init_db()
+    seed_results()
     interval = settings.backup_seconds()
     if interval <= 0:
         return None

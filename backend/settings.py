@@ -77,6 +77,12 @@ def prune_cache_enabled() -> bool:
     return os.environ.get("PRUNEBOARD_PRUNE_CACHE") == "1"
 
 
+def seed_results() -> bool:
+    """PRUNEBOARD_SEED_RESULTS (default 1): an empty database imports the shipped results snapshot
+    (results/snapshot.jsonl.gz) when the app starts; 0 leaves it empty."""
+    return os.environ.get("PRUNEBOARD_SEED_RESULTS", "1") != "0"
+
+
 def server_port() -> int:
     return _int_env("GRADIO_SERVER_PORT", DEFAULT_PORT)
 

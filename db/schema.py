@@ -232,6 +232,8 @@ class Deployment(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seeded_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When the shipped results snapshot was imported (it is imported once, into an empty database)."""
 
 
 class WorkerToken(Base):

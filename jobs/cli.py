@@ -123,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
     audit.add_argument("--json", action="store_true")
 
+    results = commands.add_parser("results", help="export, import and inspect results bundles (jobs.bundle)")
+    results_commands = results.add_subparsers(dest="results_command", required=True, metavar="ACTION")
+    export = results_commands.add_parser("export", help="write succeeded runs to a bundle file")
+    export.add_argument("file", metavar="FILE", help="the bundle to write (.jsonl.gz)")
+    chosen = export.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--all", action="store_true", help="every succeeded run (hidden ones with --include-hidden)")
+    chosen.add_argument("--job", type=int, action="append", metavar="ID", help="this run (repeatable)")
+    export.add_argument("--include-hidden", action="store_true", help="with --all: hidden runs too, marked hidden")
+    imported = results_commands.add_parser(
+        "import", help='import a bundle; prints {"imported", "skipped"} (runs already present are skipped)')
+    imported.add_argument("file", metavar="FILE")
+    inspect = results_commands.add_parser("inspect", help="what a bundle holds (format, counts, names)")
+    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("--json", action="store_true")
+
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
-        "submit-preset": _submit_preset, "token": _token, "admin": _admin,
+        "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
     }[args.command]
     try:
         handler(args)
@@ -320,6 +335,27 @@ def _admin(args: argparse.Namespace) -> None:
     except ValueError as exc:  # an empty reason (InvalidTransition is handled by _transition)
         raise CliError(str(exc)) from None
     print(f"job {args.id}: {({'hide': 'hidden', 'unhide': 'shown again', 'delete': 'deleted'})[args.admin_command]}")
+
+
+def _results(args: argparse.Namespace) -> None:
+    from jobs import bundle
+
+    try:
+        if args.results_command == "export":
+            counts = bundle.export_bundle(args.file, job_ids=args.job, include_hidden=args.include_hidden)
+            print(f"wrote {counts['runs']} run(s), {counts['samples']} sample(s) to {args.file}", file=sys.stderr)
+            _print_json(counts)
+        elif args.results_command == "import":
+            _print_json(bundle.import_bundle(args.file))
+        else:
+            summary = bundle.inspect_bundle(args.file)
+            if args.json:
+                _print_json(summary)
+            else:
+                for key, value in summary.items():
+                    print(f"{key:>16}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    except bundle.BundleError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
 
 
 def _methods(args: argparse.Namespace) -> None:

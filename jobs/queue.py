@@ -28,7 +28,7 @@ from jobs.states import InvalidTransition, JobNotFound, JobState, LostClaim
 
 __all__ = [
     "submit", "claim_next", "requeue_expired", "heartbeat", "record_sample", "completed_samples",
-    "complete", "fail", "mark_cancelled", "release", "cancel", "retry", "get_job",
+    "complete", "fail", "mark_cancelled", "release", "cancel", "retry", "get_job", "write_results",
 ]
 
 logger = logging.getLogger(__name__)
@@ -265,8 +265,6 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
     traces, trace statistics, efficiency, manifest and state=succeeded together. Writes nothing and
     returns False unless the job still runs under this attempt and no cancel was requested. Raises
     (and writes nothing) if storing fails."""
-    from db.traces import encode_traces
-
     now = utcnow()
     # The pipeline's statistics; else (other executors) the same function on the generated samples.
     stats = getattr(result, "trace_stats", None) or trace_stats([s for s in result.samples if s.finish_reason is not None])
@@ -293,14 +291,24 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
         if owned != 1:
             logger.warning("job %d: completion of attempt %d ignored (claim lost or cancelled)", job_id, attempt)
             return False
-        if result.scores:
-            session.execute(insert(Score), [_score_row(job_id, score) for score in result.scores])
-        if result.samples:
-            session.execute(insert(Sample), [_stored_sample_row(job_id, sample) for sample in result.samples])
-            session.execute(insert(Trace), encode_traces(job_id, result.samples, settings.trace_cap_bytes()))
+        write_results(session, job_id, result.scores, result.samples)
         session.execute(delete(SampleCheckpoint).where(SampleCheckpoint.job_id == job_id))
     logger.info("job %d succeeded (%d scores, %d samples)", job_id, len(result.scores), len(result.samples))
     return True
+
+
+def write_results(session: Session, job_id: int, scores: list[Any], samples: list[SampleRecord],
+                  scorer_version: str | None = SCORER_VERSION) -> None:
+    """Insert a run's scores, samples (previews) and compressed traces (within the trace cap) in the
+    caller's transaction. `scorer_version`: the scorer that produced the scores (default: this one;
+    imported runs keep the one they were scored with)."""
+    from db.traces import encode_traces
+
+    if scores:
+        session.execute(insert(Score), [_score_row(job_id, score, scorer_version) for score in scores])
+    if samples:
+        session.execute(insert(Sample), [_stored_sample_row(job_id, sample) for sample in samples])
+        session.execute(insert(Trace), encode_traces(job_id, samples, settings.trace_cap_bytes()))
 
 
 def fail(job_id: int, attempt: int, exc_type: str, message: str, log_tail: str | None = None) -> bool:
@@ -407,7 +415,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _score_row(job_id: int, score: Any) -> dict[str, Any]:
+def _score_row(job_id: int, score: Any, scorer_version: str | None) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "task": score.task,
@@ -417,7 +425,7 @@ def _score_row(job_id: int, score: Any) -> dict[str, Any]:
         "higher_is_better": bool(score.higher_is_better),
         "is_primary": bool(score.primary),
         "comparability_key": score.comparability_key,
-        "scorer_version": SCORER_VERSION,
+        "scorer_version": scorer_version,
     }
 
 

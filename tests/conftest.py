@@ -27,6 +27,7 @@ def isolated_home(tmp_path, monkeypatch, request):
         monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("postgres_database"))
     monkeypatch.setenv("PRUNEBOARD_ALLOW_NOOP", "1")
     monkeypatch.setenv("PRUNEBOARD_AUTO_BASELINES", "0")  # tests of the feature switch it on
+    monkeypatch.setenv("PRUNEBOARD_SEED_RESULTS", "0")  # likewise: the shipped snapshot stays out
     if SHARED_DATA.is_dir():
         monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(SHARED_DATA))
     return home

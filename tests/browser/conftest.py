@@ -247,6 +247,7 @@ class AppServer:
             "PRUNEBOARD_HOME": str(self.home),
             "PRUNEBOARD_LOCAL_WORKERS": str(self.workers),
             "PRUNEBOARD_AUTO_BASELINES": "0",
+            "PRUNEBOARD_SEED_RESULTS": "0",  # tests see what they seed; the fresh-start test turns it on
             "GRADIO_SERVER_PORT": str(self.port),
             "GRADIO_ANALYTICS_ENABLED": "False",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),

@@ -7,7 +7,7 @@
 * jobs.provenance_json: for imported runs, the commit and deployment that produced them and the
   bundle they came from.
 * deployment: one row, this database's random id (created with it), which names the origin of
-  every run produced here.
+  every run produced here, and when the shipped results snapshot was imported into it (once).
 
 Revision ID: 0007
 Revises: 0006
@@ -37,6 +37,7 @@ def upgrade() -> None:
         "deployment",
         sa.Column("id", sa.String(36), primary_key=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("seeded_at", sa.DateTime(), nullable=True),
     )
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     op.bulk_insert(deployment, [{"id": str(uuid.uuid4()), "created_at": now}])
