@@ -80,6 +80,8 @@ class Board:
     column_groups: dict[str, list[str]]
     higher_is_better: dict[str, bool]
     notes: list[str] = field(default_factory=list)
+    total_runs: int = 0
+    """Runs of the chosen model and paradigm before the other filters (0: nothing has finished yet)."""
 
 
 @dataclass
@@ -158,7 +160,7 @@ def board(session: Session, filters: BoardFilters = BoardFilters(), view: str = 
     frame["baseline_job_id"] = frame["baseline_job_id"].astype("Int64")
     frame["recovery"] = frame["recovery"].astype(bool)
     return Board(frame=frame, meta_columns=list(META_COLUMNS), column_groups=column_groups,
-                 higher_is_better=higher, notes=_notes(shown, groups))
+                 higher_is_better=higher, notes=_notes(shown, groups), total_runs=len(runs))
 
 
 def _column_groups(tasks_by_group: dict[str, list[str]], rows: list[dict[str, Any]],

@@ -55,6 +55,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "config_hash": job.config_hash,
         "submitter": job.submitter,
         "hidden": bool(job.hidden),
+        "imported": job.imported_at is not None,
+        "origin_id": job.origin_id,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
@@ -94,6 +96,8 @@ def job_detail(session: Session, job_id: int) -> dict[str, Any] | None:
         "efficiency": job.efficiency_json,
         "prune_report": job.prune_report_json,
         "stage_seconds": job.stage_seconds_json,
+        "imported_at": _iso(job.imported_at),
+        "provenance": job.provenance_json,
         "scores": [
             {
                 "task": s.task,

@@ -174,7 +174,7 @@ def summary_markdown(board: lb.Board, filters: lb.BoardFilters, view: str) -> st
     """One line saying what is shown, or what to do when nothing is."""
     count = len(board.frame)
     if count == 0:
-        if filters == lb.BoardFilters(model=filters.model, paradigm=filters.paradigm):
+        if board.total_runs == 0:
             return ("No finished runs yet. Submit a configuration in the **Submit** tab (the pre-filled tiny "
                     "example finishes in under a minute on CPU), then press **Refresh**.")
         return "No runs match these filters. Clear the search, widen the sparsity range or pick **(all)**."
@@ -366,6 +366,10 @@ def run_detail(job_id: float | int | None) -> RunDetail:
     ]
     if detail["error_type"]:
         lines.append(f"**{escape(detail['error_type'])}**: {escape(detail['error_message'] or '')}")
+    if detail["imported"]:
+        lines.append(imported_note(detail))
+    if is_random_model(detail["model"]):
+        lines.append(RANDOM_MODEL_NOTE)
     primary = [s for s in detail["scores"] if s["primary"]]
     if primary:
         lines += ["", "| task | metric | value | stderr |", "|---|---|---|---|"]
@@ -383,6 +387,24 @@ def run_detail(job_id: float | int | None) -> RunDetail:
         structure_json=_json(structure),
         log_tail=detail["log_tail"] or "",
     )
+
+
+def imported_note(detail: dict[str, Any]) -> str:
+    """Where an imported run was produced (escaped Markdown)."""
+    provenance = detail.get("provenance") or {}
+    commit = str(provenance.get("commit") or "unknown")
+    where = provenance.get("deployment_name") or provenance.get("deployment") or "another deployment"
+    return (f"**Imported** {escape(detail.get('imported_at') or '')} from {escape(provenance.get('bundle') or 'a bundle')}: "
+            f"produced by commit `{escape(commit[:12])}` on {escape(where)} (origin {escape(detail.get('origin_id') or '')})")
+
+
+RANDOM_MODEL_NOTE = ("**Random test model:** its weights are random (a fixed seed), so its scores are chance level "
+                     "and say nothing about pruning; it exists to test the pipeline quickly.")
+
+
+def is_random_model(model: str) -> bool:
+    """The builtin tiny models: random weights for tests, not language models."""
+    return model.startswith("builtin:tiny-")
 
 
 def fork_config(job_id: float | int | None) -> str:
