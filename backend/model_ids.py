@@ -18,6 +18,13 @@ BUILTIN_MODELS: dict[str, str] = {
     "builtin:noop": "no model: sleeps, for queue tests and benchmarks (PRUNEBOARD_ALLOW_NOOP=1)",
 }
 NOOP_MODEL = "builtin:noop"
+RANDOM_MODELS = frozenset({"builtin:tiny-llama", "builtin:tiny-qwen3"})
+"""Builtin models with random weights: they test the pipeline; their scores are chance level."""
+
+
+def model_label(model: str) -> str:
+    """How a model is named where its results show: random test models say so."""
+    return f"{model} (random weights)" if model in RANDOM_MODELS else model
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 

@@ -53,7 +53,7 @@ class Comparison:
 
 
 def comparable_runs(session: Session, task: str | None = None) -> list[dict[str, Any]]:
-    """Succeeded runs with stored samples, newest first: job_id, label, tasks (those with samples)."""
+    """Succeeded runs with stored samples, newest first: job_id, label, model, tasks (those with samples)."""
     with_samples = exists().where(Sample.job_id == Score.job_id, Sample.task == Score.task)
     query = (
         select(Job.id, Job.model, Job.paradigm, Job.method, Job.sparsity, Score.task)
@@ -66,7 +66,7 @@ def comparable_runs(session: Session, task: str | None = None) -> list[dict[str,
     runs: dict[int, dict[str, Any]] = {}
     for job_id, model, paradigm, method, sparsity, task_name in session.execute(query):
         run = runs.setdefault(job_id, {"job_id": job_id, "label": _label(job_id, model, paradigm, method, sparsity),
-                                       "tasks": []})
+                                       "model": model, "tasks": []})
         run["tasks"].append(task_name)
     return list(runs.values())
 

@@ -269,3 +269,14 @@ def test_stale_export_cleanup_tolerates_files_removed_meanwhile(tmp_path, monkey
     monkeypatch.setattr(os, "unlink", racing_unlink)
     assert board.remove_stale_exports(tmp_path) == 0 and not stale.exists()
     assert board.remove_stale_exports(tmp_path / "missing") == 0
+
+
+def test_random_test_models_are_labelled_wherever_their_results_show(runs):
+    from ui import services
+
+    view = board.board_view()
+    assert "builtin:tiny-llama has random weights" in view.summary
+    detail = board.run_detail(runs["dense"])
+    assert "Random test model" in detail.summary
+    queue_frame = services.queue_view()
+    assert set(queue_frame["model"]) == {"builtin:tiny-llama (random weights)"}

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from backend.model_ids import RANDOM_MODELS
 from db import leaderboard as lb
 from db import plot_data, queries
 from db.session import read_session
@@ -187,6 +188,11 @@ def summary_markdown(board: lb.Board, filters: lb.BoardFilters, view: str) -> st
         parts.append(f"{flagged} flagged run(s) (see `flag`)")
     parts.append("Click a row to open the run.")
     notes = [f"- *Note:* {escape(note)}" for note in board.notes]
+    random_models = sorted(set(board.frame["model"]) & RANDOM_MODELS) if "model" in board.frame.columns else []
+    if random_models:
+        notes.append(f"- *Note:* {escape(', '.join(random_models))} "
+                     f"{'has' if len(random_models) == 1 else 'have'} random weights (test models): "
+                     "their scores are chance level and say nothing about pruning.")
     return "\n\n".join([" · ".join(p for p in parts if p), "\n".join(notes)]).strip()
 
 
@@ -368,7 +374,7 @@ def run_detail(job_id: float | int | None) -> RunDetail:
         lines.append(f"**{escape(detail['error_type'])}**: {escape(detail['error_message'] or '')}")
     if detail["imported"]:
         lines.append(imported_note(detail))
-    if is_random_model(detail["model"]):
+    if detail["model"] in RANDOM_MODELS:
         lines.append(RANDOM_MODEL_NOTE)
     primary = [s for s in detail["scores"] if s["primary"]]
     if primary:
@@ -400,11 +406,6 @@ def imported_note(detail: dict[str, Any]) -> str:
 
 RANDOM_MODEL_NOTE = ("**Random test model:** its weights are random (a fixed seed), so its scores are chance level "
                      "and say nothing about pruning; it exists to test the pipeline quickly.")
-
-
-def is_random_model(model: str) -> bool:
-    """The builtin tiny models: random weights for tests, not language models."""
-    return model.startswith("builtin:tiny-")
 
 
 def fork_config(job_id: float | int | None) -> str:

@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
+from backend.model_ids import RANDOM_MODELS
+
 OUTCOMES = ("all", "all-correct", "only-a", "only-b", "only-c", "all-wrong", "answers-differ")
 """Same values as `db.compare.OUTCOMES` (kept here so the renderers import without the database)."""
 OUTCOME_LABELS = {
@@ -324,7 +326,7 @@ def build_view(query: CompareQuery, pair: str | None = None) -> CompareView:
 
     with read_session() as session:
         options = compare_db.comparable_runs(session)
-        choices = [(str(o.get("label") or f"job {o['job_id']}"), int(o["job_id"])) for o in options]
+        choices = [(_run_label(o), int(o["job_id"])) for o in options]
         known = {job_id for _, job_id in choices}
         query.runs = [r for r in query.runs if r in known][:MAX_RUNS]
         view = CompareView(choices, query)
@@ -381,3 +383,8 @@ def build_view(query: CompareQuery, pair: str | None = None) -> CompareView:
     view.diff = render_sample_diff(sample, pair)
     view.prev_doc, view.next_doc = sample.get("prev"), sample.get("next")
     return view
+
+
+def _run_label(option: dict) -> str:
+    label = str(option.get("label") or f"job {option['job_id']}")
+    return f"{label} · random weights" if option.get("model") in RANDOM_MODELS else label

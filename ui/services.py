@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from backend.config import ConfigError, JobConfig, config_hash, parse_config_text
+from backend.model_ids import model_label
 from db import queries
 from db.schema import Job
 from db.session import read_session
@@ -115,7 +116,7 @@ def queue_row(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any
     return {
         "id": job["id"], "state": state_badge(job["state"]), "progress": progress_bar(job.get("progress"), job["state"]),
         "stage": stage, "elapsed": elapsed(job, now), "worker": job.get("worker_id") or "",
-        "attempts": job.get("attempts") or 0, "model": job.get("model"), "method": job.get("method"),
+        "attempts": job.get("attempts") or 0, "model": model_label(job.get("model") or ""), "method": job.get("method"),
         "sparsity": job.get("sparsity"), "submitter": job.get("submitter") or "", "error": error,
     }
 
@@ -275,7 +276,8 @@ def preset_choices() -> list[tuple[str, str]]:
     module = _presets_module()
     if module is None:
         return []
-    return [(f"{p['name']} ({p['n_jobs']} jobs)", p["name"]) for p in module.list_presets()]
+    ordered = sorted(module.list_presets(), key=lambda p: p["n_jobs"])  # the quickest first: the default
+    return [(f"{p['name']} ({p['n_jobs']} jobs)", p["name"]) for p in ordered]
 
 
 def preset_overview(name: str | None) -> tuple[str, list[tuple[str, int]]]:
