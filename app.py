@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from backend import settings
+from jobs import results_repo
 
 ROOT = Path(__file__).resolve().parent
 MIN_SECRET_TOKEN_CHARS = 32
@@ -104,7 +105,15 @@ def prepare_database():
 
     restore_if_needed()
     init_db()
+    if results_repo.configured():  # results kept on the Hub come back before the shipped snapshot is considered
+        try:
+            results_repo.restore_results()
+        except Exception:  # the Hub being down must not keep the app from starting
+            logger.exception("restoring from the results repo %s failed", settings.results_repo())
     seed_results()
+    warning = results_repo.ephemeral_storage_warning()
+    if warning:
+        logger.warning("%s\n%s\n%s", "!" * 100, warning, "!" * 100)
     interval = settings.backup_seconds()
     if interval <= 0:
         return None
@@ -164,6 +173,11 @@ def main() -> None:
     if backups is not None:
         atexit.register(backups.stop)  # one last backup on a clean exit
     register_worker_tokens()
+    if results_repo.configured():
+        pusher = results_repo.ResultsPusher(settings.results_push_seconds(), settings.results_debounce_seconds())
+        pusher.start()
+        atexit.register(pusher.stop)  # one last push on a clean exit
+        logger.info("pushing results to the Hub dataset %s", settings.results_repo())
     workers = start_local_workers(settings.local_workers())
     logger.info("started %d local worker(s)", len(workers))
     app = create_app()

@@ -83,6 +83,28 @@ def seed_results() -> bool:
     return os.environ.get("PRUNEBOARD_SEED_RESULTS", "1") != "0"
 
 
+def results_repo() -> str | None:
+    """PRUNEBOARD_RESULTS_REPO: a Hub dataset repo (owner/name) the app keeps its results in, so they
+    survive a Space restart without persistent storage (`jobs.results_repo`)."""
+    return os.environ.get("PRUNEBOARD_RESULTS_REPO") or None
+
+
+def hub_token() -> str | None:
+    """HF_TOKEN: the Hugging Face token (writes the results repo; reads gated data and models)."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def results_push_seconds() -> float:
+    """PRUNEBOARD_RESULTS_PUSH_SECONDS (default 600): the longest a finished run waits to be pushed."""
+    return float(os.environ.get("PRUNEBOARD_RESULTS_PUSH_SECONDS") or 600)
+
+
+def results_debounce_seconds() -> float:
+    """PRUNEBOARD_RESULTS_DEBOUNCE_SECONDS (default 60): quiet time after the last finished run
+    before the results are pushed (a burst of runs makes one push)."""
+    return float(os.environ.get("PRUNEBOARD_RESULTS_DEBOUNCE_SECONDS") or 60)
+
+
 def server_port() -> int:
     return _int_env("GRADIO_SERVER_PORT", DEFAULT_PORT)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ui.auth import login_button, login_notice
+from ui.auth import login_button, login_notice, user_from
 from ui.shared import Shared
 from ui.tabs import compare, findings, leaderboard, plots, queue, submit
 
@@ -32,6 +32,7 @@ def build_demo() -> gr.Blocks:
             login_button()  # None unless login is required and can work (see ui.auth)
             if notice:
                 gr.Markdown(notice, elem_id="pb-login-notice")
+        admin_banner = gr.Markdown(visible=False, elem_id="pb-admin-banner")
         shared = Shared()
         with gr.Tabs(elem_id="pb-tabs") as tabs:
             shared.tabs = tabs
@@ -40,4 +41,13 @@ def build_demo() -> gr.Blocks:
                     module.build(shared)
         for _, _, module in TABS:
             module.wire(shared, demo)
+        demo.load(_admin_banner, None, admin_banner, api_name=False)
     return demo
+
+
+def _admin_banner(profile: gr.OAuthProfile | None, request: gr.Request):
+    """Operational warnings only admins can act on (e.g. results that a restart would lose)."""
+    from jobs.results_repo import ephemeral_storage_warning
+
+    warning = ephemeral_storage_warning() if user_from(profile, request).is_admin else None
+    return gr.update(value=f"**Admin:** {warning}" if warning else "", visible=bool(warning))
