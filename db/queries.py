@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "leaderboard", "list_jobs", "job_detail", "job_samples", "sample_trace", "job_trace_stats", "job_to_dict",
+    "leaderboard", "list_jobs", "configs_and_scores", "job_detail", "job_samples", "sample_trace", "job_trace_stats", "job_to_dict",
     "LEADERBOARD_COLUMNS", "SAMPLE_COLUMNS",
 ]
 
@@ -114,6 +114,20 @@ def job_detail(session: Session, job_id: int) -> dict[str, Any] | None:
         "samples": {task: {"count": count, "correct": int(correct or 0)} for task, count, correct in counts},
         "trace_stats": job.trace_stats_json if job.trace_stats_json is not None else job_trace_stats(session, job_id),
     }
+
+
+def configs_and_scores(session: Session, job_ids: list[int]) -> dict[int, tuple[dict[str, Any], dict[tuple[str, str], float | None]]]:
+    """{job id: (config, {(task, metric): value})} of the given jobs (two queries)."""
+    if not job_ids:
+        return {}
+    out: dict[int, tuple[dict[str, Any], dict[tuple[str, str], float | None]]] = {
+        job_id: (json.loads(config_json), {})
+        for job_id, config_json in session.execute(select(Job.id, Job.config_json).where(Job.id.in_(job_ids)))
+    }
+    rows = session.execute(select(Score.job_id, Score.task, Score.metric, Score.value).where(Score.job_id.in_(job_ids)))
+    for job_id, task, metric, value in rows:
+        out[job_id][1][(task, metric)] = value
+    return out
 
 
 def job_trace_stats(session: Session, job_id: int) -> dict[str, Any]:

@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--json", action="store_true")
 
-    for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
+    for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks"),
+                       ("references", "list the published results runs are compared with")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
     return parser
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
+        "references": _references,
     }[args.command]
     try:
         handler(args)
@@ -356,6 +358,19 @@ def _results(args: argparse.Namespace) -> None:
                     print(f"{key:>16}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
     except bundle.BundleError as exc:
         raise CliError(f"{args.file}: {exc}") from None
+
+
+def _references(args: argparse.Namespace) -> None:
+    from backend.references import references
+
+    rows = [ref.as_dict() for ref in references()]
+    if args.json:
+        _print_json({"references": rows})
+        return
+    for r in rows:
+        params = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        print(f"{r['model'][-36:]:<36} {r['method']:<10} {r['sparsity']:<4g} {params:<36} {r['task']:<14} "
+              f"{r['metric']:<11} {r['value']:<9g} {r['source']}")
 
 
 def _methods(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from backend.model_ids import RANDOM_MODELS
+from backend.references import compare_run
 from db import leaderboard as lb
 from db import plot_data, queries
 from db.session import read_session
@@ -297,12 +298,27 @@ def board_view(model=None, paradigm=None, families=None, sparsity_min=None, spar
                recovery="any", search="", view="raw", sort_by=PINNED_ORDER, order="best first") -> BoardView:
     view = view if view in lb.VIEWS else "raw"
     filters = make_filters(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search)
-    board = arrange_columns(sort_board(load_board(filters, view), sort_by, order))
+    board = arrange_columns(with_references(sort_board(load_board(filters, view), sort_by, order)))
     csv_path, json_path = write_exports(board, view)
     table = styled(board, view) if len(board.frame) else board.frame
     return BoardView(board=board, table=table, summary=summary_markdown(board, filters, view),
                      legend=legend_markdown(board), csv_path=csv_path, json_path=json_path,
                      sort_choices=sort_choices(board))
+
+
+def with_references(board: lb.Board) -> lb.Board:
+    """The board with a `reference` column: for runs whose setting has a published result
+    (`backend.references`), "reproduced" or "off by x %" per matching row."""
+    frame = board.frame
+    if frame.empty:
+        return board
+    with read_session() as session:
+        runs = queries.configs_and_scores(session, [int(i) for i in frame["job_id"]])
+    notes = []
+    for job_id in frame["job_id"]:
+        config, scores = runs.get(int(job_id), ({}, {}))
+        notes.append("; ".join(f"{c.reference.task}: {c.verdict}" for c in compare_run(config, scores)))
+    return replace(board, frame=frame.assign(reference=notes), meta_columns=[*board.meta_columns, "reference"])
 
 
 def filter_choices() -> dict[str, Any]:
@@ -376,6 +392,11 @@ def run_detail(job_id: float | int | None) -> RunDetail:
         lines.append(imported_note(detail))
     if detail["model"] in RANDOM_MODELS:
         lines.append(RANDOM_MODEL_NOTE)
+    scores = {(s["task"], s["metric"]): s["value"] for s in detail["scores"]}
+    for comparison in compare_run(detail["config"], scores):
+        ref = comparison.reference
+        lines.append(f"**Published reference ({escape(comparison.verdict)}):** {escape(comparison.summary())}. "
+                     f"Source: {escape(ref.paper)}, {escape(ref.table)}.")
     primary = [s for s in detail["scores"] if s["primary"]]
     if primary:
         lines += ["", "| task | metric | value | stderr |", "|---|---|---|---|"]
