@@ -102,10 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     preset = commands.add_parser(
         "submit-preset", help="validate every config of a named preset (jobs.presets), then queue them all"
     )
-    preset.add_argument("name", metavar="NAME", help="study-cpu, study-gpu or study-smoke")
-    preset.add_argument("--dry-run", action="store_true", help="list the configs without queueing anything")
+    preset.add_argument("name", metavar="NAME", help="a preset (python -m jobs submit-preset --help lists them)")
+    preset.add_argument("--model", action="append", default=[], metavar="PARADIGM=ID",
+                        help="replace the preset's model of a paradigm (presets on hub models; repeatable)")
+    preset.add_argument("--dry-run", action="store_true",
+                        help="list the configs without queueing or checking availability (what a submit would "
+                             "lack is listed under \"missing\")")
     preset.add_argument("--json", action="store_true",
-                        help='print {"preset", "jobs": [{"id", "state", "existing"}]} (dry run: "configs")')
+                        help='print {"preset", "jobs": [{"id", "state", "existing"}]} (dry run: "configs", "missing")')
     preset.add_argument("--submitter", default=None, help="recorded with the jobs (default: cli:$USER)")
 
     admin = commands.add_parser("admin", help="hide, unhide or delete runs; read the audit log (jobs.access)")
@@ -183,16 +187,23 @@ def _submit(args: argparse.Namespace) -> None:
 
 def _submit_preset(args: argparse.Namespace) -> None:
     from backend.config import ConfigError, canonical_dict
-    from jobs.presets import UnknownPreset, preset_configs, submit_preset
+    from jobs.presets import UnknownPreset, missing, preset_configs, submit_preset
 
     submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
-    try:  # every config is validated (and its model checked) before anything is queued
-        configs = preset_configs(args.name) if args.dry_run else None
-        submitted = [] if args.dry_run else submit_preset(args.name, submitter=submitter)
+    models = {}
+    for item in args.model:
+        paradigm, _, model = item.partition("=")
+        if not paradigm or not model:
+            raise CliError(f"--model takes PARADIGM=ID, got {item!r}")
+        models[paradigm.strip()] = model.strip()
+    try:  # every config is validated (and, to submit, checked to run here) before anything is queued
+        configs = preset_configs(args.name, models) if args.dry_run else None
+        submitted = [] if args.dry_run else submit_preset(args.name, submitter=submitter, models=models)
     except (UnknownPreset, ConfigError) as exc:
         raise CliError(str(exc)) from None
     if configs is not None and args.json:
-        _print_json({"preset": args.name, "configs": [canonical_dict(c) for c in configs]})
+        _print_json({"preset": args.name, "configs": [canonical_dict(c) for c in configs],
+                     "missing": missing(configs)})
     elif configs is not None:
         for c in configs:
             calibration = c.calibration.source if c.pruning.method != "dense" else "-"

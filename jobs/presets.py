@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from backend.config import ConfigError, JobConfig, validate_config
 from backend.registry import UnknownName
+from jobs import seed_presets
 
 if TYPE_CHECKING:
     from db.schema import Job
 
 __all__ = [
-    "PRESETS", "UnknownPreset", "list_presets", "preset_configs", "preset_documents", "submit_preset",
-    "model_unavailable_reason",
+    "PRESETS", "UnknownPreset", "checked_configs", "list_presets", "missing", "preset_configs", "preset_documents",
+    "submit_preset", "model_unavailable_reason",
 ]
 
 SPARSITIES = (0.2, 0.4, 0.6)
@@ -183,7 +184,21 @@ def _study_smoke() -> list[dict[str, Any]]:
 class Preset:
     name: str
     description: str
-    documents: Callable[[], list[dict[str, Any]]]
+    build: Callable[..., list[dict[str, Any]]]
+    models: dict[str, str] = field(default_factory=dict)
+    """Paradigm -> model id the preset runs by default; `--model PARADIGM=ID` replaces one (empty:
+    the preset's models are fixed)."""
+
+    def documents(self, models: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        if not self.models:
+            if models:
+                raise ConfigError(f"preset {self.name!r} takes no models (its runs use fixed ones)")
+            return self.build()
+        unknown = sorted(set(models or {}) - set(self.models))
+        if unknown:
+            raise ConfigError(f"preset {self.name!r} names models for {', '.join(sorted(self.models))}, "
+                              f"not {', '.join(unknown)}")
+        return self.build({**self.models, **(models or {})})
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -194,6 +209,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "by hub id, with GPU-sized samples and budgets (MATH-500 k=8)", _study_gpu),
     Preset("study-smoke", f"{SMOKE_MAX_JOBS} instruct jobs on SmolLM2 (dense; each family at 0.2; aligned vs "
            "generic calibration), 10 samples per task, 128 new tokens: the CI end-to-end run", _study_smoke),
+    Preset("seed000-grid", "The LLM-vs-LRM pruning study: SLEB, ShortGPT, Shortened-PPL, Shortened-Taylor, "
+           "LLM-Pruner, SliceGPT, MoD, D-LLM and SkipGPT x sparsity 0.2/0.4/0.6 x its 17 tasks x instruct and "
+           "think (sampling at T=0.7, AIME and GPQA over 3 samples), plus self-generated calibration and LoRA "
+           "recovery at 0.4; GPU models by hub id (name the reasoning model: --model think=OWNER/NAME)",
+           seed_presets.seed000_grid, {"instruct": seed_presets.TULU_SFT,
+                                       "think": seed_presets.THINK_MODEL_PLACEHOLDER}),
+    Preset("seed001-tts", "Pruning and test-time scaling: magnitude and Wanda x uniform/OWL/layer-influence "
+           "allocation, and ShortGPT, at 0.3/0.5, on MATH-500, AIME24, AMC23, GPQA-Diamond: k=8 samples and a "
+           "thinking-budget sweep (1024/4096/16384); a reasoning model by hub id",
+           seed_presets.seed001_tts, {"think": seed_presets.R1_DISTILL}),
+    Preset("seed000-cpu", "seed000's nine methods at 0.25 on SmolLM2-135M-Instruct (instruct): PIQA, WinoGrande "
+           "(200 rows), GSM8K, MATH-500 (50 rows, 256 tokens); under 3 hours on a 2-core CPU",
+           seed_presets.seed000_cpu),
+    Preset("seed001-cpu", "seed001 on SmolLM2-135M-Instruct (instruct): magnitude and Wanda x uniform/OWL/"
+           "layer-influence, and ShortGPT, at 0.25; MATH-500, AIME24, AMC23 (k=4) and GSM8K, 20 questions each; "
+           "under 3 hours on a 2-core CPU", seed_presets.seed001_cpu),
 )}
 
 
@@ -207,14 +238,14 @@ def _preset(name: str) -> Preset:
 
 
 def list_presets() -> list[dict[str, Any]]:
-    """name, description and n_jobs of every preset (no validation: cheap, for menus)."""
-    return [{"name": p.name, "description": p.description, "n_jobs": len(p.documents())}
+    """name, description, n_jobs and default models of every preset (no validation: cheap, for menus)."""
+    return [{"name": p.name, "description": p.description, "n_jobs": len(p.documents()), "models": dict(p.models)}
             for p in PRESETS.values()]
 
 
-def preset_documents(name: str) -> list[dict[str, Any]]:
+def preset_documents(name: str, models: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The raw config documents of a preset (what the submit editor would hold)."""
-    return _preset(name).documents()
+    return _preset(name).documents(models)
 
 
 def model_unavailable_reason(model: str) -> str | None:
@@ -232,31 +263,59 @@ def model_unavailable_reason(model: str) -> str | None:
             "(set PRUNEBOARD_USE_HUB=1 on a host with hub access, or download it to a local directory)")
 
 
-def preset_configs(name: str) -> list[JobConfig]:
-    """Every config of a preset, validated, with every model checked for availability.
+def preset_configs(name: str, models: dict[str, str] | None = None) -> list[JobConfig]:
+    """Every config of a preset, validated (nothing checked for availability: see `missing`).
 
     Raises UnknownPreset (a KeyError) for an unknown name and ConfigError naming the preset and the
-    job for an invalid config or an unavailable model.
+    job for an invalid config.
     """
     configs: list[JobConfig] = []
-    for index, document in enumerate(_preset(name).documents()):
+    for index, document in enumerate(_preset(name).documents(models)):
         try:
             configs.append(validate_config(document))
         except ConfigError as exc:
             raise ConfigError(f"preset {name!r}, job {index + 1} ({_label(document)}): {exc}") from None
-    for model in dict.fromkeys(c.model for c in configs):
-        reason = model_unavailable_reason(model)
-        if reason:
-            raise ConfigError(f"preset {name!r} names model {model!r}, which is not available: {reason}")
     return configs
 
 
-def submit_preset(name: str, submitter: str | None = None) -> list[tuple[Job, bool]]:
-    """Validate the whole preset, then queue each config: [(job, existing)] in preset order."""
+def missing(configs: list[JobConfig]) -> list[str]:
+    """What this host lacks to run the configs, one line per model or task (empty: nothing): models
+    no worker can load, the placeholder of a model the user must name, task data that is absent."""
+    from backend import settings
+    from backend.tasks import get_task
+
+    lines = []
+    for model in dict.fromkeys(c.model for c in configs):
+        if model == seed_presets.THINK_MODEL_PLACEHOLDER:
+            lines.append(f"model {model!r} is a placeholder: name the reasoning model with --model think=OWNER/NAME")
+        elif reason := model_unavailable_reason(model):
+            lines.append(f"model {model!r} is not available: {reason}")
+    data_dir = settings.data_dir()
+    absent = [name for name in dict.fromkeys(t.name for c in configs for t in c.tasks)
+              if not get_task(name).data_present(data_dir) and not get_task(name).hub_available()]
+    if absent:
+        lines.append(f"task data missing under PRUNEBOARD_DATA_DIR={data_dir} for {', '.join(absent)}: run "
+                     f"\"python -m jobs data fetch {' '.join(absent)}\"")
+    return lines
+
+
+def submit_preset(name: str, submitter: str | None = None,
+                  models: dict[str, str] | None = None) -> list[tuple[Job, bool]]:
+    """Validate the whole preset and check that it can run here, then queue each config:
+    [(job, existing)] in preset order. Nothing is queued when a config is invalid or anything is missing."""
+    configs = checked_configs(name, models)
     from jobs import queue
 
-    configs = preset_configs(name)  # raises before anything is queued
     return [queue.submit(config, submitter=submitter) for config in configs]
+
+
+def checked_configs(name: str, models: dict[str, str] | None = None) -> list[JobConfig]:
+    """`preset_configs`, raising ConfigError with everything `missing` says when the host lacks anything."""
+    configs = preset_configs(name, models)
+    lacking = missing(configs)
+    if lacking:
+        raise ConfigError(f"preset {name!r} cannot run here: " + "; ".join(lacking))
+    return configs
 
 
 def _label(document: dict[str, Any]) -> str:

@@ -73,7 +73,8 @@ def generate_tasks(config: JobConfig):
 
 def test_list_presets_names_descriptions_and_counts():
     listed = {p["name"]: p for p in list_presets()}
-    assert set(listed) == {"study-cpu", "study-gpu", "study-smoke"}
+    assert set(listed) == {"study-cpu", "study-gpu", "study-smoke", "seed000-grid", "seed001-tts", "seed000-cpu",
+                           "seed001-cpu"}
     assert listed["study-cpu"]["n_jobs"] == listed["study-gpu"]["n_jobs"] == 2 * (1 + 4 * 3 * 3)
     assert listed["study-smoke"]["n_jobs"] <= SMOKE_MAX_JOBS
     assert all(p["description"] for p in listed.values())
@@ -213,14 +214,15 @@ def test_unknown_preset_suggests_the_closest_name(capsys):
     code, out, err = run_cli(capsys, "submit-preset", "study-smok")
     assert code == 2 and out == ""
     assert err.startswith("error: unknown preset 'study-smok' (did you mean 'study-smoke'?)")
-    assert "study-cpu, study-gpu, study-smoke" in err
+    assert "seed001-tts, study-cpu, study-gpu, study-smoke" in err
     assert job_count() == 0
 
 
 def test_unavailable_hub_model_is_refused_before_anything_is_queued(capsys, monkeypatch):
     monkeypatch.delenv("PRUNEBOARD_USE_HUB", raising=False)
-    with pytest.raises(ConfigError, match=f"names model '{GPU_INSTRUCT_MODEL}', which is not available"):
-        preset_configs("study-gpu")
+    assert len(preset_configs("study-gpu")) == 74  # validating checks no availability
+    with pytest.raises(ConfigError, match=f"model '{GPU_INSTRUCT_MODEL}' is not available"):
+        submit_preset("study-gpu")
     code, out, err = run_cli(capsys, "submit-preset", "study-gpu")
     assert code == 2 and out == "" and "PRUNEBOARD_USE_HUB=1" in err
     assert job_count() == 0
@@ -253,8 +255,83 @@ def test_a_preset_failing_late_queues_nothing(monkeypatch, capsys):
                                                          {**good.documents()[0], "tasks": ["no-such-task"]}])
     monkeypatch.setitem(presets.PRESETS, "mixed", mixed)
     monkeypatch.setitem(presets.PRESETS, "invalid", invalid)
-    with pytest.raises(ConfigError, match="'someone/x', which is not available"):
+    with pytest.raises(ConfigError, match="'someone/x' is not available"):
         submit_preset("mixed")
     code, _, err = run_cli(capsys, "submit-preset", "invalid")
     assert code == 2 and f"preset 'invalid', job {len(good.documents()) + 1}" in err and "no-such-task" in err
+    assert job_count() == 0
+
+
+# --- the seed studies' experiments -------------------------------------------------------------------
+
+
+def _cli_json(*args: str, env: dict | None = None) -> tuple[int, dict, str]:
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "jobs", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
+
+
+def test_seed000_grid_dry_run_covers_nine_methods_three_sparsities_17_tasks_two_paradigms(tmp_path):
+    from jobs.seed_presets import SEED000_METHODS, STUDY_TASKS, THINK_MODEL_PLACEHOLDER, TULU_SFT
+
+    # offline, hub ids and no task data: the dry run still prints every config and exits 0
+    code, data, err = _cli_json("submit-preset", "seed000-grid", "--dry-run", "--json",
+                                env={"PRUNEBOARD_DATA_DIR": str(tmp_path / "empty"), "PRUNEBOARD_USE_HUB": "0"})
+    assert code == 0, err
+    covered = {(c.get("paradigm", "instruct"), c["pruning"]["method"], c["pruning"]["sparsity"], t["name"])
+               for c in data["configs"] if "pruning" in c for t in c["tasks"]}
+    expected = {(p, m, s, t) for p in ("instruct", "think") for m in SEED000_METHODS for s in (0.2, 0.4, 0.6)
+                for t in STUDY_TASKS}
+    assert len(expected) == 9 * 3 * 17 * 2 and expected <= covered
+    assert {c["model"] for c in data["configs"] if c.get("paradigm", "instruct") == "instruct"} == {TULU_SFT}
+    assert any(THINK_MODEL_PLACEHOLDER in line for line in data["missing"])
+    assert any("python -m jobs data fetch" in line for line in data["missing"])
+    aime = [t for c in data["configs"] for t in c["tasks"] if t["name"] == "aime24"]
+    assert all(t["generation"]["num_samples"] == 3 and t["generation"]["temperature"] == 0.7 for t in aime)
+    sources = {(c.get("calibration") or {}).get("source") for c in data["configs"] if "pruning" in c}
+    assert sources == {"text", "self-generated"} and any("recovery" in c for c in data["configs"])
+
+    code, data, _ = _cli_json("submit-preset", "seed000-grid", "--model", "think=me/llama-ot", "--dry-run", "--json")
+    assert code == 0 and {c["model"] for c in data["configs"] if c.get("paradigm") == "think"} == {"me/llama-ot"}
+    assert not any("placeholder" in line for line in data["missing"])
+
+
+def test_seed001_tts_covers_two_methods_three_allocations_and_shortgpt_on_four_tasks():
+    from jobs.seed_presets import SEED001_TASKS
+
+    configs = preset_configs("seed001-tts")
+    covered = {(c.pruning.method, c.pruning.params.get("allocation", "uniform"), t.name)
+               for c in configs if c.pruning.method != "dense" for t in c.tasks}
+    expected = {(m, a, t) for m in ("magnitude", "wanda") for a in ("uniform", "owl", "layer-influence")
+                for t in SEED001_TASKS} | {("shortgpt", "uniform", t) for t in SEED001_TASKS}
+    assert expected == covered
+    parallel = [t for c in configs for t in c.tasks if t.generation.num_samples == 8]
+    budgets = {t.generation.thinking_budget for c in configs for t in c.tasks}
+    assert parallel and {1024, 4096, 16384} <= budgets
+    assert {c.paradigm for c in configs} == {"think"}
+    by_sparsity = Counter((c.pruning.method, c.pruning.sparsity) for c in configs if c.pruning.method == "shortgpt")
+    assert set(s for _, s in by_sparsity) == {c.pruning.sparsity for c in configs if c.pruning.method == "wanda"}
+
+
+def test_seed_cpu_presets_run_on_smollm2_with_local_data(shared_data):
+    for name in ("seed000-cpu", "seed001-cpu"):
+        configs = preset_configs(name)
+        assert {c.model for c in configs} == {SMOLLM2} and {c.paradigm for c in configs} == {"instruct"}
+        assert len({c.pruning.sparsity for c in configs if c.pruning.method != "dense"}) == 1
+        assert all(len(c.tasks) == 4 for c in configs)
+        assert presets.missing(configs) == []  # nothing absent with the development data
+    assert {c.pruning.method for c in preset_configs("seed000-cpu")} == {"dense", *__import__(
+        "jobs.seed_presets", fromlist=["x"]).SEED000_METHODS}
+
+
+def test_a_submit_says_what_is_missing_and_queues_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(tmp_path / "no-data"))
+    with pytest.raises(ConfigError, match='python -m jobs data fetch gsm8k math500 piqa winogrande'):
+        submit_preset("seed000-cpu")
+    code, out, err = run_cli(capsys, "submit-preset", "seed000-cpu")
+    assert code == 2 and out == "" and "task data missing" in err
+    code, out, err = run_cli(capsys, "submit-preset", "study-smoke", "--model", "instruct=x/y")
+    assert code == 2 and "takes no models" in err
     assert job_count() == 0

@@ -321,7 +321,7 @@ def submit_preset(name: str | None, user: User = ANONYMOUS) -> str:
     if not name:
         return "Choose a preset first."
     try:
-        submitted = access.submit_many_as(user, module.preset_configs(name))
+        submitted = access.submit_many_as(user, module.checked_configs(name))
     except (ConfigError, KeyError, AccessError) as exc:
         return f"**Preset not submitted.** {escape(exc)}"
     new = [job.id for job, existing in submitted if not existing]
