@@ -111,6 +111,8 @@ def elapsed(job: dict[str, Any], now: datetime | None = None) -> str:
 def queue_row(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     error = f"{job['error_type']}: {job['error_message']}" if job.get("error_type") else ""
     stage = job.get("stage_text") or job.get("stage") or ""
+    if job.get("imported"):
+        stage = "imported (run elsewhere)"
     if job.get("cancel_requested") and job.get("state") == JobState.RUNNING.value:
         stage = f"cancel requested; {stage}"
     return {
