@@ -1,5 +1,5 @@
 """`python -m jobs`: submit, watch, cancel and retry jobs, rescore finished runs, run workers, list
-methods and tasks.
+methods and tasks, show the findings' verdicts.
 
 Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
 2 bad input (an invalid config, an unknown job id, bad arguments). Errors are one line on stderr,
@@ -138,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--json", action="store_true")
 
+    findings = commands.add_parser(
+        "findings", help="the study's findings with the verdict the stored results give each (db.findings)")
+    findings.add_argument("--model", default=None, help="only runs of this model")
+    findings.add_argument("--paradigm", default=None, choices=("instruct", "think"), help="only runs of this paradigm")
+    findings.add_argument("--pairing", default="auto", metavar="PAIRING",
+                          help="how runs of two families pair: auto (each finding's measured cost), params, flops, "
+                               "latency (that measured cost for all), or sparsity (nominal)")
+    findings.add_argument("--json", action="store_true",
+                          help='print {"model", "paradigm", "pairing", "findings": [{"id", "statement", "verdict", '
+                               '"n", "interval", "estimate", "rule", "reason", "pairing", "numbers"}]}')
+
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
+        "findings": _findings,
     }[args.command]
     try:
         handler(args)
@@ -356,6 +368,27 @@ def _results(args: argparse.Namespace) -> None:
                     print(f"{key:>16}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
     except bundle.BundleError as exc:
         raise CliError(f"{args.file}: {exc}") from None
+
+
+def _findings(args: argparse.Namespace) -> None:
+    from db.findings import findings
+    from db.session import read_session
+
+    try:
+        with read_session() as session:
+            verdicts = findings(session, model=args.model, paradigm=args.paradigm, pairing=args.pairing)
+    except ValueError as exc:  # an unknown pairing
+        raise CliError(str(exc)) from None
+    if args.json:
+        _print_json({"model": args.model, "paradigm": args.paradigm, "pairing": args.pairing,
+                     "findings": [v.as_dict() for v in verdicts]})
+        return
+    for verdict in verdicts:
+        shown = verdict.as_dict()
+        interval = "-" if shown["interval"] is None else f"[{shown['interval'][0]:.3f}, {shown['interval'][1]:.3f}]"
+        print(f"{verdict.verdict:<12}  {verdict.key}  n={shown['n']}  estimate={_fmt(shown['estimate'])}  {interval}")
+        print(f"{'':<14}{verdict.reason}")
+        print(f"{'':<14}rule: {verdict.rule}")
 
 
 def _methods(args: argparse.Namespace) -> None:
