@@ -16,6 +16,7 @@ the resample, never from a mean of ratios per document.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -66,35 +67,16 @@ def cluster_bootstrap(units: Sequence[Unit], statistic: Statistic, n_resamples: 
     (NaN, e.g. a ratio whose resampled denominator is 0) are left out of the percentiles."""
     if not units:
         return Estimate(math.nan, math.nan, math.nan, 0, 0)
-    documents: dict[str, dict[int, int]] = {}
-    for unit in units:
-        index = documents.setdefault(unit.task, {})
-        index.setdefault(unit.doc_id, len(index))
-    width = len(units[0].values) + 1
-    tables: dict[tuple[Hashable, str], np.ndarray] = {}
-    for unit in units:
-        table = tables.get((unit.cell, unit.task))
-        if table is None:
-            table = tables[(unit.cell, unit.task)] = np.zeros((len(documents[unit.task]), width))
-        row = table[documents[unit.task][unit.doc_id]]
-        row[:-1] += unit.values
-        row[-1] += 1
-
-    def sums(weights: Mapping[str, np.ndarray]) -> dict[Hashable, np.ndarray]:
-        by_cell: dict[Hashable, np.ndarray] = {}
-        for (cell, task), table in tables.items():
-            part = weights[task] @ table
-            by_cell[cell] = by_cell[cell] + part if cell in by_cell else part
-        return by_cell
-
-    tasks = sorted(documents)
-    observed = float(statistic(sums({t: np.ones((1, len(documents[t]))) for t in tasks}))[0])
+    tables = _DocumentTables(units)
+    tasks = sorted(tables.documents)
+    observed = float(statistic(tables.sums({t: np.ones((1, len(tables.documents[t]))) for t in tasks}))[0])
     rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_CELLS // max(len(d) for d in documents.values()))
+    chunk = max(1, _CHUNK_CELLS // max(len(d) for d in tables.documents.values()))
     replicates = []
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
-        replicates.append(statistic(sums({t: _resample_counts(rng, len(documents[t]), size) for t in tasks})))
+        weights = {t: _resample_counts(rng, len(tables.documents[t]), size) for t in tasks}
+        replicates.append(statistic(tables.sums(weights)))
     values = np.concatenate(replicates) if replicates else np.empty(0)
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -102,7 +84,46 @@ def cluster_bootstrap(units: Sequence[Unit], statistic: Statistic, n_resamples: 
     else:
         tail = (1 - CONFIDENCE) / 2 * 100
         low, high = (float(v) for v in np.percentile(values, [tail, 100 - tail]))
-    return Estimate(observed, low, high, sum(len(d) for d in documents.values()), len(units))
+    return Estimate(observed, low, high, sum(len(d) for d in tables.documents.values()), len(units))
+
+
+class _DocumentTables:
+    """Per task, a (documents x cells * (values + 1)) matrix of each document's unit sums and counts,
+    so the sums of every cell over a resample are one matrix product per task."""
+
+    def __init__(self, units: Sequence[Unit]):
+        self.documents: dict[str, dict[int, int]] = {}
+        self.cells: dict[str, dict[Hashable, int]] = {}
+        for unit in units:
+            documents = self.documents.setdefault(unit.task, {})
+            documents.setdefault(unit.doc_id, len(documents))
+            cells = self.cells.setdefault(unit.task, {})
+            cells.setdefault(unit.cell, len(cells))
+        self.width = len(units[0].values) + 1
+        rows: dict[str, list[int]] = defaultdict(list)
+        columns: dict[str, list[int]] = defaultdict(list)
+        values: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+        for unit in units:
+            rows[unit.task].append(self.documents[unit.task][unit.doc_id])
+            columns[unit.task].append(self.cells[unit.task][unit.cell] * self.width)
+            values[unit.task].append((*unit.values, 1.0))
+        self.tables: dict[str, np.ndarray] = {}
+        for task in self.documents:
+            table = np.zeros((len(self.documents[task]), len(self.cells[task]) * self.width))
+            offsets = np.arange(self.width)
+            np.add.at(table, (np.asarray(rows[task])[:, None], np.asarray(columns[task])[:, None] + offsets),
+                      np.asarray(values[task], dtype=float))
+            self.tables[task] = table
+
+    def sums(self, weights: Mapping[str, np.ndarray]) -> dict[Hashable, np.ndarray]:
+        """cell -> (replicates, values + 1) sums, given per task (replicates, documents) draw counts."""
+        by_cell: dict[Hashable, np.ndarray] = {}
+        for task, table in self.tables.items():
+            product = (weights[task] @ table).reshape(len(weights[task]), -1, self.width)
+            for cell, index in self.cells[task].items():
+                part = product[:, index]
+                by_cell[cell] = by_cell[cell] + part if cell in by_cell else part
+        return by_cell
 
 
 def _resample_counts(rng: np.random.Generator, n: int, replicates: int) -> np.ndarray:

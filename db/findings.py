@@ -75,13 +75,15 @@ class Verdict:
     rule: str
     numbers: dict[str, Any]
     """estimate, ci_low, ci_high, n (documents), n_paired (paired values: document x comparison),
-    runs ({role: [job ids]}), job_ids (all compared), pairing, and the finding's own figures."""
+    runs ({role: [job ids]}), job_ids (all compared), pairing and pairs ({how: count}, cost-matched
+    findings), and the finding's own figures (e.g. retained_reasoning)."""
     reason: str = ""
     """Why the verdict is what it is, in one sentence (e.g. too few documents), with the pairing used."""
 
     def as_dict(self) -> dict[str, Any]:
-        """The CLI's JSON object: id, statement, verdict, n, interval ([low, high] or null), estimate,
-        rule, reason, pairing and every number."""
+        """The CLI's JSON object: id, statement, verdict, n (documents), interval ([low, high] or null),
+        estimate, rule, reason, pairing (the cost pairing used; null for findings that compare runs of
+        one pruning config or a run with its dense run) and every number."""
         low, high = self.numbers.get("ci_low"), self.numbers.get("ci_high")
         return {"id": self.key, "statement": self.statement, "verdict": self.verdict, "n": self.numbers["n"],
                 "interval": None if low is None or high is None else [low, high],
@@ -210,7 +212,9 @@ def findings(session: Session, model: str | None = None, paradigm: str | None = 
     runs = _Runs(load_runs(session, model, paradigm))
     verdicts = []
     for finding in FINDINGS:
-        measure = None if finding.cost_measure is None else finding.cost_measure if pairing == AUTO else pairing
+        measure = finding.cost_measure
+        if measure is not None and pairing != AUTO:
+            measure = pairing
         verdicts.append(_verdict(finding, _COMPUTE[finding.key](runs, measure), measure))
     return verdicts
 
@@ -298,7 +302,7 @@ def _verdict(finding: Finding, outcome: _Outcome, measure: str | None) -> Verdic
     else:
         verdict, reason = finding.decision.decide(estimate.low, estimate.high)
     pairing = _pairing_summary(measure, outcome.pairs)
-    if measure is not None:
+    if pairing is not None:
         reason = f"{reason}; {pairing}"
     runs = {label: sorted(ids) for label, ids in outcome.runs.items()}
     numbers = {
@@ -311,9 +315,10 @@ def _verdict(finding: Finding, outcome: _Outcome, measure: str | None) -> Verdic
     return Verdict(finding.key, finding.statement, verdict, finding.rule(measure), numbers, reason)
 
 
-def _pairing_summary(measure: str | None, pairs: Counter) -> str:
+def _pairing_summary(measure: str | None, pairs: Counter) -> str | None:
+    """Which pairing was used, for findings that pair two families by cost (None for the others)."""
     if measure is None:
-        return "same config except the compared factor, or a run with its dense run"
+        return None
     if measure == NOMINAL:
         return f"{pairs[NOMINAL]} pair(s) by nominal sparsity"
     return (f"{pairs[measure]} pair(s) at matched {measure}, {pairs[NOMINAL]} by nominal sparsity "

@@ -169,8 +169,14 @@ def paired_units(comparisons: Sequence[Comparison], task_ok: Callable[[Run, str]
     """(units of every comparison, indices of the comparisons that gave at least one)."""
     units: list[Unit] = []
     used: set[int] = set()
+    arms: dict[tuple[int, ...], dict[tuple[str, int], tuple[float, ...]]] = {}  # an arm recurs across comparisons
     for index, comparison in enumerate(comparisons):
-        per_arm = [_arm_values(arm, task_ok, value) for arm in comparison]
+        per_arm = []
+        for arm in comparison:
+            key = tuple(run.job_id for run in arm)
+            if key not in arms:
+                arms[key] = _arm_values(arm, task_ok, value)
+            per_arm.append(arms[key])
         shared = set(per_arm[0]).intersection(*per_arm[1:])
         for task, doc_id in sorted(shared):
             values = tuple(v for arm in per_arm for v in arm[(task, doc_id)])
