@@ -581,3 +581,32 @@ def test_cli_filters_text_output_and_bad_pairing():
     assert "rule:" in text.stdout
     bad = run_findings_cli("--pairing", "layers")
     assert bad.returncode == 2 and "pairing must be one of" in bad.stderr
+
+
+# --- the tab ---------------------------------------------------------------------------------------
+
+
+def test_tab_lists_every_finding_with_its_rule_n_and_interval():
+    from ui import services
+
+    seed_run("shortgpt", {"piqa": ones(40)})
+    seed_run("flap", {"piqa": zeros(40)})
+    page = services.findings_html(pairing="sparsity")
+    for finding in FINDINGS:
+        assert f'id="pb-finding-{finding.key}"' in page and finding.statement in page
+    verdict = verdicts(pairing="sparsity")["depth-beats-width-classification"]
+    assert f"<em>Rule:</em> {verdict.rule}" in page
+    assert "estimate 1, 95% CI [1, 1]" in page and "n = 40 documents (40 paired values)" in page
+    assert page.count("n = 0 documents") == len(FINDINGS) - 1  # only depth vs width has paired runs
+    assert "pairing must be one of" in services.findings_html(pairing="layers")
+
+
+def test_cli_findings_import_no_torch():
+    seed_run("shortgpt", {"piqa": ones(40)})
+    seed_run("skipgpt-style", {"gsm8k": zeros(40)})
+    code = ("import sys\nfrom jobs.cli import main\nassert main(['findings', '--json']) == 0\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "TORCH False"
