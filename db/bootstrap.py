@@ -27,7 +27,7 @@ from db.compare import BOOTSTRAP_RESAMPLES
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CONFIDENCE", "Unit", "Estimate", "Statistic", "cluster_bootstrap",
-    "pooled_difference", "ratio", "AboveThreshold", "DiffersFromZero",
+    "pooled_difference", "ratio", "finite", "AboveThreshold", "DiffersFromZero",
 ]
 
 BOOTSTRAP_SEED = 0
@@ -147,6 +147,11 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.full(np.shape(numerator), math.nan)
     np.divide(numerator, denominator, out=out, where=np.asarray(denominator) != 0)
     return out
+
+
+def finite(value: float | None) -> float | None:
+    """A number for reports (JSON): None instead of NaN or infinity."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 # --- decision rules ---------------------------------------------------------------------------------

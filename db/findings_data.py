@@ -1,7 +1,7 @@
 """The runs the findings compare (`db.findings`) and their paired documents.
 
 * `load_runs`: the latest succeeded, visible job per config hash (optionally of one model /
-  paradigm) with its samples, efficiency probe and prune report.
+  paradigm) with its samples, efficiency probe and prune report, oldest first.
 * `method_family` and `task_category`: the only two facts read from `backend` (its registries);
   kept here, together, so they can move to database columns without touching the findings.
 * `setting_key`: the config minus named fields, so runs that differ only there group together.
@@ -107,7 +107,7 @@ def load_runs(session: Session, model: str | None, paradigm: str | None) -> list
     )
     for job_id, task, doc_id, correct, metrics in rows:
         runs[job_id].samples[(task, doc_id)] = (correct, metrics or {})
-    return list(runs.values())
+    return sorted(runs.values(), key=lambda run: run.job_id)
 
 
 def _canonical(data: Any) -> str:
