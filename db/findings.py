@@ -235,7 +235,7 @@ def _verdict(finding: Finding, outcome: Outcome, measure: str | None) -> Verdict
     else:
         verdict, reason = finding.decision.decide(estimate.low, estimate.high)
     pairing = _pairing_summary(measure, outcome.pairs)
-    if pairing is not None:
+    if pairing is not None and outcome.units:
         reason = f"{reason}; {pairing}"
     runs = {label: sorted(ids) for label, ids in outcome.runs.items()}
     numbers = {
@@ -254,5 +254,5 @@ def _pairing_summary(measure: str | None, pairs: Counter) -> str | None:
         return None
     if measure == NOMINAL:
         return f"{pairs[NOMINAL]} pair(s) by nominal sparsity"
-    return (f"{pairs[measure]} pair(s) at matched {measure}, {pairs[NOMINAL]} by nominal sparsity "
-            f"(the {measure} figure missing)")
+    return (f"{pairs[measure]} pair(s) at matched {measure}, {pairs[NOMINAL]} by nominal sparsity where the "
+            f"{measure} figure was missing")
