@@ -1,5 +1,5 @@
 """`python -m jobs`: submit, watch, cancel and retry jobs, rescore finished runs, run workers, list
-methods and tasks.
+methods and tasks, show the findings' verdicts.
 
 Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
 2 bad input (an invalid config, an unknown job id, bad arguments). Errors are one line on stderr,
@@ -142,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--json", action="store_true")
 
+    findings = commands.add_parser(
+        "findings", help="the study's findings with the verdict the stored results give each (db.findings)")
+    findings.add_argument("--model", default=None, help="only runs of this model")
+    findings.add_argument("--paradigm", default=None, choices=("instruct", "think"), help="only runs of this paradigm")
+    findings.add_argument("--pairing", default="auto", metavar="PAIRING",
+                          help="how runs of two families pair: auto (each finding's measured cost), params, flops, "
+                               "latency (that measured cost for all), or sparsity (nominal)")
+    findings.add_argument("--json", action="store_true",
+                          help='print a JSON list, one object per finding: {"id", "statement", "verdict", "n", '
+                               '"interval", "estimate", "rule", "reason", "pairing", "numbers"}')
+
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks"),
                        ("references", "list the published results runs are compared with")):
         sub = commands.add_parser(name, help=text)
@@ -156,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
-        "references": _references,
+        "references": _references, "findings": _findings,
     }[args.command]
     try:
         handler(args)
@@ -382,6 +393,26 @@ def _references(args: argparse.Namespace) -> None:
         params = ",".join(f"{k}={v}" for k, v in r["params"].items())
         print(f"{r['model'][-36:]:<36} {r['method']:<10} {r['sparsity']:<4g} {params:<36} {r['task']:<14} "
               f"{r['metric']:<11} {r['value']:<9g} {r['source']}")
+
+
+def _findings(args: argparse.Namespace) -> None:
+    from db.findings import findings
+    from db.session import read_session
+
+    try:
+        with read_session() as session:
+            verdicts = findings(session, model=args.model, paradigm=args.paradigm, pairing=args.pairing)
+    except ValueError as exc:  # an unknown pairing
+        raise CliError(str(exc)) from None
+    if args.json:  # a list, as the findings issue specifies (each object names its pairing)
+        _print_json([v.as_dict() for v in verdicts])
+        return
+    for verdict in verdicts:
+        shown = verdict.as_dict()
+        interval = "-" if shown["interval"] is None else f"[{shown['interval'][0]:.3f}, {shown['interval'][1]:.3f}]"
+        print(f"{verdict.verdict:<12}  {verdict.key}  n={shown['n']}  estimate={_fmt(shown['estimate'])}  {interval}")
+        print(f"{'':<14}{verdict.reason}")
+        print(f"{'':<14}rule: {verdict.rule}")
 
 
 def _methods(args: argparse.Namespace) -> None:

@@ -98,7 +98,7 @@ def _views() -> dict:
         frame = shown.frame.drop(columns=[c for c in shown.frame.columns if "job" in str(c).lower()], errors="ignore")
         ids = sorted(i for i, key in jobs.items() if key[0] == "instruct")
         compared = compare(session, ids[:3], "gsm8k")
-        verdicts = [(v.key, v.verdict, v.numbers.get("n_paired"), v.numbers.get("diff")) for v in findings(session)]
+        verdicts = [(v.key, v.verdict, v.numbers.get("n"), v.numbers.get("estimate")) for v in findings(session)]
     rows = compared.rows.drop(columns=[c for c in compared.rows.columns if "job" in str(c).lower()], errors="ignore")
     pairs = [{k: v for k, v in pair.items() if "job" not in k and k not in ("a", "b")} for pair in compared.pairs]
     return {"board": frame.to_dict(orient="records"), "notes": shown.notes, "pairs": pairs,

@@ -1,5 +1,6 @@
 """The `study-smoke` preset end to end on SmolLM2 through the queue: `submit-preset`, an in-process
-worker drains the queue, every job succeeds, and `findings()` gives a verdict for every finding."""
+worker drains the queue, every job succeeds, and `findings()` gives a verdict for every finding (those
+within the preset's reach from real runs)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,12 @@ from db.session import dispose_engines, read_session
 from jobs.cli import main
 from jobs.presets import SMOKE_MAX_JOBS
 from jobs.worker import Worker
+
+
+OUT_OF_REACH = {"allocation-helps-weaker-model", "pruning-effect-depends-on-paradigm"}
+"""study-smoke has one model and the instruct paradigm only."""
+TIMING_DEPENDENT = {f.key for f in FINDINGS if f.cost_measure == "latency"}
+"""Paired at matched measured latency: whether the CPU timings of the smoke runs match is not fixed."""
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +51,8 @@ def test_study_smoke_runs_end_to_end(capsys, shared_data, smollm2):
 
     assert [v.key for v in verdicts] == [f.key for f in FINDINGS]
     for v in verdicts:
-        assert v.verdict in ("supported", "contradicted", "inconclusive")
-        assert v.numbers["n_paired"] > 0 and v.numbers["job_ids"], v.key  # every finding compared real runs
-        assert v.verdict == "inconclusive"  # 10 samples per task: fewer than 30 paired
+        if v.key in OUT_OF_REACH:
+            assert v.numbers["n"] == 0, v.key
+        elif v.key not in TIMING_DEPENDENT:
+            assert v.numbers["n"] > 0 and v.numbers["job_ids"], v.key  # these findings compared real runs
+        assert v.verdict == "inconclusive"  # 10 samples per task: fewer than 30 documents

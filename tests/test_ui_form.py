@@ -321,11 +321,12 @@ def test_markdown_escape_makes_links_and_tags_inert():
 def test_findings_render_verdicts_escaped():
     verdict = SimpleNamespace(key="k", statement=f"Depth beats width {HOSTILE}", verdict="supported",
                               rule="paired bootstrap <b>", reason="enough samples",
-                              numbers={"diff": 0.05, "ci_low": 0.01, "ci_high": 0.09, "n_paired": 120,
+                              numbers={"estimate": 0.05, "ci_low": 0.01, "ci_high": 0.09, "n": 40, "n_paired": 120,
                                        "runs": {"depth": [1, 2], "width": [3]}})
     card = services.render_verdict(verdict)
     assert "pb-badge-supported" in card and "pb-verdict-supported" in card
     assert "<script" not in card and "<img" not in card and "&lt;b&gt;" in card
-    assert "120 paired samples" in card and "depth: jobs 1, 2" in card and "[0.01, 0.09]" in card
+    assert "n = 40 documents (120 paired values)" in card and "depth: jobs 1, 2" in card
+    assert "estimate 0.05, 95% CI [0.01, 0.09]" in card and "Rule:</em> paired bootstrap &lt;b&gt;" in card
     page = services.findings_html()
     assert "pb-card" in page or "pb-empty" in page

@@ -5,11 +5,12 @@ import gradio as gr
 
 from ui.auth import login_button, login_notice, user_from
 from ui.shared import Shared
-from ui.tabs import compare, findings, leaderboard, plots, queue, submit
+from ui.tabs import compare, equal_cost, findings, leaderboard, plots, queue, submit
 
 TABS = [
     ("Leaderboard", "leaderboard", leaderboard),
     ("Plots", "plots", plots),
+    ("Equal cost", "equal-cost", equal_cost),
     ("Submit", "submit", submit),
     ("Queue", "queue", queue),
     ("Compare traces", "compare", compare),

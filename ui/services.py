@@ -355,45 +355,47 @@ def _id_ranges(ids: list[int]) -> str:
 VERDICT_WORDS = {"supported": "supported", "contradicted": "contradicted", "inconclusive": "inconclusive"}
 
 
-def findings_html(model: str | None = None, paradigm: str | None = None) -> str:
-    """The seed findings with their verdicts, rules and the numbers behind them (escaped HTML)."""
+def findings_html(model: str | None = None, paradigm: str | None = None, pairing: str = "auto") -> str:
+    """The seed findings with their verdicts, rules and the numbers behind them (escaped HTML).
+    `pairing`: how runs of two families pair (`db.findings.PAIRING_CHOICES`)."""
     try:
         from db import findings as findings_db
     except ImportError:
         return '<div class="pb-empty">Findings are not available in this build.</div>'
     model = None if model in (None, "", ALL) else model
     paradigm = None if paradigm in (None, "", ALL) else paradigm
-    with read_session() as session:
-        verdicts = findings_db.findings(session, model=model, paradigm=paradigm)
-    if not verdicts:
-        return ('<div class="pb-empty">No findings to evaluate. Submit a study preset below; verdicts appear '
-                "as its runs finish.</div>")
+    try:
+        with read_session() as session:
+            verdicts = findings_db.findings(session, model=model, paradigm=paradigm, pairing=pairing or "auto")
+    except ValueError as exc:
+        return f'<div class="pb-empty">{html.escape(str(exc))}</div>'
     note = ""
-    if not any((v.numbers or {}).get("n_paired") for v in verdicts):
+    if not any((v.numbers or {}).get("n") for v in verdicts):
         note = ('<div class="pb-empty">No paired results yet, so every verdict is inconclusive. Submit a study '
                 "preset below (study-smoke is the quickest); verdicts update as its runs finish.</div>")
     return note + '<div class="pb-findings">' + "".join(render_verdict(v) for v in verdicts) + "</div>"
 
 
 def render_verdict(verdict: Any) -> str:
+    """One finding's card: verdict and statement, its rule in words, estimate, interval, n, runs, reason."""
     esc = html.escape
     word = VERDICT_WORDS.get(verdict.verdict, "inconclusive")
     numbers = dict(verdict.numbers or {})
     stats = []
-    if numbers.get("diff") is not None:
-        stats.append(f"Δ = {_fmt(numbers.get('diff'))}, 95% CI [{_fmt(numbers.get('ci_low'))}, "
+    if numbers.get("estimate") is not None:
+        stats.append(f"estimate {_fmt(numbers.get('estimate'))}, 95% CI [{_fmt(numbers.get('ci_low'))}, "
                      f"{_fmt(numbers.get('ci_high'))}]")
-    if numbers.get("n_paired") is not None:
-        stats.append(f"{esc(str(numbers['n_paired']))} paired samples")
+    stats.append(f"n = {esc(str(numbers.get('n', 0)))} documents ({esc(str(numbers.get('n_paired', 0)))} "
+                 "paired values)")
     runs = numbers.get("runs")
     if isinstance(runs, dict) and runs:
         stats.append("; ".join(f"{esc(str(side))}: jobs {esc(', '.join(str(j) for j in ids))}"
                                for side, ids in runs.items()))
     reason = getattr(verdict, "reason", "")
-    return (f'<div class="pb-card pb-verdict-{word}"><div class="pb-card-head">{state_badge(word)} '
-            f"<strong>{esc(verdict.statement)}</strong></div>"
+    return (f'<div class="pb-card pb-verdict-{word}" id="pb-finding-{esc(verdict.key)}">'
+            f'<div class="pb-card-head">{state_badge(word)} <strong>{esc(verdict.statement)}</strong></div>'
             f'<p class="pb-rule"><em>Rule:</em> {esc(verdict.rule)}</p>'
-            + (f'<p class="pb-numbers">{" · ".join(stats)}</p>' if stats else "")
+            f'<p class="pb-numbers">{" · ".join(stats)}</p>'
             + (f'<p class="pb-note">{esc(reason)}</p>' if reason else "") + "</div>")
 
 

@@ -4,17 +4,27 @@ from __future__ import annotations
 import gradio as gr
 
 from ui import services
+from ui.equal_cost import MEASURE_CHOICES
+
+
+PAIRING_CHOICES = [("Each finding's measured cost", "auto"), *MEASURE_CHOICES,
+                   ("Nominal sparsity (no measured cost)", "sparsity")]
 
 
 def build(shared) -> None:
-    gr.Markdown("Each statement from the seed studies is checked against the stored results by a stated rule "
-                "(a paired difference with a bootstrap 95% CI; *inconclusive* when the interval crosses zero or "
-                "fewer than 30 paired samples exist).", elem_classes="pb-hint")
+    gr.Markdown("Each statement from the seed studies is checked against the stored results by the rule shown "
+                "with it: which runs, paired how, which tasks and measure, and the decision on a 95% interval "
+                "that resamples documents. Every finding is listed; *inconclusive* when the interval is not "
+                "decisive or fewer than 30 documents were compared.", elem_classes="pb-hint")
     with gr.Row():
         shared.findings_model = gr.Dropdown(label="Model", choices=[services.ALL], value=services.ALL,
                                             allow_custom_value=True)
         shared.findings_paradigm = gr.Dropdown(label="Paradigm", choices=[services.ALL, "instruct", "think"],
                                                value=services.ALL)
+        shared.findings_pairing = gr.Dropdown(label="Pair method families at", choices=PAIRING_CHOICES,
+                                              value="auto", elem_id="pb-findings-pairing",
+                                              info="Matched measured cost; nominal sparsity only where a run "
+                                                   "lacks the figure.")
         shared.findings_refresh = gr.Button("Refresh", elem_id="pb-findings-refresh")
     shared.findings = gr.HTML(elem_id="pb-findings")
     presets = [choice for choice in services.preset_choices() if choice[1].startswith("study")]
@@ -28,16 +38,16 @@ def build(shared) -> None:
     shared.findings_message = gr.Markdown(elem_id="pb-findings-message")
 
 
-def _view(model, paradigm):
-    return services.findings_html(model, paradigm), gr.update(choices=services.findings_models())
+def _view(model, paradigm, pairing):
+    return services.findings_html(model, paradigm, pairing), gr.update(choices=services.findings_models())
 
 
 def wire(shared, demo) -> None:
-    inputs = [shared.findings_model, shared.findings_paradigm]
+    inputs = [shared.findings_model, shared.findings_paradigm, shared.findings_pairing]
     outputs = [shared.findings, shared.findings_model]
     shared.findings_refresh.click(_view, inputs, outputs, api_name=False)
-    shared.findings_model.input(_view, inputs, outputs, api_name=False)
-    shared.findings_paradigm.input(_view, inputs, outputs, api_name=False)
+    for widget in (shared.findings_model, shared.findings_paradigm, shared.findings_pairing):
+        widget.input(_view, inputs, outputs, api_name=False)
     shared.findings_submit.click(services.submit_preset, shared.findings_preset, shared.findings_message,
                                  api_name=False)
     demo.load(_view, inputs, outputs, api_name=False)
