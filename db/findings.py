@@ -118,14 +118,14 @@ def _pairing_words(measure: str) -> str:
 
 FINDINGS: tuple[Finding, ...] = (
     Finding("depth-beats-width-classification", "Depth pruning beats width pruning on classification",
-            "Depth-family vs width-family runs of the same model, paradigm, seed, calibration, recovery and "
+            "Depth-family vs width-family runs of the same model, paradigm, seed, calibration source, recovery and "
             "evaluation settings, {pairing}",
             "Classification tasks; per document correctness; statistic: mean paired difference depth - width over "
             "the documents of every matched pair", AboveThreshold(0.0),
             "depth and width runs of one setting at matched cost",
             compare=compare.depth_beats_width, cost_measure="params"),
     Finding("width-beats-depth-reasoning", "Width pruning beats depth pruning on generation and reasoning",
-            "Width-family vs depth-family runs of the same model, paradigm, seed, calibration, recovery and "
+            "Width-family vs depth-family runs of the same model, paradigm, seed, calibration source, recovery and "
             "evaluation settings, {pairing}",
             "Generation and reasoning tasks; per document correctness; statistic: mean paired difference "
             "width - depth over the documents of every matched pair", AboveThreshold(0.0),
@@ -148,7 +148,7 @@ FINDINGS: tuple[Finding, ...] = (
             "difference aligned - generic", AboveThreshold(0.0),
             "an aligned and a generic (text) calibrated run of one config", compare=compare.aligned_calibration),
     Finding("unstructured-preserves-tts", "Unstructured pruning preserves test-time scaling better than layer removal",
-            "Unstructured-family vs depth-family runs of the same model, paradigm, seed, calibration, recovery and "
+            "Unstructured-family vs depth-family runs of the same model, paradigm, seed, calibration source, recovery and "
             "evaluation settings, {pairing}",
             "Tasks evaluated with k > 1 samples per prompt; per document the test-time-scaling gain maj@k - pass@1; "
             "statistic: mean paired difference unstructured - depth", AboveThreshold(0.0),
@@ -156,7 +156,7 @@ FINDINGS: tuple[Finding, ...] = (
             compare=compare.unstructured_tts, cost_measure="params"),
     Finding("static-beats-dynamic-reasoning", "Static pruning beats dynamic pruning on reasoning",
             "Static runs (depth, width and unstructured families) vs dynamic-family runs of the same model, "
-            "paradigm, seed, calibration, recovery and evaluation settings, {pairing} (latency by default: a "
+            "paradigm, seed, calibration source, recovery and evaluation settings, {pairing} (latency by default: a "
             "dynamic method keeps every parameter and saves compute at run time)",
             "Reasoning tasks; per document correctness; statistic: mean paired difference static - dynamic",
             AboveThreshold(0.0), "static and dynamic runs of one setting at matched cost scored on reasoning",

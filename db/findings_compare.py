@@ -72,9 +72,9 @@ class RunSet:
         """(favoured, other, how paired) for runs of one setting (all but the pruning) at matched cost."""
         groups: dict[str, tuple[list[Run], list[Run]]] = defaultdict(lambda: ([], []))
         for run in favoured:
-            groups[setting_key(run, "pruning", "tasks")][0].append(run)
+            groups[setting_key(run, *METHOD_SETTINGS)][0].append(run)
         for run in other:
-            groups[setting_key(run, "pruning", "tasks")][1].append(run)
+            groups[setting_key(run, *METHOD_SETTINGS)][1].append(run)
         pairs = []
         for key in sorted(groups):
             for f in groups[key][0]:
@@ -83,6 +83,12 @@ class RunSet:
                     if how is not None:
                         pairs.append((f, o, how))
         return pairs
+
+
+METHOD_SETTINGS = ("pruning", "tasks", "calibration.num_samples", "calibration.seq_len")
+"""What may differ between two methods compared at matched cost: the pruning itself and how much
+calibration text each method reads (block searches read less, they run the model per candidate);
+the calibration's source, the model, paradigm, seed, recovery and evaluation settings must agree."""
 
 
 def _base_key(run: Run) -> str:
