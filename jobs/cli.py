@@ -138,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--json", action="store_true")
 
+    data = commands.add_parser("data", help="get task data from the Hugging Face Hub (backend.taskdata)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_commands.add_parser(
+        "fetch", help="download tasks' data into PRUNEBOARD_DATA_DIR, hash-checked, each task all or nothing")
+    fetch.add_argument("tasks", nargs="*", metavar="TASK", help="python -m jobs tasks")
+    fetch.add_argument("--all", action="store_true", help="every task with a Hub source")
+    fetch.add_argument("--force", action="store_true", help="download again tasks whose files are present")
+    fetch.add_argument("--json", action="store_true", help='print {"data_dir", "tasks": [...], "failed": {...}}')
+
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
@@ -151,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
+        "data": _data,
     }[args.command]
     try:
         handler(args)
@@ -167,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _submit(args: argparse.Namespace) -> None:
     config = _load_config(args.config)  # fully validated before the database is opened
+    from backend.config import ConfigError
     from jobs import queue
 
     submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
-    job, existing = queue.submit(config, force=args.force, submitter=submitter)
+    try:
+        job, existing = queue.submit(config, force=args.force, submitter=submitter)
+    except ConfigError as exc:  # e.g. a task whose data this host lacks (backend.taskdata.availability)
+        raise CliError(str(exc)) from None
     if existing:
         logging.getLogger(__name__).info("job %d has this config already (%s)", job.id, job.state.value)
     if args.json:
@@ -358,6 +372,26 @@ def _results(args: argparse.Namespace) -> None:
         raise CliError(f"{args.file}: {exc}") from None
 
 
+def _data(args: argparse.Namespace) -> None:
+    """`data fetch`: progress on stderr, the outcome per task on stdout; exit 2 for an unknown task or
+    a gated one without a token, 1 when a download failed (that task's files unchanged)."""
+    from backend.taskdata.fetch import DataFetchError, fetch_tasks
+
+    try:
+        report = fetch_tasks(args.tasks, every=args.all, force=args.force,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
+    except DataFetchError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for outcome in report.outcomes:
+            print(f"{outcome.task}: {outcome.status}" + (f" ({outcome.manifest_path})" if outcome.manifest_path else ""))
+    if report.failures:
+        failed = ", ".join(report.failures)
+        raise CliError(f"not fetched: {failed} (see above; their files are unchanged)", report.exit_code)
+
+
 def _methods(args: argparse.Namespace) -> None:
     from backend.pruning import list_methods
 
@@ -383,7 +417,9 @@ def _methods(args: argparse.Namespace) -> None:
 
 def _tasks(args: argparse.Namespace) -> None:
     from backend import settings
+    from backend.taskdata import get_source
     from backend.tasks import list_tasks
+    from backend.tasks.base import fetch_command
 
     data_dir = settings.data_dir()
     tasks = [
@@ -400,7 +436,7 @@ def _tasks(args: argparse.Namespace) -> None:
             "data_paths": [str(data_dir / f) for f in t.data_files],
             "data_schema": t.data_schema,
             "data_present": t.data_present(data_dir),
-            "hub_dataset": t.hub_dataset,
+            "hub_source": source.describe() if (source := get_source(t.name)) else None,
         }
         for t in list_tasks()
     ]
@@ -409,8 +445,8 @@ def _tasks(args: argparse.Namespace) -> None:
         return
     for t in tasks:
         data = "data ok" if t["data_present"] else f"MISSING {', '.join(t['data_files'])} in {data_dir}"
-        if not t["data_present"] and t["hub_dataset"]:
-            data += f" (or {t['hub_dataset']} from the hub)"
+        if not t["data_present"] and t["hub_source"]:
+            data += f' (run "{fetch_command(t["name"])}")'
         arrow = "higher" if t["higher_is_better"] else "lower"
         print(f"{t['name']:<20} {t['category']:<15} {t['output_type']:<14} {t['primary_metric']} ({arrow} is better)  {data}")
 

@@ -235,9 +235,12 @@ def model_unavailable_reason(model: str) -> str | None:
 def preset_configs(name: str) -> list[JobConfig]:
     """Every config of a preset, validated, with every model checked for availability.
 
-    Raises UnknownPreset (a KeyError) for an unknown name and ConfigError naming the preset and the
-    job for an invalid config or an unavailable model.
+    Raises UnknownPreset (a KeyError) for an unknown name, ConfigError naming the preset and the
+    job for an invalid config or an unavailable model, and TaskDataUnavailable (a ConfigError) when
+    this host runs the jobs and lacks a task's data.
     """
+    from backend.taskdata.availability import check_submission
+
     configs: list[JobConfig] = []
     for index, document in enumerate(_preset(name).documents()):
         try:
@@ -248,6 +251,8 @@ def preset_configs(name: str) -> list[JobConfig]:
         reason = model_unavailable_reason(model)
         if reason:
             raise ConfigError(f"preset {name!r} names model {model!r}, which is not available: {reason}")
+    for config in configs:  # the queue would refuse it anyway, but only after earlier configs were queued
+        check_submission(config)
     return configs
 
 
