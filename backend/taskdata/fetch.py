@@ -96,10 +96,10 @@ def hub_endpoint() -> str:
 
 
 def hub_token() -> str | None:
-    """HF_TOKEN, else the token `hf auth login` saved; None when there is neither."""
+    """HF_TOKEN, else the token `hf auth login` saved (huggingface_hub's order); None without either."""
     from huggingface_hub import get_token
 
-    return os.environ.get("HF_TOKEN") or get_token()
+    return get_token()
 
 
 def manifest_name(source: HubSource) -> str:

@@ -1,7 +1,7 @@
 """ARC-Easy and ARC-Challenge (grade-school science, 3-5 options) scored like lm-eval's `arc_easy`
 and `arc_challenge` tasks (version 1.0).
 
-Bring your own data: `arc/ARC-Easy-Test.jsonl` and `arc/ARC-Challenge-Test.jsonl` under
+Data: `arc/ARC-Easy-Test.jsonl` and `arc/ARC-Challenge-Test.jsonl` under
 PRUNEBOARD_DATA_DIR, one question a line, in either layout:
 * the Hugging Face `allenai/ai2_arc` layout: `question` (text), `choices` {`text`: [...],
   `label`: [...]}, `answerKey`;

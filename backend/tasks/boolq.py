@@ -1,7 +1,7 @@
 """BoolQ (yes/no questions about a Wikipedia passage) scored like lm-eval's `boolq` task (SuperGLUE,
 version 2.0).
 
-Bring your own data: `boolq/dev.jsonl` under PRUNEBOARD_DATA_DIR (the 3270 validation questions),
+Data: `boolq/dev.jsonl` under PRUNEBOARD_DATA_DIR (the 3270 validation questions),
 one a line with `passage`, `question` and the answer as either `label` (0 = no, 1 = yes; the
 Hugging Face `super_glue/boolq` field) or `answer` (true/false; the original release's
 `dev.jsonl`). `build` writes passage, question and integer label into the work directory;

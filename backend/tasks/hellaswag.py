@@ -1,7 +1,7 @@
 """HellaSwag (commonsense sentence completion, 4 endings) scored like lm-eval's `hellaswag` task
 (version 1.0).
 
-Bring your own data: `hellaswag/hellaswag_val.jsonl` under PRUNEBOARD_DATA_DIR (the 10042
+Data: `hellaswag/hellaswag_val.jsonl` under PRUNEBOARD_DATA_DIR (the 10042
 validation contexts; the original release's file name), one a line with `activity_label`, `ctx_a`,
 `ctx_b`, `endings` (4 strings) and `label` (index of the right ending, int or digit string), as in
 both the original release and Hugging Face `Rowan/hellaswag`. `build` writes those fields into the

@@ -1,6 +1,6 @@
 """OpenBookQA (elementary science, 4 options) scored like lm-eval's `openbookqa` task (version 1.0).
 
-Bring your own data: `openbookqa/test.jsonl` under PRUNEBOARD_DATA_DIR (500 questions of the `main`
+Data: `openbookqa/test.jsonl` under PRUNEBOARD_DATA_DIR (500 questions of the `main`
 configuration), one question a line, in either layout:
 * the Hugging Face `allenai/openbookqa` layout: `question_stem`, `choices` {`text`: [...],
   `label`: [...]}, `answerKey`;

@@ -8,7 +8,7 @@ setup (as in OLMES / Tulu 3 evaluations), with our own scorer:
   normalisation (lower case, punctuation and the articles a/an/the removed, spaces collapsed),
   the usual "answer recall" of PopQA.
 
-Bring your own data: `popqa/test.jsonl` under PRUNEBOARD_DATA_DIR (14267 rows), one question a
+Data: `popqa/test.jsonl` under PRUNEBOARD_DATA_DIR (14267 rows), one question a
 line with `question` and `possible_answers` (a list of strings, or the JSON-encoded list of the
 Hugging Face `akariasai/PopQA` dataset); other fields are ignored. `python -m jobs data fetch
 popqa` writes the file from that dataset's `test.tsv`.
