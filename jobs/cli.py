@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="get task data from the Hugging Face Hub (backend.taskdata)")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     fetch = data_commands.add_parser(
-        "fetch", help="download tasks' data into PRUNEBOARD_DATA_DIR, hash-checked, each task all or nothing")
+        "fetch", help="download tasks' data into PRUNEBOARD_DATA_DIR, hash-checked, each task all or nothing",
+        epilog="Exit codes: 0 ok, 1 a download failed (that task's files unchanged), 2 an unknown task or a gated "
+               "one without HF_TOKEN.")
     fetch.add_argument("tasks", nargs="*", metavar="TASK", help="python -m jobs tasks")
     fetch.add_argument("--all", action="store_true", help="every task with a Hub source")
     fetch.add_argument("--force", action="store_true", help="download again tasks whose files are present")
@@ -386,7 +388,8 @@ def _data(args: argparse.Namespace) -> None:
         _print_json(report.as_dict())
     else:
         for outcome in report.outcomes:
-            print(f"{outcome.task}: {outcome.status}" + (f" ({outcome.manifest_path})" if outcome.manifest_path else ""))
+            where = f" ({outcome.manifest_path})" if outcome.manifest_path else ""
+            print(f"{outcome.task}: {outcome.status}{where}")
     if report.failures:
         failed = ", ".join(report.failures)
         raise CliError(f"not fetched: {failed} (see above; their files are unchanged)", report.exit_code)

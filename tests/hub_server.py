@@ -241,7 +241,8 @@ class FakeHub:
             return _json({
                 "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "author": repo_id.split("/")[0],
                 "sha": sha, "private": False, "disabled": False, "gated": "manual" if repo.gated else False,
-                "lastModified": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"), "tags": [], "cardData": {},
+                "lastModified": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                "tags": [], "cardData": {},
                 "siblings": [{"rfilename": path} for path in sorted(tree)],
             })
         if action == "paths-info" and method == "POST":

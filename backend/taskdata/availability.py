@@ -79,4 +79,5 @@ def ensure_task_data(task: str, data_dir: Path) -> None:
     try:
         fetch_task(task, data_dir, log=logger.info)
     except DataFetchError as exc:
-        raise TaskDataMissing(f"{missing_data_message(task, data_dir)} (fetching it from the Hub failed: {exc})") from None
+        raise TaskDataMissing(
+            f"{missing_data_message(task, data_dir)} (fetching it from the Hub failed: {exc})") from None

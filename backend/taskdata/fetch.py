@@ -218,37 +218,10 @@ def fetch_task(name: str, data_dir: Path | None = None, *, force: bool = False, 
 
 
 def _download_and_convert(source: HubSource, work: Path, log: Log) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Staged files {path relative to the data dir: file in `work`} (manifest included, last) and
-    the manifest."""
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import GatedRepoError
-
-    endpoint, token = hub_endpoint(), hub_token()
-    where = f"{source.repo_id}@{source.revision}"
-    try:
-        api = HfApi(endpoint=endpoint, token=token)
-        commit = api.dataset_info(source.repo_id, revision=source.revision).sha
-        log(f"{source.task}: {where} is commit {commit}")
-        stated = {info.path: info for info in api.get_paths_info(
-            source.repo_id, list(source.files), repo_type=source.repo_type, revision=commit)}
-        downloaded = {}
-        for path in source.files:
-            if path not in stated:
-                raise DownloadFailed(f"{source.task}: {path} is not in {source.repo_id} at {commit}")
-            log(f"{source.task}: downloading {path}")
-            downloaded[path] = Path(hf_hub_download(
-                source.repo_id, path, repo_type=source.repo_type, revision=commit, endpoint=endpoint,
-                token=token, local_dir=work / "download", cache_dir=work / "hf-cache"))
-    except DataFetchError:
-        raise
-    except GatedRepoError as exc:
-        raise TokenRequired(f"{source.task}: the Hub refused {source.repo_id} ({_first_line(exc)}): accept "
-                            f"{source.gated or 'its access conditions'} with the account of HF_TOKEN") from None
-    except Exception as exc:  # the network or the Hub failed, however it says so; nothing was written
-        raise DownloadFailed(f"{source.task}: downloading {where} failed: {_first_line(exc)}") from None
-
-    upstream = {path: _check_stated_hash(source.task, path, downloaded[path], stated[path]) for path in source.files}
+    """Staged files {path relative to the data dir: file in `work`} (the manifest last) and the manifest."""
+    commit, downloaded, upstream = _download(source, work / "download", log)
     out = work / "out"
+    where = f"{source.repo_id}@{commit}"
     try:
         for conversion in source.conversions:
             targets = [out / t for t in conversion.targets]
@@ -277,6 +250,39 @@ def _download_and_convert(source: HubSource, work: Path, log: Log) -> tuple[dict
     staged[manifest_name(source)] = out / manifest_name(source)  # last: renamed into place last
     staged[manifest_name(source)].write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return staged, manifest
+
+
+def _download(source: HubSource, folder: Path, log: Log) -> tuple[str, dict[str, Path], dict[str, Any]]:
+    """(commit, {repo path: downloaded file}, {repo path: upstream record}), every file checked
+    against the hash the Hub states for it at that commit."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError
+
+    endpoint, token = hub_endpoint(), hub_token()
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        commit = api.dataset_info(source.repo_id, revision=source.revision).sha
+        log(f"{source.task}: {source.repo_id}@{source.revision} is commit {commit}")
+        stated = {info.path: info for info in api.get_paths_info(
+            source.repo_id, list(source.files), repo_type=source.repo_type, revision=commit)}
+        downloaded = {}
+        for path in source.files:
+            if not hasattr(stated.get(path), "blob_id"):  # absent, or a folder
+                raise DownloadFailed(f"{source.task}: {path} is not a file of {source.repo_id} at {commit}")
+            log(f"{source.task}: downloading {path}")
+            downloaded[path] = Path(hf_hub_download(
+                source.repo_id, path, repo_type=source.repo_type, revision=commit, endpoint=endpoint,
+                token=token, local_dir=folder, cache_dir=folder / ".hf-cache"))
+    except DataFetchError:
+        raise
+    except GatedRepoError as exc:
+        raise TokenRequired(f"{source.task}: the Hub refused {source.repo_id} ({_first_line(exc)}): accept "
+                            f"{source.gated or 'its access conditions'} with the account of HF_TOKEN") from None
+    except Exception as exc:  # the network or the Hub failed, however it says so; nothing was written
+        raise DownloadFailed(f"{source.task}: downloading {source.repo_id}@{source.revision} failed: "
+                             f"{_first_line(exc)}") from None
+    upstream = {path: _check_stated_hash(source.task, path, downloaded[path], stated[path]) for path in source.files}
+    return commit, downloaded, upstream
 
 
 def _check_stated_hash(task: str, path: str, local: Path, stated: Any) -> dict[str, Any]:
