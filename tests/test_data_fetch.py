@@ -168,6 +168,7 @@ def test_tasks_json_shows_each_source_and_presence(fetched):
         assert hub["verified"] is source.verified and hub["gated"] is (source.gated is not None)
         assert hub["fetch_command"] == f"python -m jobs data fetch {name}"
     assert tasks["synthetic-mc"]["hub_source"] is None
+    assert tasks["aime24"]["hub_source"]["verified"] is False  # public scripts disagree on its file
     assert tasks["gpqa-diamond"]["hub_source"]["accept"] == SOURCES["gpqa-diamond"].gated
 
 

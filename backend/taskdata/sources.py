@@ -187,9 +187,10 @@ SOURCES: dict[str, HubSource] = {s.task: s for s in (
         "aime24", "Maxwell-Jia/AIME_2024", "main",
         (rows("aime_2024_problems.parquet", "aime/aime24.jsonl",
               {"id": "ID", "problem": "Problem", "expected_answer": "Answer"}),),
-        verified=True,
-        evidence="aime_2024_problems.parquet in public download scripts (ID, Problem, Answer); lm-eval's "
-                 "aime24 reads this repo's Problem and Answer"),
+        verified=False,
+        evidence="aime_2024_problems.parquet (ID, Problem, Answer) in three public download scripts, and "
+                 "lm-eval's aime24 reads this repo's Problem and Answer; but other public scripts name "
+                 "train.jsonl or aime_2024.jsonl at main, so the file list is not settled (and not pinned)"),
     HubSource(
         "aime25", "math-ai/aime25", "563bb8404243c5f09de6ec262f2db674fe5bce9b",
         (verbatim("test.jsonl", "aime/aime25.jsonl"),),
