@@ -275,6 +275,21 @@ def test_present_data_is_kept_unless_forced(hub, tmp_path):
     assert fetch_task("synthetic-mc", data).status == "no-data"
 
 
+def test_a_hub_that_wants_a_token_gets_hf_token(hub, tmp_path, monkeypatch):
+    from backend.taskdata.fetch import DownloadFailed, fetch_task
+
+    publish(hub, ["amc23"])
+    hub.require_token = True
+    with pytest.raises(DownloadFailed, match="401"):
+        fetch_task("amc23", tmp_path / "data")
+    assert tree(tmp_path / "data") == {}
+    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
+    outcome = fetch_task("amc23", tmp_path / "data")
+    assert outcome.status == "fetched" and outcome.manifest["commit"] == SOURCES["amc23"].revision
+    assert [json.loads(line)["answer"] for line in (tmp_path / "data/aime/amc23.jsonl").read_text().splitlines()] \
+        == [2.0, 36.0]
+
+
 def test_pickled_tests_that_name_a_callable_are_refused(tmp_path):
     """LiveCodeBench's private tests are pickles: only plain values are unpickled, never a global."""
     import base64
