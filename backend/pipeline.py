@@ -24,8 +24,7 @@ from backend.manifest import environment
 from backend.model_ids import NOOP_MODEL
 from backend.pruning import get_method
 from backend.result import RunResult, SampleRecord
-from backend.tasks import get_task
-from backend.tasks.base import TaskDataMissing
+from backend.taskdata.availability import ensure_task_data
 
 logger = logging.getLogger("pruneboard.pipeline")
 
@@ -270,14 +269,8 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
     if routed and (config.keep_model or config.evaluation.backend == "vllm"):
         raise ValueError(f"{config.pruning.method}: routers live in the Python model only; keep_model and the vllm "
                          "backend would keep the weights without them (use the hf backend, keep_model: false)")
-    for task in config.tasks:
-        spec = get_task(task.name)
-        if not spec.data_present(data_dir) and not spec.hub_available():
-            missing = [f for f in spec.data_files if not (data_dir / f).exists()]
-            raise TaskDataMissing(
-                f"task {task.name!r} needs {', '.join(missing)} under PRUNEBOARD_DATA_DIR={data_dir} "
-                "(see the README's task table)"
-            )
+    for task in config.tasks:  # fetched here when PRUNEBOARD_USE_HUB=1, else TaskDataMissing naming the command
+        ensure_task_data(task.name, data_dir)
     if get_method(config.pruning.method).uses_calibration(config.pruning.method_params()):
         from backend.calibration import check_calibration, model_context
 

@@ -153,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help='print a JSON list, one object per finding: {"id", "statement", "verdict", "n", '
                                '"interval", "estimate", "rule", "reason", "pairing", "numbers"}')
 
+    data = commands.add_parser("data", help="get task data from the Hugging Face Hub (backend.taskdata)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_commands.add_parser(
+        "fetch", help="download tasks' data into PRUNEBOARD_DATA_DIR, hash-checked, each task all or nothing",
+        epilog="Exit codes: 0 ok, 1 a download failed (that task's files unchanged), 2 an unknown task or a gated "
+               "one without HF_TOKEN.")
+    fetch.add_argument("tasks", nargs="*", metavar="TASK", help="python -m jobs tasks")
+    fetch.add_argument("--all", action="store_true", help="every task with a Hub source")
+    fetch.add_argument("--force", action="store_true", help="download again tasks whose files are present")
+    fetch.add_argument("--json", action="store_true", help='print {"data_dir", "tasks": [...], "failed": {...}}')
+
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks"),
                        ("references", "list the published results runs are compared with")):
         sub = commands.add_parser(name, help=text)
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
-        "references": _references, "findings": _findings,
+        "references": _references, "findings": _findings, "data": _data,
     }[args.command]
     try:
         handler(args)
@@ -184,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _submit(args: argparse.Namespace) -> None:
     config = _load_config(args.config)  # fully validated before the database is opened
+    from backend.config import ConfigError
     from jobs import queue
 
     submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
-    job, existing = queue.submit(config, force=args.force, submitter=submitter)
+    try:
+        job, existing = queue.submit(config, force=args.force, submitter=submitter)
+    except ConfigError as exc:  # e.g. a task whose data this host lacks (backend.taskdata.availability)
+        raise CliError(str(exc)) from None
     if existing:
         logging.getLogger(__name__).info("job %d has this config already (%s)", job.id, job.state.value)
     if args.json:
@@ -415,6 +430,27 @@ def _findings(args: argparse.Namespace) -> None:
         print(f"{'':<14}rule: {verdict.rule}")
 
 
+def _data(args: argparse.Namespace) -> None:
+    """`data fetch`: progress on stderr, the outcome per task on stdout; exit 2 for an unknown task or
+    a gated one without a token, 1 when a download failed (that task's files unchanged)."""
+    from backend.taskdata.fetch import DataFetchError, fetch_tasks
+
+    try:
+        report = fetch_tasks(args.tasks, every=args.all, force=args.force,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
+    except DataFetchError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for outcome in report.outcomes:
+            where = f" ({outcome.manifest_path})" if outcome.manifest_path else ""
+            print(f"{outcome.task}: {outcome.status}{where}")
+    if report.failures:
+        failed = ", ".join(report.failures)
+        raise CliError(f"not fetched: {failed} (see above; their files are unchanged)", report.exit_code)
+
+
 def _methods(args: argparse.Namespace) -> None:
     from backend.pruning import list_methods
 
@@ -440,7 +476,9 @@ def _methods(args: argparse.Namespace) -> None:
 
 def _tasks(args: argparse.Namespace) -> None:
     from backend import settings
+    from backend.taskdata import get_source
     from backend.tasks import list_tasks
+    from backend.tasks.base import fetch_command
 
     data_dir = settings.data_dir()
     tasks = [
@@ -457,7 +495,7 @@ def _tasks(args: argparse.Namespace) -> None:
             "data_paths": [str(data_dir / f) for f in t.data_files],
             "data_schema": t.data_schema,
             "data_present": t.data_present(data_dir),
-            "hub_dataset": t.hub_dataset,
+            "hub_source": source.describe() if (source := get_source(t.name)) else None,
         }
         for t in list_tasks()
     ]
@@ -466,8 +504,8 @@ def _tasks(args: argparse.Namespace) -> None:
         return
     for t in tasks:
         data = "data ok" if t["data_present"] else f"MISSING {', '.join(t['data_files'])} in {data_dir}"
-        if not t["data_present"] and t["hub_dataset"]:
-            data += f" (or {t['hub_dataset']} from the hub)"
+        if not t["data_present"] and t["hub_source"]:
+            data += f' (run "{fetch_command(t["name"])}")'
         arrow = "higher" if t["higher_is_better"] else "lower"
         print(f"{t['name']:<20} {t['category']:<15} {t['output_type']:<14} {t['primary_metric']} ({arrow} is better)  {data}")
 

@@ -282,7 +282,8 @@ def missing(configs: list[JobConfig]) -> list[str]:
     """What this host lacks to run the configs, one line per model or task (empty: nothing): models
     no worker can load, the placeholder of a model the user must name, task data that is absent."""
     from backend import settings
-    from backend.tasks import get_task
+    from backend.model_ids import NOOP_MODEL
+    from backend.taskdata.availability import missing_task_data, submit_checks_data
 
     lines = []
     for model in dict.fromkeys(c.model for c in configs):
@@ -291,9 +292,8 @@ def missing(configs: list[JobConfig]) -> list[str]:
         elif reason := model_unavailable_reason(model):
             lines.append(f"model {model!r} is not available: {reason}")
     data_dir = settings.data_dir()
-    absent = [name for name in dict.fromkeys(t.name for c in configs for t in c.tasks)
-              if not get_task(name).data_present(data_dir) and not get_task(name).hub_available()]
-    if absent:
+    absent = missing_task_data([t.name for c in configs if c.model != NOOP_MODEL for t in c.tasks], data_dir)
+    if absent and submit_checks_data():  # remote workers bring their own data (backend.taskdata.availability)
         lines.append(f"task data missing under PRUNEBOARD_DATA_DIR={data_dir} for {', '.join(absent)}: run "
                      f"\"python -m jobs data fetch {' '.join(absent)}\"")
     return lines

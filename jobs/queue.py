@@ -20,6 +20,7 @@ from backend import settings
 from backend.config import JobConfig, canonical_json, config_hash
 from backend.result import RunResult, SampleRecord
 from backend.scoring import SCORER_VERSION
+from backend.taskdata.availability import check_submission
 from backend.trace_stats import trace_stats
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
@@ -47,7 +48,10 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
     An identical config (same hash) that is queued, running or succeeded is returned as it is; if
     the latest such job failed or was cancelled it is queued again. `force` always makes a new job.
     A pruned config first queues its dense baseline when `settings.auto_baselines()` (jobs.baselines).
+    Raises TaskDataUnavailable (a ConfigError) when this host runs its jobs and a task's data can
+    neither be found nor fetched here (`backend.taskdata.availability`).
     """
+    check_submission(config)
     if settings.auto_baselines():
         from jobs.baselines import queue_dense_baseline
 

@@ -54,3 +54,17 @@ def smollm2():
 
     loaded = load_model("builtin:smollm2-135m-instruct")
     return loaded
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A loopback Hugging Face Hub (tests/hub_server.py) serving this test only; HF_ENDPOINT points at
+    it and HF_HOME is private, so neither the real Hub nor a saved token is ever used."""
+    from hub_server import FakeHub
+
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        yield server

@@ -64,7 +64,8 @@ def test_baselines_are_deduplicated():
     assert [j.method for j in jobs()] == ["dense", "wanda", "wanda", "dense", "wanda"]
 
 
-def test_dense_configs_and_covered_settings_queue_nothing():
+def test_dense_configs_and_covered_settings_queue_nothing(monkeypatch):
+    monkeypatch.setenv("PRUNEBOARD_LOCAL_WORKERS", "0")  # boolq's data is the (remote) workers' business
     dense = validate_config({"model": "builtin:tiny-llama", "paradigm": "think", "seed": 3,
                              "tasks": [*TASKS, "boolq"], "evaluation": {"batch_size": 16}})
     queue.submit(dense)  # a dense run evaluating the same tasks the same way (and one more)

@@ -3,7 +3,7 @@ OpenBookQA, TruthfulQA MC2, IFEval, PopQA.
 
 Prompts, choices and targets are compared with lm-eval's own task configs (its YAMLs and utils) on
 fixture rows; every task runs end to end on the tiny random Llama with at most 3 rows; missing data
-fails with the path; hub fallback only when PRUNEBOARD_USE_HUB=1.
+fails with the path and the fetch command; tasks never read a dataset from the hub themselves.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.taskdata import get_source
 from backend.tasks import get_task
 from backend.tasks._common import write_jsonl
 from backend.tasks.base import TaskDataMissing
@@ -304,7 +305,7 @@ def test_catalog_metadata():
         spec = get_task(name)
         assert spec.lm_eval_task == lm_eval_name
         assert spec.primary_metric in spec.metrics and spec.higher_is_better
-        assert spec.data_files and spec.data_schema and spec.hub_dataset
+        assert spec.data_files and spec.data_schema and get_source(name) is not None
     assert {n: get_task(n).category for n in OURS} == {
         "boolq": "classification", "hellaswag": "classification", "arc-easy": "classification",
         "arc-challenge": "classification", "openbookqa": "classification", "ifeval": "generation",
@@ -333,12 +334,12 @@ def test_cli_lists_lm_eval_names_and_data_locations(byod_dir):
         assert t["lm_eval_task"] == LM_EVAL_TASKS[name]
         assert t["category"] and t["primary_metric"] and t["higher_is_better"] is True
         assert t["data_paths"] == [str(byod_dir / f) for f in t["data_files"]]
-        assert t["data_schema"] and t["hub_dataset"]
+        assert t["data_schema"] and t["hub_source"]["repo_id"] == get_source(name).repo_id
         assert t["data_present"] is (name in BYOD)
     assert tasks["arc-easy"]["data_files"] == ["arc/ARC-Easy-Test.jsonl"]
 
 
-# --- missing data and the hub fallback --------------------------------------------------------------
+# --- missing data: where it goes, how to fetch it ---------------------------------------------------
 
 
 @pytest.mark.parametrize("name", OURS)
@@ -346,12 +347,13 @@ def test_missing_data_says_where_to_put_it(name, tmp_path, offline):
     empty = tmp_path / "empty"
     empty.mkdir()
     spec = get_task(name)
-    assert not spec.data_present(empty) and not spec.hub_available()
+    assert not spec.data_present(empty)
     with pytest.raises(TaskDataMissing) as info:
         spec.build(empty, tmp_path / "work")
     message = str(info.value)
     assert message.startswith(f"{name} needs {spec.data_files[0]} under PRUNEBOARD_DATA_DIR={empty}")
-    assert "README" in message and spec.hub_dataset in message
+    assert spec.data_schema in message and "README" in message
+    assert message.endswith(f'run "python -m jobs data fetch {name}"')
 
 
 def test_missing_data_fails_the_job_before_the_model_loads(tmp_path, offline, monkeypatch):
@@ -363,29 +365,25 @@ def test_missing_data_fails_the_job_before_the_model_loads(tmp_path, offline, mo
                               "tasks": ["arc-easy"]})
     loads = []
     monkeypatch.setattr("backend.models.load_model", lambda *a, **k: loads.append(a))
-    with pytest.raises(TaskDataMissing, match=r"arc/ARC-Easy-Test\.jsonl under PRUNEBOARD_DATA_DIR="):
+    with pytest.raises(TaskDataMissing, match=r"^task 'arc-easy' has no data under PRUNEBOARD_DATA_DIR=.*: run "
+                                              r'"python -m jobs data fetch arc-easy"$'):
         pipeline.run(config, lambda event: None)
     assert loads == []
 
 
-@pytest.mark.parametrize("name,path,dataset_name", [
-    ("arc-challenge", "allenai/ai2_arc", "ARC-Challenge"), ("boolq", "aps/super_glue", "boolq"),
-    ("hellaswag", "Rowan/hellaswag", None), ("truthfulqa-mc2", "truthfulqa/truthful_qa", "multiple_choice"),
-    ("ifeval", "google/IFEval", None), ("popqa", "akariasai/PopQA", None),
-])
-def test_hub_fallback_only_when_enabled(name, path, dataset_name, tmp_path, monkeypatch, punkt_cache):
-    from backend.tasks import base
-
+@pytest.mark.parametrize("name", OURS)
+def test_tasks_never_read_the_hub_themselves(name, tmp_path, monkeypatch, punkt_cache, request):
+    """With hub downloads on, a build without local files still fails: fetching is the worker's
+    preflight's job (backend.taskdata), and every config reads local JSON files."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("PRUNEBOARD_USE_HUB", "1")
-    config = get_task(name).build(tmp_path / "empty", tmp_path / "work")
-    assert config["dataset_path"] == path and config["dataset_name"] == dataset_name
-    assert "data_files" not in config.get("dataset_kwargs", {})
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not base.hub_enabled()
     with pytest.raises(TaskDataMissing):
         get_task(name).build(tmp_path / "empty", tmp_path / "work")
+    data_dir = write_fixtures(tmp_path / "data") if name in BYOD else request.getfixturevalue("shared_data")
+    config = get_task(name).build(data_dir, tmp_path / "work")
+    assert config["dataset_path"] == "json" and config["dataset_name"] is None
+    assert all(Path(p).is_file() for p in config["dataset_kwargs"]["data_files"].values())
 
 
 # --- end to end on the tiny random Llama -----------------------------------------------------------

@@ -368,9 +368,13 @@ class Check:
 
 
 def check(config: dict[str, Any]) -> Check:
-    """Validate with the CLI's schema (backend.config)."""
+    """Validate with the CLI's schema (backend.config), and the task data check submit applies."""
+    from backend.taskdata.availability import check_submission
+
     try:
-        return Check(validate_config(config))
+        validated = validate_config(config)
+        check_submission(validated)
+        return Check(validated)
     except ConfigError as exc:
         return Check(None, str(exc))
 

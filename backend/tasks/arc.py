@@ -1,14 +1,14 @@
 """ARC-Easy and ARC-Challenge (grade-school science, 3-5 options) scored like lm-eval's `arc_easy`
 and `arc_challenge` tasks (version 1.0).
 
-Bring your own data: `arc/ARC-Easy-Test.jsonl` and `arc/ARC-Challenge-Test.jsonl` under
+Data: `arc/ARC-Easy-Test.jsonl` and `arc/ARC-Challenge-Test.jsonl` under
 PRUNEBOARD_DATA_DIR, one question a line, in either layout:
 * the Hugging Face `allenai/ai2_arc` layout: `question` (text), `choices` {`text`: [...],
   `label`: [...]}, `answerKey`;
 * the original AI2 release layout: `question` {`stem`, `choices`: [{`text`, `label`}, ...]},
   `answerKey`.
-`build` writes the rows in the first layout into the work directory. Without the files and with hub
-access the task reads `allenai/ai2_arc` instead.
+`build` writes the rows in the first layout into the work directory. `python -m jobs data fetch
+arc-easy arc-challenge` downloads them from `allenai/ai2_arc` (`backend.taskdata`).
 
 Prompt, choices, target and metrics are lm-eval's: context `Question: {{question}}\\nAnswer:`,
 continuations " " + each choice text, target the index of `answerKey` among the labels, metrics
@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from backend.tasks._common import (
+    json_dataset,
     multiple_choice_config,
     multiple_choice_task,
+    read_rows,
+    require_fields,
+    require_files,
     write_jsonl,
 )
-from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
 from backend.tasks.base import register_task
 
-HUB_DATASET = "allenai/ai2_arc"
 SCHEMA = ("JSON lines: question, choices {text: [...], label: [...]}, answerKey "
           "(allenai/ai2_arc fields), or the original AI2 layout question {stem, choices: [{text, label}]}")
 SUBSETS = {
@@ -36,10 +38,8 @@ SUBSETS = {
     "arc-challenge": ("ARC-Challenge", "arc_challenge", "arc/ARC-Challenge-Test.jsonl", 1172),
 }
 
-LOCAL_SPLITS = {"test_split": "test", "fewshot_split": "test"}
+SPLITS = {"test_split": "test", "fewshot_split": "test"}
 """One local file: evaluated, and the few-shot pool (lm-eval leaves the evaluated row out)."""
-HUB_SPLITS = {"training_split": "train", "validation_split": "validation", "test_split": "test"}
-"""lm-eval's own splits when reading the hub."""
 
 
 def normalise(row: dict[str, Any]) -> dict[str, Any]:
@@ -55,23 +55,21 @@ def normalise(row: dict[str, Any]) -> dict[str, Any]:
             "answerKey": row["answerKey"]}
 
 
-def lm_eval_config(name: str, dataset: dict[str, Any], local: bool) -> dict[str, Any]:
-    return multiple_choice_config(name, {**dataset, **(LOCAL_SPLITS if local else HUB_SPLITS)},
+def lm_eval_config(name: str, dataset: dict[str, Any]) -> dict[str, Any]:
+    return multiple_choice_config(name, {**dataset, **SPLITS},
                                   doc_to_text="Question: {{question}}\nAnswer:",
                                   doc_to_target="{{choices.label.index(answerKey)}}", doc_to_choice="{{choices.text}}")
 
 
 def _builder(name: str):
-    subset, _, data_file, _ = SUBSETS[name]
+    _, _, data_file, _ = SUBSETS[name]
 
     def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-        local = local_or_hub(name, data_dir, [data_file], schema=SCHEMA, hub_dataset=HUB_DATASET)
-        path = None
-        if local:
-            rows = read_rows(data_dir / data_file)
-            require_fields(name, data_dir / data_file, rows, ("question", "answerKey"))
-            path = write_jsonl(workdir / name / "test.jsonl", [normalise(r) for r in rows])
-        return lm_eval_config(name, dataset_keys(local, "test", path, HUB_DATASET, subset), local)
+        require_files(name, data_dir, [data_file], SCHEMA)
+        rows = read_rows(data_dir / data_file)
+        require_fields(name, data_dir / data_file, rows, ("question", "answerKey"))
+        path = write_jsonl(workdir / name / "test.jsonl", [normalise(r) for r in rows])
+        return lm_eval_config(name, json_dataset({"test": path}))
 
     return build
 
@@ -84,6 +82,5 @@ for _name, (_subset, _lm_eval, _file, _rows) in SUBSETS.items():
         _builder(_name),
         data_files=(_file,),
         lm_eval_task=_lm_eval,
-        hub_dataset=HUB_DATASET,
         data_schema=SCHEMA,
     ))

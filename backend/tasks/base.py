@@ -18,7 +18,17 @@ OutputType = Literal["loglikelihood", "generate", "perplexity"]
 
 
 class TaskDataMissing(RuntimeError):
-    """The task's local data is absent; the message says where to put it."""
+    """The task's local data is absent; the message says where it belongs and how to fetch it."""
+
+
+def fetch_command(task: str) -> str:
+    """The command that downloads a task's data into PRUNEBOARD_DATA_DIR (`backend.taskdata`)."""
+    return f"python -m jobs data fetch {task}"
+
+
+def missing_data_message(task: str, data_dir: Path) -> str:
+    """The one line every refusal of a task without data says (submit, worker preflight)."""
+    return f'task {task!r} has no data under PRUNEBOARD_DATA_DIR={data_dir}: run "{fetch_command(task)}"'
 
 
 @dataclass(frozen=True)
@@ -61,9 +71,6 @@ class TaskSpec:
     completed) -> (scores, samples, task_manifest)`; `build` is then unused."""
     lm_eval_task: str | None = None
     """The lm-eval task this one corresponds to (`lm_eval --tasks NAME`), None where lm-eval has none."""
-    hub_dataset: str | None = None
-    """Hugging Face dataset read when the local files are absent and hub reads are enabled
-    (`hub_enabled()`); None: local files only."""
     data_schema: str = ""
     """The fields each local data row must have (shown by `python -m jobs tasks` and in errors)."""
     metric_weights: tuple[tuple[str, str], ...] = ()
@@ -78,18 +85,14 @@ class TaskSpec:
     def data_present(self, data_dir: Path) -> bool:
         return all((data_dir / f).exists() for f in self.data_files)
 
-    def hub_available(self) -> bool:
-        """Whether the task can read its data from the hub instead (PRUNEBOARD_USE_HUB=1)."""
-        return self.hub_dataset is not None and hub_enabled()
-
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def hub_enabled() -> bool:
-    """Whether tasks may read missing data from the hub: only when PRUNEBOARD_USE_HUB=1 (a GPU worker
-    with hub access) and no HF offline variable is set. Opt-in, never probed: hosts without network
-    must not try to connect."""
+    """Whether this host may download from the hub (task data a worker lacks, hub model ids): only
+    when PRUNEBOARD_USE_HUB=1 (a GPU worker with hub access) and no HF offline variable is set.
+    Opt-in, never probed: hosts without network must not try to connect."""
     if os.environ.get("PRUNEBOARD_USE_HUB") != "1":
         return False
     return not any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)

@@ -1,11 +1,11 @@
 """BoolQ (yes/no questions about a Wikipedia passage) scored like lm-eval's `boolq` task (SuperGLUE,
 version 2.0).
 
-Bring your own data: `boolq/dev.jsonl` under PRUNEBOARD_DATA_DIR (the 3270 validation questions),
+Data: `boolq/dev.jsonl` under PRUNEBOARD_DATA_DIR (the 3270 validation questions),
 one a line with `passage`, `question` and the answer as either `label` (0 = no, 1 = yes; the
 Hugging Face `super_glue/boolq` field) or `answer` (true/false; the original release's
-`dev.jsonl`). `build` writes passage, question and integer label into the work directory; without
-the file and with hub access the task reads `aps/super_glue` (`boolq`).
+`dev.jsonl`). `build` writes passage, question and integer label into the work directory;
+`python -m jobs data fetch boolq` downloads the file from `aps/super_glue` (`boolq`).
 
 lm-eval's prompt: context `{{passage}}\\nQuestion: {{question}}?\\nAnswer:`, continuations " no" /
 " yes", target `label`, metric `acc` (chance about 0.38 for "no", 0.62 majority "yes").
@@ -15,14 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import write_jsonl
-from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
+from backend.tasks._common import json_dataset, read_rows, require_fields, require_files, write_jsonl
 from backend.tasks.base import TaskSpec, register_task
 
 NAME = "boolq"
 DATA_FILES = ("boolq/dev.jsonl",)
-HUB_DATASET = "aps/super_glue"
-HUB_NAME = "boolq"
 SCHEMA = "JSON lines: passage, question, and label (0 no / 1 yes) or answer (true/false)"
 PROMPT = "{{passage}}\nQuestion: {{question}}?\nAnswer:"
 CHOICES = ["no", "yes"]
@@ -38,18 +35,15 @@ def normalise(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
-    path = None
-    if local:
-        rows = read_rows(data_dir / DATA_FILES[0])
-        require_fields(NAME, data_dir / DATA_FILES[0], rows, ("passage", "question"))
-        path = write_jsonl(workdir / NAME / "validation.jsonl", [normalise(r) for r in rows])
-    splits = ({"validation_split": "validation", "fewshot_split": "validation"} if local
-              else {"training_split": "train", "validation_split": "validation"})
+    require_files(NAME, data_dir, DATA_FILES, SCHEMA)
+    rows = read_rows(data_dir / DATA_FILES[0])
+    require_fields(NAME, data_dir / DATA_FILES[0], rows, ("passage", "question"))
+    path = write_jsonl(workdir / NAME / "validation.jsonl", [normalise(r) for r in rows])
     return {
         "task": NAME,
-        **dataset_keys(local, "validation", path, HUB_DATASET, HUB_NAME),
-        **splits,
+        **json_dataset({"validation": path}),
+        "validation_split": "validation",
+        "fewshot_split": "validation",
         "output_type": "multiple_choice",
         "doc_to_text": PROMPT,
         "doc_to_target": "label",
@@ -71,6 +65,5 @@ register_task(TaskSpec(
     data_files=DATA_FILES,
     metrics=("acc",),
     lm_eval_task="boolq",
-    hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
 ))

@@ -1,7 +1,9 @@
-"""GPQA Diamond (198 graduate-level science questions, four options), bring your own data.
+"""GPQA Diamond (198 graduate-level science questions, four options).
 
 GPQA's licence asks that the questions not be redistributed in plain text, so PruneBoard ships no
-copy: put a JSONL file at `gpqa/gpqa_diamond.jsonl` under PRUNEBOARD_DATA_DIR, one object a line:
+copy: `python -m jobs data fetch gpqa-diamond` writes it from the gated Hub dataset `Idavidrein/gpqa`
+(HF_TOKEN of an account that accepted its conditions), or put a JSONL file at
+`gpqa/gpqa_diamond.jsonl` under PRUNEBOARD_DATA_DIR yourself, one object a line:
 
     {"question": "...", "correct_answer": "...", "incorrect_answers": ["...", "...", "..."]}
 
@@ -112,7 +114,7 @@ register_task(TaskSpec(
     output_type="generate",
     primary_metric="exact_match",
     higher_is_better=True,
-    description="GPQA Diamond (bring your own gpqa/gpqa_diamond.jsonl): four-option science questions, "
+    description="GPQA Diamond: four-option science questions, "
                 "options shuffled per row with a fixed seed; chain of thought, letter exact match.",
     build=build,
     data_files=(DATA_FILE,),

@@ -1,11 +1,11 @@
 """HellaSwag (commonsense sentence completion, 4 endings) scored like lm-eval's `hellaswag` task
 (version 1.0).
 
-Bring your own data: `hellaswag/hellaswag_val.jsonl` under PRUNEBOARD_DATA_DIR (the 10042
+Data: `hellaswag/hellaswag_val.jsonl` under PRUNEBOARD_DATA_DIR (the 10042
 validation contexts; the original release's file name), one a line with `activity_label`, `ctx_a`,
 `ctx_b`, `endings` (4 strings) and `label` (index of the right ending, int or digit string), as in
 both the original release and Hugging Face `Rowan/hellaswag`. `build` writes those fields into the
-work directory; without the file and with hub access the task reads `Rowan/hellaswag`.
+work directory; `python -m jobs data fetch hellaswag` downloads the file from `Rowan/hellaswag`.
 
 lm-eval's preprocessing, re-implemented in `process_doc`/`preprocess`: the query is
 `activity_label: ctx_a Ctx_b` (ctx_b capitalised), each ending is a choice, and all of them are
@@ -19,13 +19,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import multiple_choice_config, multiple_choice_task, write_jsonl
-from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
+from backend.tasks._common import (
+    json_dataset,
+    multiple_choice_config,
+    multiple_choice_task,
+    read_rows,
+    require_fields,
+    require_files,
+    write_jsonl,
+)
 from backend.tasks.base import register_task
 
 NAME = "hellaswag"
 DATA_FILES = ("hellaswag/hellaswag_val.jsonl",)
-HUB_DATASET = "Rowan/hellaswag"
 FIELDS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
 SCHEMA = "JSON lines: activity_label, ctx_a, ctx_b, endings (4 strings), label (0-3)"
 _TAG = re.compile(r"\[.*?\]")
@@ -53,17 +59,14 @@ def process_docs(dataset):
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
-    path = None
-    if local:
-        rows = read_rows(data_dir / DATA_FILES[0])
-        require_fields(NAME, data_dir / DATA_FILES[0], rows, FIELDS)
-        path = write_jsonl(workdir / NAME / "validation.jsonl", [
-            {**{k: r[k] for k in FIELDS}, "label": str(int(r["label"]))} for r in rows
-        ])
-    splits = ({"validation_split": "validation", "fewshot_split": "validation"} if local
-              else {"training_split": "train", "validation_split": "validation"})
-    source = {**dataset_keys(local, "validation", path, HUB_DATASET, None), **splits, "process_docs": process_docs}
+    require_files(NAME, data_dir, DATA_FILES, SCHEMA)
+    rows = read_rows(data_dir / DATA_FILES[0])
+    require_fields(NAME, data_dir / DATA_FILES[0], rows, FIELDS)
+    path = write_jsonl(workdir / NAME / "validation.jsonl", [
+        {**{k: r[k] for k in FIELDS}, "label": str(int(r["label"]))} for r in rows
+    ])
+    splits = {"validation_split": "validation", "fewshot_split": "validation"}
+    source = {**json_dataset({"validation": path}), **splits, "process_docs": process_docs}
     return multiple_choice_config(NAME, source, doc_to_text="{{query}}", doc_to_target="{{label}}",
                                   doc_to_choice="choices")
 
@@ -75,6 +78,5 @@ register_task(multiple_choice_task(
     build,
     data_files=DATA_FILES,
     lm_eval_task="hellaswag",
-    hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
 ))

@@ -12,7 +12,8 @@ program exits cleanly. lm-eval's `code_eval` metric is not used (no HF_ALLOW_COD
 Data under PRUNEBOARD_DATA_DIR:
 * `humaneval/HumanEval.jsonl` (164 rows; task_id, prompt, entry_point, canonical_solution, test),
   read in place.
-* `humanevalplus/HumanEvalPlus.jsonl`, bring your own (e.g. the EvalPlus release, decompressed).
+* `humanevalplus/HumanEvalPlus.jsonl` (`python -m jobs data fetch humaneval-plus`: EvalPlus's
+  `evalplus/humanevalplus`, whose `test` holds the extra inputs; or the EvalPlus release, decompressed).
   One JSON object a line:
   - `task_id` (str), `prompt` (str), `entry_point` (str), `test` (str: defines `check(candidate)`),
     all required;
@@ -171,7 +172,7 @@ register_task(TaskSpec(
     output_type="generate",
     primary_metric="pass@1",
     higher_is_better=True,
-    description="HumanEval+ (bring your own JSONL): HumanEval with EvalPlus's extra inputs checked against "
+    description="HumanEval+: HumanEval with EvalPlus's extra inputs checked against "
                 "the reference; pass@1 in the sandbox.",
     build=build_plus,
     data_files=HUMANEVAL_PLUS_FILES,

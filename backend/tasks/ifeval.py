@@ -3,8 +3,8 @@ own `ifeval` instruction checkers (task version 4.0).
 
 Data (shipped in `../shared/data`): `ifeval/input_data.jsonl`, one prompt a line with `key`,
 `prompt`, `instruction_id_list` and `kwargs` (one dict per instruction), the layout of the original
-release and of Hugging Face `google/IFEval`, read in place. Without it and with hub access the task
-reads `google/IFEval`.
+release and of Hugging Face `google/IFEval`, read in place; `python -m jobs data fetch ifeval`
+downloads it from there.
 
 Generation: the prompt alone as the user turn, greedy, up to 1280 new tokens (lm-eval's settings;
 `generation.max_new_tokens` lowers it on CPU), stopping at the end of the model's turn.
@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from backend import settings
-from backend.tasks._common import CHAT_STOP_SEQUENCES
-from backend.tasks._sources import dataset_keys, local_or_hub
+from backend.tasks._common import CHAT_STOP_SEQUENCES, json_dataset, require_files
 from backend.tasks.base import TaskDataMissing, TaskSpec, register_task
 
 NAME = "ifeval"
 DATA_FILES = ("ifeval/input_data.jsonl",)
-HUB_DATASET = "google/IFEval"
 SCHEMA = "JSON lines: key, prompt, instruction_id_list, kwargs (one dict per instruction)"
 MAX_NEW_TOKENS = 1280
 METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
@@ -107,11 +105,11 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
+    require_files(NAME, data_dir, DATA_FILES, SCHEMA)
     ensure_punkt()
     return {
         "task": NAME,
-        **dataset_keys(local, "train", data_dir / DATA_FILES[0] if local else None, HUB_DATASET, None),
+        **json_dataset({"train": data_dir / DATA_FILES[0]}),
         "test_split": "train",
         "output_type": "generate_until",
         "doc_to_text": "prompt",
@@ -140,7 +138,6 @@ register_task(TaskSpec(
     metrics=METRICS,
     default_max_new_tokens=MAX_NEW_TOKENS,
     lm_eval_task="ifeval",
-    hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
     metric_weights=(("inst_level_strict_acc", WEIGHT), ("inst_level_loose_acc", WEIGHT)),
 ))

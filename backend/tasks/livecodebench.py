@@ -1,14 +1,15 @@
 """LiveCodeBench (code generation, release v5): competitive-programming problems, scored in the sandbox.
 
-Bring your own data: `livecodebench/test.jsonl` under PRUNEBOARD_DATA_DIR, one problem a line with
+Data: `livecodebench/test.jsonl` under PRUNEBOARD_DATA_DIR, one problem a line with
 the fields of LiveCodeBench's `code_generation_lite` release:
 * `question_id` (str), `question_title` (str, optional), `question_content` (str): the statement;
 * `starter_code` (str, may be ""): for functional (LeetCode-style) problems, `class Solution` with
   the method to write;
 * `public_test_cases` and `private_test_cases`: a list (or a JSON string of a list) of
   `{"input": str, "output": str, "testtype": "stdin" | "functional"}`. The HF release stores the
-  private tests zlib+base64-compressed pickles; those are refused (no unpickling of data files):
-  decode them once with trusted tooling and write the plain JSON list;
+  private tests as zlib+base64-compressed pickles; this loader refuses them (no unpickling while
+  evaluating). `python -m jobs data fetch livecodebench` downloads release v5 and writes them as
+  plain JSON, unpickling plain values only (`backend.taskdata.convert`);
 * `metadata` (dict or JSON string): `{"func_name": "..."}` for functional problems;
 * `platform`, `contest_date`, `difficulty` (optional, kept for reference).
 
@@ -66,7 +67,7 @@ def _tests(value: Any, field: str, qid: str) -> list[dict[str, str]]:
         except json.JSONDecodeError:
             raise TaskDataMissing(
                 f"livecodebench: {field} of {qid} is not a JSON list (the compressed pickled form of the "
-                "HF release is not read: decode it once and store the plain list)"
+                'HF release is not read here: "python -m jobs data fetch livecodebench" writes the plain list)'
             ) from None
     if not isinstance(value, list) or not all(isinstance(t, dict) and {"input", "output"} <= t.keys()
                                               for t in value):
@@ -162,7 +163,7 @@ register_task(TaskSpec(
     output_type="generate",
     primary_metric="pass@1",
     higher_is_better=True,
-    description="LiveCodeBench v5 code generation (bring your own JSONL): stdin/stdout and functional tests "
+    description="LiveCodeBench v5 code generation: stdin/stdout and functional tests "
                 "run in the sandbox; pass@1 (greedy).",
     build=build,
     data_files=DATA_FILES,

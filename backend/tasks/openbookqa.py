@@ -1,13 +1,13 @@
 """OpenBookQA (elementary science, 4 options) scored like lm-eval's `openbookqa` task (version 1.0).
 
-Bring your own data: `openbookqa/test.jsonl` under PRUNEBOARD_DATA_DIR (500 questions of the `main`
+Data: `openbookqa/test.jsonl` under PRUNEBOARD_DATA_DIR (500 questions of the `main`
 configuration), one question a line, in either layout:
 * the Hugging Face `allenai/openbookqa` layout: `question_stem`, `choices` {`text`: [...],
   `label`: [...]}, `answerKey`;
 * the original release layout (`Main/test.jsonl`): `question` {`stem`, `choices`: [{`text`,
   `label`}, ...]}, `answerKey`.
-`build` writes the first layout into the work directory; without the file and with hub access the
-task reads `allenai/openbookqa` (`main`).
+`build` writes the first layout into the work directory; `python -m jobs data fetch openbookqa`
+downloads the file from `allenai/openbookqa` (`main`).
 
 lm-eval's prompt: the context is the bare `question_stem`, continuations " " + each choice text,
 target the index of `answerKey` (left-stripped) among the labels, metrics `acc` and `acc_norm`.
@@ -17,21 +17,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import multiple_choice_config, multiple_choice_task, write_jsonl
-from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
+from backend.tasks._common import (
+    json_dataset,
+    multiple_choice_config,
+    multiple_choice_task,
+    read_rows,
+    require_fields,
+    require_files,
+    write_jsonl,
+)
 from backend.tasks.base import register_task
 
 NAME = "openbookqa"
 DATA_FILES = ("openbookqa/test.jsonl",)
-HUB_DATASET = "allenai/openbookqa"
-HUB_NAME = "main"
 SCHEMA = ("JSON lines: question_stem, choices {text: [...], label: [...]}, answerKey "
           "(allenai/openbookqa fields), or the original layout question {stem, choices: [{text, label}]}")
 
-LOCAL_SPLITS = {"test_split": "test", "fewshot_split": "test"}
+SPLITS = {"test_split": "test", "fewshot_split": "test"}
 """One local file: evaluated, and the few-shot pool (lm-eval leaves the evaluated row out)."""
-HUB_SPLITS = {"training_split": "train", "validation_split": "validation", "test_split": "test"}
-"""lm-eval's own splits when reading the hub."""
 
 
 def normalise(row: dict[str, Any]) -> dict[str, Any]:
@@ -48,13 +51,11 @@ def normalise(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
-    path = None
-    if local:
-        rows = read_rows(data_dir / DATA_FILES[0])
-        require_fields(NAME, data_dir / DATA_FILES[0], rows, ("answerKey",))
-        path = write_jsonl(workdir / NAME / "test.jsonl", [normalise(r) for r in rows])
-    source = {**dataset_keys(local, "test", path, HUB_DATASET, HUB_NAME), **(LOCAL_SPLITS if local else HUB_SPLITS)}
+    require_files(NAME, data_dir, DATA_FILES, SCHEMA)
+    rows = read_rows(data_dir / DATA_FILES[0])
+    require_fields(NAME, data_dir / DATA_FILES[0], rows, ("answerKey",))
+    path = write_jsonl(workdir / NAME / "test.jsonl", [normalise(r) for r in rows])
+    source = {**json_dataset({"test": path}), **SPLITS}
     return multiple_choice_config(NAME, source, doc_to_text="question_stem",
                                   doc_to_target="{{choices.label.index(answerKey.lstrip())}}",
                                   doc_to_choice="{{choices.text}}")
@@ -67,6 +68,5 @@ register_task(multiple_choice_task(
     build,
     data_files=DATA_FILES,
     lm_eval_task="openbookqa",
-    hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
 ))

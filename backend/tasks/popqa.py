@@ -8,10 +8,10 @@ setup (as in OLMES / Tulu 3 evaluations), with our own scorer:
   normalisation (lower case, punctuation and the articles a/an/the removed, spaces collapsed),
   the usual "answer recall" of PopQA.
 
-Bring your own data: `popqa/test.jsonl` under PRUNEBOARD_DATA_DIR (14267 rows), one question a
+Data: `popqa/test.jsonl` under PRUNEBOARD_DATA_DIR (14267 rows), one question a
 line with `question` and `possible_answers` (a list of strings, or the JSON-encoded list of the
-Hugging Face `akariasai/PopQA` dataset); other fields are ignored. Without the file and with
-hub access the task reads `akariasai/PopQA`.
+Hugging Face `akariasai/PopQA` dataset); other fields are ignored. `python -m jobs data fetch
+popqa` writes the file from that dataset's `test.tsv`.
 """
 from __future__ import annotations
 
@@ -22,13 +22,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import CHAT_STOP_SEQUENCES, write_jsonl
-from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
+from backend.tasks._common import (
+    CHAT_STOP_SEQUENCES,
+    json_dataset,
+    read_rows,
+    require_fields,
+    require_files,
+    write_jsonl,
+)
 from backend.tasks.base import TaskSpec, register_task
 
 NAME = "popqa"
 DATA_FILES = ("popqa/test.jsonl",)
-HUB_DATASET = "akariasai/PopQA"
 SCHEMA = "JSON lines: question, possible_answers (a list of strings or its JSON text)"
 PROMPT = "Q: {{question}} A:"
 MAX_NEW_TOKENS = 32
@@ -67,18 +72,16 @@ def process_results(doc: dict[str, Any], results: Sequence[str]) -> dict[str, fl
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
-    path = None
-    if local:
-        rows = read_rows(data_dir / DATA_FILES[0])
-        require_fields(NAME, data_dir / DATA_FILES[0], rows, ("question", "possible_answers"))
-        path = write_jsonl(workdir / NAME / "test.jsonl", [
-            {"question": r["question"], "possible_answers": json.dumps(answers_of(r), ensure_ascii=False)}
-            for r in rows
-        ])
+    require_files(NAME, data_dir, DATA_FILES, SCHEMA)
+    rows = read_rows(data_dir / DATA_FILES[0])
+    require_fields(NAME, data_dir / DATA_FILES[0], rows, ("question", "possible_answers"))
+    path = write_jsonl(workdir / NAME / "test.jsonl", [
+        {"question": r["question"], "possible_answers": json.dumps(answers_of(r), ensure_ascii=False)}
+        for r in rows
+    ])
     return {
         "task": NAME,
-        **dataset_keys(local, "test", path, HUB_DATASET, None),
+        **json_dataset({"test": path}),
         "test_split": "test",
         "fewshot_split": "test",
         "output_type": "generate_until",
@@ -105,6 +108,5 @@ register_task(TaskSpec(
     data_files=DATA_FILES,
     metrics=("exact_match",),
     default_max_new_tokens=MAX_NEW_TOKENS,
-    hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
 ))

@@ -4,8 +4,8 @@
 Data (shipped in `../shared/data`): `truthfulqa/v1/mc_task.json`, the original 817-question set as
 a JSON list of `question`, `mc1_targets` and `mc2_targets`, each target a `{answer: 1/0}` mapping.
 `build` writes them in the Hugging Face `truthfulqa/truthful_qa` (`multiple_choice`) layout,
-`{choices: [...], labels: [...]}` in the file's order, into the work directory; without the file
-and with hub access the task reads that dataset instead.
+`{choices: [...], labels: [...]}` in the file's order, into the work directory. `python -m jobs
+data fetch truthfulqa-mc2` writes `mc_task.json` from that dataset (`backend.taskdata`).
 
 lm-eval's prompt: the fixed six-question QA preamble (`QA_PRIMER`) then `\\n\\nQ: {question}\\nA:`;
 every mc2 answer is one continuation. The metric (`mc2_score`) is the probability mass of the true
@@ -19,14 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.tasks._common import write_jsonl
-from backend.tasks._sources import dataset_keys, local_or_hub, read_rows, require_fields
+from backend.tasks._common import json_dataset, read_rows, require_fields, require_files, write_jsonl
 from backend.tasks.base import TaskSpec, register_task
 
 NAME = "truthfulqa-mc2"
 DATA_FILES = ("truthfulqa/v1/mc_task.json",)
-HUB_DATASET = "truthfulqa/truthful_qa"
-HUB_NAME = "multiple_choice"
 SCHEMA = ("a JSON list of question, mc1_targets and mc2_targets ({answer: 1 or 0}), "
           "as TruthfulQA's data/v1/mc_task.json")
 QA_PRIMER = (
@@ -77,15 +74,13 @@ def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> d
 
 
 def build(data_dir: Path, workdir: Path) -> dict[str, Any]:
-    local = local_or_hub(NAME, data_dir, DATA_FILES, schema=SCHEMA, hub_dataset=HUB_DATASET)
-    path = None
-    if local:
-        rows = read_rows(data_dir / DATA_FILES[0])
-        require_fields(NAME, data_dir / DATA_FILES[0], rows, ("question", "mc1_targets", "mc2_targets"))
-        path = write_jsonl(workdir / NAME / "validation.jsonl", [normalise(r) for r in rows])
+    require_files(NAME, data_dir, DATA_FILES, SCHEMA)
+    rows = read_rows(data_dir / DATA_FILES[0])
+    require_fields(NAME, data_dir / DATA_FILES[0], rows, ("question", "mc1_targets", "mc2_targets"))
+    path = write_jsonl(workdir / NAME / "validation.jsonl", [normalise(r) for r in rows])
     return {
         "task": NAME,
-        **dataset_keys(local, "validation", path, HUB_DATASET, HUB_NAME),
+        **json_dataset({"validation": path}),
         "validation_split": "validation",
         "output_type": "multiple_choice",
         "doc_to_text": doc_to_text,
@@ -109,6 +104,5 @@ register_task(TaskSpec(
     data_files=DATA_FILES,
     metrics=("acc",),
     lm_eval_task="truthfulqa_mc2",
-    hub_dataset=HUB_DATASET,
     data_schema=SCHEMA,
 ))
