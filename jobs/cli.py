@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = results_commands.add_parser("inspect", help="what a bundle holds (format, counts, names)")
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--json", action="store_true")
+    run_files = results_commands.add_parser(
+        "run-files", help="write a succeeded run as lm-eval's files: results JSON and samples_<task> JSONL "
+                          "(jobs.run_files); prints their paths")
+    run_files.add_argument("id", type=int, metavar="ID")
+    run_files.add_argument("dir", metavar="DIR", help="output directory (lm-eval's layout: DIR/<model>/...)")
+    run_files.add_argument("--include-hidden", action="store_true", help="allow a hidden run")
 
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks"),
                        ("references", "list the published results runs are compared with")):
@@ -342,6 +348,9 @@ def _admin(args: argparse.Namespace) -> None:
 def _results(args: argparse.Namespace) -> None:
     from jobs import bundle
 
+    if args.results_command == "run-files":
+        _run_files(args)
+        return
     try:
         if args.results_command == "export":
             counts = bundle.export_bundle(args.file, job_ids=args.job, include_hidden=args.include_hidden)
@@ -358,6 +367,19 @@ def _results(args: argparse.Namespace) -> None:
                     print(f"{key:>16}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
     except bundle.BundleError as exc:
         raise CliError(f"{args.file}: {exc}") from None
+
+
+def _run_files(args: argparse.Namespace) -> None:
+    from jobs.run_files import RunFilesError, write_run_files
+
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        raise CliError(f"{args.dir} exists and is not a directory")
+    try:
+        paths = write_run_files(args.id, args.dir, include_hidden=args.include_hidden)
+    except RunFilesError as exc:
+        raise CliError(str(exc)) from None
+    for path in paths:
+        print(path)
 
 
 def _references(args: argparse.Namespace) -> None:
