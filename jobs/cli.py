@@ -1,8 +1,8 @@
-"""`python -m jobs`: submit, watch, cancel and retry jobs, rescore finished runs, run workers, list
-methods and tasks.
+"""`python -m jobs` (installed: `pruneboard`): submit, watch, cancel and retry jobs, rescore finished
+runs, run workers, list methods and tasks, prune and publish models, export results.
 
 Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
-2 bad input (an invalid config, an unknown job id, bad arguments). Errors are one line on stderr,
+2 bad input (an invalid config, an unknown job id, bad arguments, a Hub push refused). Errors are one line on stderr,
 logs go to stderr, and stdout carries only the answer. Only `worker` (through the pipeline, when a
 job starts) and `prune` (which prunes in-process and saves the model to --out) import torch.
 """
@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("config", metavar="CONFIG", help="config file (.json is JSON, else YAML); '-' reads stdin")
     prune.add_argument("--out", required=True, metavar="DIR",
                        help="directory for the pruned model (safetensors, config, tokenizer, pruneboard_manifest.json)")
+    prune.add_argument("--push-to-hub", metavar="REPO", default=None,
+                       help="then push it with a model card (README.md) to this Hub model repo, owner/name "
+                            "(token: $HF_TOKEN; checked before pruning)")
+    prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
     worker = commands.add_parser("worker", help="run jobs in this process")
     worker.add_argument("--drain", action="store_true", help="exit once no job is queued")
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--actor", default=None, help="recorded in the audit log (default: cli:$USER)")
     audit = admin_commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete)")
+    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete, publish)")
     audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
     audit.add_argument("--json", action="store_true")
 
@@ -277,6 +281,7 @@ def _prune(args: argparse.Namespace) -> None:
     out = os.path.abspath(args.out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise CliError(f"--out {out} exists and is not an empty directory")
+    token = _hub_push_token(args.push_to_hub) if args.push_to_hub else None  # before the model is loaded
     from backend.export import prune_only, save_pruned
 
     def progress(fraction: float, text: str) -> None:
@@ -288,7 +293,39 @@ def _prune(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
     saved = save_pruned(loaded, report, manifest, out)
     progress(1.0, f"saved to {saved}")
+    if token is not None:
+        _push_pruned(saved, manifest, args.push_to_hub, token, args.private)
     print(saved)
+
+
+def _hub_push_token(repo_id: str) -> str:
+    from backend import settings
+    from backend.hub_publish import check_repo_id
+
+    try:
+        check_repo_id(repo_id)
+    except ValueError as exc:
+        raise CliError(f"--push-to-hub: {exc}") from None
+    token = settings.hub_token()
+    if not token:
+        raise CliError("--push-to-hub needs a Hugging Face token with write access in HF_TOKEN")
+    return token
+
+
+def _push_pruned(saved, manifest: dict[str, Any], repo_id: str, token: str, private: bool) -> None:
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from backend.hub_publish import push_model
+    from backend.model_card import model_card
+
+    pruning = manifest["config"].get("pruning") or {"method": "dense", "sparsity": 0.0}
+    message = f"PruneBoard: {manifest['config']['model']} pruned with {pruning['method']} at {pruning['sparsity']:g}"
+    try:
+        pushed = push_model(saved, repo_id, token, model_card(manifest, saved, repo_id), private=private, message=message)
+    except (HfHubHTTPError, httpx.HTTPError, OSError) as exc:
+        raise CliError(f"could not push to {repo_id}: {exc} (the pruned model is saved in {saved})") from None
+    print(f"pushed to {pushed.repo_url} ({pushed.commit_url})", file=sys.stderr)
 
 
 def _worker(args: argparse.Namespace) -> None:
