@@ -31,8 +31,9 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    installed = os.path.basename(sys.argv[0]) == "pruneboard"  # the console command of `pip install .`
     parser = argparse.ArgumentParser(
-        prog="python -m jobs", description="PruneBoard job queue.",
+        prog="pruneboard" if installed else "python -m jobs", description="PruneBoard job queue.",
         epilog="Exit codes: 0 ok, 1 not allowed in the job's state, 2 bad input or unknown job, "
                "3 the server rejected the worker token.",
     )
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
     audit.add_argument("--json", action="store_true")
 
-    results = commands.add_parser("results", help="export, import and inspect results bundles (jobs.bundle)")
+    results = commands.add_parser("results", help="export, import and inspect results bundles (jobs.bundle); "
+                                                  "write a run as lm-eval's files (run-files)")
     results_commands = results.add_subparsers(dest="results_command", required=True, metavar="ACTION")
     export = results_commands.add_parser("export", help="write succeeded runs to a bundle file")
     export.add_argument("file", metavar="FILE", help="the bundle to write (.jsonl.gz)")

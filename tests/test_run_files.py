@@ -252,3 +252,12 @@ def test_hidden_runs_need_include_hidden(tmp_path, capsys):
         run_files_zip(job_id)
     assert main(["results", "run-files", str(job_id), str(tmp_path / "b"), "--include-hidden"]) == 0
     assert len(list((tmp_path / "b").rglob("samples_*.jsonl"))) == 3
+
+    # the run detail's download: admins only for a hidden run
+    from ui import run_actions
+
+    path, note = run_actions.lm_eval_files(job_id, access.User.named("alice"))
+    assert path is None and "hidden" in note
+    path, note = run_actions.lm_eval_files(job_id, access.User("carol", is_admin=True))
+    with zipfile.ZipFile(path) as bundle:
+        assert len(get_sample_results_filenames(bundle.namelist())) == 3
