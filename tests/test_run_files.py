@@ -49,7 +49,8 @@ def tiny_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PRUNEBOARD_HOME", str(home))
         patch.setenv("PRUNEBOARD_AUTO_BASELINES", "0")
-        patch.delenv("DATABASE_URL", raising=False)
+        for name in ("DATABASE_URL", "WANDB_API_KEY", "PRUNEBOARD_TRACKIO_PROJECT"):  # as conftest's isolated_home
+            patch.delenv(name, raising=False)
         job, _ = queue.submit(validate_config(TINY_RUN))
         assert Worker("test").run(drain=True, install_signals=False) == 1
         assert queue.get_job(job.id).state.value == "succeeded"
