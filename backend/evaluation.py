@@ -273,7 +273,8 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
             ]
 
     data_sha = _dataset_sha256(lm_config)
-    config_sha = _sha256_json(_canonical(lm_config))
+    canonical_config = _canonical(lm_config)
+    config_sha = _sha256_json(canonical_config)
     # Datasets are cached inside the work directory, which the caller deletes after the run.
     lm_config["dataset_kwargs"] = {
         **lm_config.get("dataset_kwargs", {}), "cache_dir": str(task_dir / "hf-datasets"),
@@ -305,6 +306,7 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
         "comparability_key": comparability_key(key_fields),
         "key_fields": key_fields,
         "task_config_sha256": config_sha,
+        "lm_eval_config": canonical_config,
         "data_files": {f: _sha256_file(data_dir / f) for f in spec.data_files if (data_dir / f).is_file()},
         "dataset_files": data_sha,
         "docs": n_docs,

@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @functools.lru_cache(maxsize=1)
 def project_commit() -> str:
-    """The git commit of this checkout, with '+dirty' when files differ; 'unknown' outside git."""
+    """The git commit of this checkout, with '+dirty' when files differ; for an installed package
+    (no checkout around the code) "pruneboard==<version>"; 'unknown' otherwise."""
+    if not (ROOT / ".git").exists():  # site-packages: a git repository around it is not this code's
+        version = package_version("pruneboard")
+        return f"pruneboard=={version}" if version != "absent" else "unknown"
     try:
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5

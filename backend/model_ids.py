@@ -29,6 +29,11 @@ def model_label(model: str) -> str:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
+def is_hub_id(model_id: str) -> bool:
+    """Whether the id has the form of a hub repo id (owner/name); says nothing about its existence."""
+    return bool(_HUB_ID.match(model_id))
+
+
 def check_model_id(model_id: str) -> str:
     """Return the id unchanged, or raise ValueError saying why it cannot name a model."""
     if model_id.startswith("builtin:"):

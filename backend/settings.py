@@ -94,6 +94,38 @@ def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT: where the Hub is (None: huggingface_hub's default); read when asked, so a process
+    that imported huggingface_hub earlier still follows it (tests point it at a loopback server)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def public_url() -> str | None:
+    """PRUNEBOARD_PUBLIC_URL, else https://$SPACE_HOST on a Space: the app's address, for links back to
+    a run from a published model card. None when neither is known."""
+    value = os.environ.get("PRUNEBOARD_PUBLIC_URL")
+    if value:
+        return value.rstrip("/")
+    host = os.environ.get("SPACE_HOST")
+    return f"https://{host}" if host else None
+
+
+def wandb_credentials() -> bool:
+    """WANDB_API_KEY is set: finished runs are logged to Weights & Biases (with the wandb package
+    installed; wandb itself reads WANDB_PROJECT, WANDB_ENTITY, ...)."""
+    return bool(os.environ.get("WANDB_API_KEY"))
+
+
+def trackio_project() -> str | None:
+    """PRUNEBOARD_TRACKIO_PROJECT: log finished runs to this Trackio project (with the trackio
+    package installed); PRUNEBOARD_TRACKIO_SPACE_ID optionally names the Space it syncs to."""
+    return os.environ.get("PRUNEBOARD_TRACKIO_PROJECT") or None
+
+
+def trackio_space_id() -> str | None:
+    return os.environ.get("PRUNEBOARD_TRACKIO_SPACE_ID") or None
+
+
 def results_push_seconds() -> float:
     """PRUNEBOARD_RESULTS_PUSH_SECONDS (default 600): the longest a finished run waits to be pushed."""
     return float(os.environ.get("PRUNEBOARD_RESULTS_PUSH_SECONDS") or 600)

@@ -5,3 +5,10 @@
 Importing this package imports nothing else, so `db.schema` can use `jobs.states` and the CLI stays
 fast; torch is only imported by the pipeline, inside a worker.
 """
+
+import os as _os
+
+LAUNCHED_BY = _os.getppid()
+"""The parent process when this package was first imported: `worker --stop-with-parent` compares
+against it. Read here, before anything slow is imported, so a parent that dies while the worker
+is still starting up is noticed too (reading it later would see the reaper that adopted us)."""

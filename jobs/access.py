@@ -8,6 +8,8 @@
   nothing; the dense baselines queued with it are submitted by "system" and count for no one.
 * Cancel and retry: admins (`settings.admins()`) act on any job, a logged-in user on their own jobs,
   an anonymous visitor on any job only when login is not required.
+* Publishing a run's pruned model to the Hub (with the deployment's token): as cancel and retry,
+  but a hidden run only by admins; each publication by a logged-in user is audited.
 * Admins hide, unhide and delete runs; every such action, submission, retry and cancel by a
   logged-in user is a row of `audit_log`. A hidden run leaves the leaderboard (which then shows the
   latest visible run of that config, if any), the compare picker and non-admins' queue
@@ -37,7 +39,7 @@ from jobs.states import ACTIVE_STATES, InvalidTransition, JobNotFound, JobState
 __all__ = [
     "User", "ANONYMOUS", "ANONYMOUS_SUBMITTER", "AccessError", "LoginRequired", "AccessDenied", "QuotaExceeded",
     "submit_as", "submit_many_as", "cancel_as", "retry_as", "can_manage", "quota_status",
-    "hide_run", "unhide_run", "delete_run", "audit_entries",
+    "hide_run", "unhide_run", "delete_run", "audit_entries", "require_publish", "record_publish",
 ]
 
 ANONYMOUS_SUBMITTER = "web"
@@ -151,6 +153,17 @@ def quota_status(user: User) -> dict[str, Any]:
     active, today = _usage(user) if user.logged_in else (0, 0)
     return {"limited": limited, "active": active, "max_active": settings.max_queued_per_user(),
             "today": today, "max_per_day": settings.max_submissions_per_day()}
+
+
+def require_publish(user: User, job: Job) -> None:
+    """Raise AccessError unless `user` may push this run's model to the Hub."""
+    if job.hidden and not user.is_admin:
+        raise AccessDenied(f"Job {job.id} is hidden: only admins can publish it.")
+    _require_manage(user, job, "publish")
+
+
+def record_publish(user: User, job_id: int, repo_id: str) -> None:
+    _audit(user, "publish", job_id, {"repo": repo_id})
 
 
 # --- moderation -------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from jobs.states import JobState
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "BundleRun", "deployment_id", "export_bundle",
-    "import_bundle", "inspect_bundle", "merge_bundles", "origin_id", "read_bundle", "seed_empty_database",
+    "import_bundle", "inspect_bundle", "load_run", "merge_bundles", "origin_id", "read_bundle", "seed_empty_database",
     "write_bundle",
 ]
 
@@ -218,6 +218,12 @@ def _run_from_job(session, job: Job, deployment: str) -> BundleRun:
     record["samples_sha256"] = _samples_hash(sample_dicts)
     record["record_sha256"] = _record_hash(record)
     return BundleRun(record, sample_dicts)
+
+
+def load_run(session, job: Job) -> BundleRun:
+    """One stored run as a bundle holds it: its run record and its samples with their full texts
+    (`jobs.run_files` writes lm-eval's files from it)."""
+    return _run_from_job(session, job, deployment_id(session))
 
 
 def export_bundle(path: str | Path, job_ids: Iterable[int] | None = None, include_hidden: bool = False) -> dict[str, int]:

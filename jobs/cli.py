@@ -1,8 +1,9 @@
-"""`python -m jobs`: submit, watch, cancel and retry jobs, rescore finished runs, run workers, list
-methods and tasks, show the findings' verdicts.
+"""`python -m jobs` (installed: `pruneboard`): submit, watch, cancel and retry jobs, rescore finished
+runs, run workers, list methods and tasks, prune and publish models, export results, show the findings'
+verdicts.
 
 Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
-2 bad input (an invalid config, an unknown job id, bad arguments). Errors are one line on stderr,
+2 bad input (an invalid config, an unknown job id, bad arguments, a Hub push refused). Errors are one line on stderr,
 logs go to stderr, and stdout carries only the answer. Only `worker` (through the pipeline, when a
 job starts) and `prune` (which prunes in-process and saves the model to --out) import torch.
 """
@@ -31,8 +32,9 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    installed = os.path.basename(sys.argv[0]) == "pruneboard"  # the console command of `pip install .`
     parser = argparse.ArgumentParser(
-        prog="python -m jobs", description="PruneBoard job queue.",
+        prog="pruneboard" if installed else "python -m jobs", description="PruneBoard job queue.",
         epilog="Exit codes: 0 ok, 1 not allowed in the job's state, 2 bad input or unknown job, "
                "3 the server rejected the worker token.",
     )
@@ -67,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("config", metavar="CONFIG", help="config file (.json is JSON, else YAML); '-' reads stdin")
     prune.add_argument("--out", required=True, metavar="DIR",
                        help="directory for the pruned model (safetensors, config, tokenizer, pruneboard_manifest.json)")
+    prune.add_argument("--push-to-hub", metavar="REPO", default=None,
+                       help="then push it with a model card (README.md) to this Hub model repo, owner/name "
+                            "(token: $HF_TOKEN; checked before pruning)")
+    prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
     worker = commands.add_parser("worker", help="run jobs in this process")
     worker.add_argument("--drain", action="store_true", help="exit once no job is queued")
@@ -123,11 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--actor", default=None, help="recorded in the audit log (default: cli:$USER)")
     audit = admin_commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete)")
+    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete, publish)")
     audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
     audit.add_argument("--json", action="store_true")
 
-    results = commands.add_parser("results", help="export, import and inspect results bundles (jobs.bundle)")
+    results = commands.add_parser("results", help="export, import and inspect results bundles (jobs.bundle); "
+                                                  "write a run as lm-eval's files (run-files)")
     results_commands = results.add_subparsers(dest="results_command", required=True, metavar="ACTION")
     export = results_commands.add_parser("export", help="write succeeded runs to a bundle file")
     export.add_argument("file", metavar="FILE", help="the bundle to write (.jsonl.gz)")
@@ -141,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = results_commands.add_parser("inspect", help="what a bundle holds (format, counts, names)")
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--json", action="store_true")
+    run_files = results_commands.add_parser(
+        "run-files", help="write a succeeded run as lm-eval's files: results JSON and samples_<task> JSONL "
+                          "(jobs.run_files); prints their paths")
+    run_files.add_argument("id", type=int, metavar="ID")
+    run_files.add_argument("dir", metavar="DIR", help="output directory (lm-eval's layout: DIR/<model>/...)")
+    run_files.add_argument("--include-hidden", action="store_true", help="allow a hidden run")
 
     findings = commands.add_parser(
         "findings", help="the study's findings with the verdict the stored results give each (db.findings)")
@@ -308,6 +321,7 @@ def _prune(args: argparse.Namespace) -> None:
     out = os.path.abspath(args.out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise CliError(f"--out {out} exists and is not an empty directory")
+    token = _hub_push_token(args.push_to_hub) if args.push_to_hub else None  # before the model is loaded
     from backend.export import prune_only, save_pruned
 
     def progress(fraction: float, text: str) -> None:
@@ -319,7 +333,39 @@ def _prune(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
     saved = save_pruned(loaded, report, manifest, out)
     progress(1.0, f"saved to {saved}")
+    if token is not None:
+        _push_pruned(saved, manifest, args.push_to_hub, token, args.private)
     print(saved)
+
+
+def _hub_push_token(repo_id: str) -> str:
+    from backend import settings
+    from backend.hub_publish import check_repo_id
+
+    try:
+        check_repo_id(repo_id)
+    except ValueError as exc:
+        raise CliError(f"--push-to-hub: {exc}") from None
+    token = settings.hub_token()
+    if not token:
+        raise CliError("--push-to-hub needs a Hugging Face token with write access in HF_TOKEN")
+    return token
+
+
+def _push_pruned(saved, manifest: dict[str, Any], repo_id: str, token: str, private: bool) -> None:
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from backend.hub_publish import push_model
+    from backend.model_card import model_card
+
+    pruning = manifest["config"].get("pruning") or {"method": "dense", "sparsity": 0.0}
+    message = f"PruneBoard: {manifest['config']['model']} pruned with {pruning['method']} at {pruning['sparsity']:g}"
+    try:
+        pushed = push_model(saved, repo_id, token, model_card(manifest, saved, repo_id), private=private, message=message)
+    except (HfHubHTTPError, httpx.HTTPError, OSError) as exc:
+        raise CliError(f"could not push to {repo_id}: {exc} (the pruned model is saved in {saved})") from None
+    print(f"pushed to {pushed.repo_url} ({pushed.commit_url})", file=sys.stderr)
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -379,6 +425,9 @@ def _admin(args: argparse.Namespace) -> None:
 def _results(args: argparse.Namespace) -> None:
     from jobs import bundle
 
+    if args.results_command == "run-files":
+        _run_files(args)
+        return
     try:
         if args.results_command == "export":
             counts = bundle.export_bundle(args.file, job_ids=args.job, include_hidden=args.include_hidden)
@@ -395,6 +444,19 @@ def _results(args: argparse.Namespace) -> None:
                     print(f"{key:>16}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
     except bundle.BundleError as exc:
         raise CliError(f"{args.file}: {exc}") from None
+
+
+def _run_files(args: argparse.Namespace) -> None:
+    from jobs.run_files import RunFilesError, write_run_files
+
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        raise CliError(f"{args.dir} exists and is not a directory")
+    try:
+        paths = write_run_files(args.id, args.dir, include_hidden=args.include_hidden)
+    except RunFilesError as exc:
+        raise CliError(str(exc)) from None
+    for path in paths:
+        print(path)
 
 
 def _references(args: argparse.Namespace) -> None:

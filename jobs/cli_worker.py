@@ -52,7 +52,9 @@ def _runner(args: argparse.Namespace, poll: float, backend=None):
 def _stop_when_orphaned(runner, interval: float = 1.0) -> None:
     """Stop `runner` once this process is re-parented. A parent killed with SIGKILL (or one whose
     shutdown timed out) runs no exit handler, so its children must notice on their own."""
-    parent = os.getppid()
+    from jobs import LAUNCHED_BY
+
+    parent = LAUNCHED_BY
 
     def watch() -> None:
         while not runner.stopping:

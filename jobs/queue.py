@@ -268,7 +268,8 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
     """Store a finished run in ONE transaction: scores, samples (previews), their compressed
     traces, trace statistics, efficiency, manifest and state=succeeded together. Writes nothing and
     returns False unless the job still runs under this attempt and no cancel was requested. Raises
-    (and writes nothing) if storing fails."""
+    (and writes nothing) if storing fails. Once stored, the run goes to any configured experiment
+    logger (`jobs.run_files.log_finished_run`)."""
     now = utcnow()
     # The pipeline's statistics; else (other executors) the same function on the generated samples.
     stats = getattr(result, "trace_stats", None) or trace_stats([s for s in result.samples if s.finish_reason is not None])
@@ -298,6 +299,9 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
         write_results(session, job_id, result.scores, result.samples)
         session.execute(delete(SampleCheckpoint).where(SampleCheckpoint.job_id == job_id))
     logger.info("job %d succeeded (%d scores, %d samples)", job_id, len(result.scores), len(result.samples))
+    from jobs.run_files import log_finished_run  # optional W&B / Trackio logging; nothing when unset
+
+    log_finished_run(job_id)
     return True
 
 

@@ -28,6 +28,8 @@ def isolated_home(tmp_path, monkeypatch, request):
     monkeypatch.setenv("PRUNEBOARD_ALLOW_NOOP", "1")
     monkeypatch.setenv("PRUNEBOARD_AUTO_BASELINES", "0")  # tests of the feature switch it on
     monkeypatch.setenv("PRUNEBOARD_SEED_RESULTS", "0")  # likewise: the shipped snapshot stays out
+    for logger_setting in ("WANDB_API_KEY", "PRUNEBOARD_TRACKIO_PROJECT"):  # no test logs to a real tracker
+        monkeypatch.delenv(logger_setting, raising=False)
     if SHARED_DATA.is_dir():
         monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(SHARED_DATA))
     return home

@@ -1,11 +1,14 @@
-"""Leaderboard tab: filters, view, sort, the coloured method x task table, exports, a run's detail
-and "rerun / fork this config" (logic in `ui.board`)."""
+"""Leaderboard tab: filters, view, sort, the coloured method x task table, exports, a run's detail,
+"rerun / fork this config", its lm-eval files and "publish to the Hub" (logic in `ui.board` and
+`ui.run_actions`)."""
 from __future__ import annotations
 
 import gradio as gr
 
 from db.leaderboard import FAMILIES
 from ui import board as svc
+from ui import run_actions
+from ui.auth import user_from
 
 
 def build(shared) -> None:
@@ -46,6 +49,13 @@ def build(shared) -> None:
             shared.board_job = gr.Number(label="Job id", value=None, precision=0, elem_id="pb-board-job")
             shared.board_open = gr.Button("Open run", elem_id="pb-board-open")
             shared.board_fork = gr.Button("Rerun / fork this config", variant="primary", elem_id="pb-board-fork")
+        with gr.Row(equal_height=True):
+            shared.board_files = gr.Button("lm-eval files (zip)", elem_id="pb-board-files", scale=0, min_width=160)
+            shared.board_publish_repo = gr.Textbox(label="Hub repo for the pruned model", placeholder="owner/name",
+                                                   elem_id="pb-board-publish-repo", scale=2)
+            shared.board_publish = gr.Button("Publish to the Hub", elem_id="pb-board-publish", scale=0, min_width=160)
+        shared.board_files_out = gr.File(label="lm-eval files", visible=False, elem_id="pb-board-files-out")
+        shared.board_action_note = gr.Markdown(elem_id="pb-board-action-note")
         shared.board_detail = gr.Markdown(svc.run_detail(None).summary, elem_id="pb-board-detail-summary")
         with gr.Row():
             shared.board_detail_config = gr.Code(label="Config (YAML)", language="yaml", interactive=False, lines=12,
@@ -98,6 +108,15 @@ def _fork(job_id):
     return text, gr.Tabs(selected="submit"), gr.update()
 
 
+def _files(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
+    path, note = run_actions.lm_eval_files(job_id, user_from(profile, request))
+    return gr.update(value=path, visible=path is not None), note
+
+
+def _publish(job_id, repo_id, profile: gr.OAuthProfile | None, request: gr.Request):
+    return run_actions.publish(job_id, repo_id, user_from(profile, request))
+
+
 def wire(shared, demo) -> None:
     inputs = [shared.board_model, shared.board_paradigm, shared.board_families, shared.board_sparsity_min,
               shared.board_sparsity_max, shared.board_calibration, shared.board_recovery, shared.board_search,
@@ -125,3 +144,9 @@ def wire(shared, demo) -> None:
     shared.board_open.click(_detail, shared.board_job, detail_outputs, api_name="run_detail")
     shared.board_fork.click(_fork, shared.board_job, [shared.submit_editor, shared.tabs, shared.board_detail],
                             api_name=False)
+    shared.board_job.change(lambda _: (gr.update(value=None, visible=False), ""), shared.board_job,
+                            [shared.board_files_out, shared.board_action_note], api_name=False)  # another run
+    shared.board_files.click(_files, shared.board_job, [shared.board_files_out, shared.board_action_note],
+                             api_name=False)
+    shared.board_publish.click(_publish, [shared.board_job, shared.board_publish_repo], shared.board_action_note,
+                               api_name=False)
