@@ -270,6 +270,10 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
     if routed and (config.keep_model or config.evaluation.backend == "vllm"):
         raise ValueError(f"{config.pruning.method}: routers live in the Python model only; keep_model and the vllm "
                          "backend would keep the weights without them (use the hf backend, keep_model: false)")
+    if any(get_task(task.name).runs_code for task in config.tasks):
+        from backend.sandbox import require_jail
+
+        require_jail()  # SandboxUnavailable: generated code is never run outside the jail
     for task in config.tasks:
         spec = get_task(task.name)
         if not spec.data_present(data_dir) and not spec.hub_available():

@@ -146,3 +146,18 @@ def backup_dir() -> Path:
     """PRUNEBOARD_BACKUP_DIR: where the SQLite backup is kept (default $PRUNEBOARD_HOME/backups)."""
     value = os.environ.get("PRUNEBOARD_BACKUP_DIR")
     return Path(value).resolve() if value else home() / "backups"
+
+
+# --- the sandbox of generated code (backend.sandbox) ---------------------------------------------
+
+
+def bwrap_path() -> str | None:
+    """PRUNEBOARD_BWRAP: the bubblewrap binary that builds the jail (default: `bwrap` on PATH)."""
+    return os.environ.get("PRUNEBOARD_BWRAP") or None
+
+
+def unsafe_sandbox() -> bool:
+    """PRUNEBOARD_UNSAFE_SANDBOX=1: where the jail cannot be built, run generated code anyway in a
+    plain child process (limits, no namespaces), with a warning in the log. Off by default: code
+    tasks are then refused."""
+    return os.environ.get("PRUNEBOARD_UNSAFE_SANDBOX") == "1"

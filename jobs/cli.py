@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("methods", "list pruning methods"), ("tasks", "list evaluation tasks")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
+
+    sandbox = commands.add_parser("sandbox-run", help="run a Python file in the code tasks' jail; prints one JSON "
+                                                      "line (exit 3 where the jail cannot be built)")
+    sandbox.add_argument("file", metavar="FILE")
+    sandbox.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wall-clock seconds (default 10)")
     return parser
 
 
@@ -151,15 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
+        "sandbox-run": _sandbox_run,
     }[args.command]
     try:
-        handler(args)
+        code = handler(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
-    return EXIT_OK
+    return code or EXIT_OK
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -287,6 +293,12 @@ def _worker(args: argparse.Namespace) -> None:
     from jobs.cli_worker import run_worker  # its own module: the worker loop, executors and parent watch
 
     run_worker(args)
+
+
+def _sandbox_run(args: argparse.Namespace) -> int:
+    from jobs.cli_sandbox import run_sandboxed_file  # the jail's own command: exit codes 0, 2, 3
+
+    return run_sandboxed_file(args)
 
 
 def _token(args: argparse.Namespace) -> None:
