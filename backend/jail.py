@@ -1,14 +1,13 @@
 """The jail that generated code runs in: a bubblewrap (`bwrap`) sandbox, built per run.
 
-    jail_command(limits, program_fd, info_fd) -> argv for subprocess
+    launch(limits, program, stdin, stdout, stderr) -> (bwrap's process, the jail's PID 1 on the host)
     probe() -> None, or the one-line reason the jail cannot be built here (cached)
 
 Inside the jail the program has
 
 * fresh user, mount, PID, IPC, UTS, network (and, where the kernel has them, cgroup) namespaces:
   it sees only its own processes (`/proc` is the jail's), no network device but a loopback that is
-  down, and it cannot make further user namespaces (`--disable-userns`); it runs as uid 1000 with
-  no capabilities and no-new-privileges (bwrap sets it);
+  down; it runs as uid 1000 with no capabilities and no-new-privileges (bwrap sets it);
 * a read-only view of what the interpreter needs and nothing else: the base interpreter's prefix
   (its stdlib), the system library directories and the loader cache. The project, the database,
   the PRUNEBOARD home, data and cache directories, the caller's home and the virtual environment
@@ -24,9 +23,13 @@ that PID (its host pid comes through bwrap's `--info-fd`), every process the pro
 `setsid()` daemon included, is killed by the kernel. bwrap's `--die-with-parent` covers a caller
 that dies itself.
 
-Running as root, bwrap still creates a user namespace, so the program has no capability outside
-its namespaces; running as any other user it needs unprivileged user namespaces (Debian's
-default). `probe()` builds the jail once per interpreter and bwrap binary and caches the answer.
+As any user but root, bwrap maps the caller to uid 1000 in a new user namespace (unprivileged user
+namespaces: Debian's default) and the jail may not make further ones (`--disable-userns`). As root,
+the caller writes the namespace's id maps itself (`--userns-block-fd`): root inside is root outside
+only while bwrap sets the jail up, and the launcher then becomes uid 1000, which is `nobody`
+outside, so RLIMIT_NPROC holds (the kernel exempts uid 0) and nothing of root's is the program's;
+a user namespace the program might still make grants it nothing outside the jail. `probe()` builds
+the jail once per interpreter and bwrap binary and caches the answer.
 """
 from __future__ import annotations
 

@@ -186,7 +186,16 @@ def test_the_worker_refuses_a_data_path_that_leads_out_at_run_time(monkeypatch, 
 def test_a_local_install_listens_on_loopback_unless_told_otherwise(monkeypatch):
     import app
 
-    served = []
+    served, sweepers = [], []
+
+    class Sweeper:  # the app's lease sweeper (item 14), not left running after this test
+        def start(self):
+            sweepers.append(self)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(app, "LeaseSweeper", Sweeper)
     monkeypatch.setattr(app, "create_app", lambda: "the app")
     monkeypatch.setattr("uvicorn.run", lambda application, host, port, **kw: served.append(host))
     monkeypatch.setattr(app, "start_local_workers", lambda count: [])
@@ -197,7 +206,7 @@ def test_a_local_install_listens_on_loopback_unless_told_otherwise(monkeypatch):
     app.main([])
     monkeypatch.delenv("GRADIO_SERVER_NAME")
     app.main(["--host", "0.0.0.0"])
-    assert served == ["127.0.0.1", "0.0.0.0", "0.0.0.0"]
+    assert served == ["127.0.0.1", "0.0.0.0", "0.0.0.0"] and len(sweepers) == 3
     monkeypatch.setenv("SPACE_ID", "owner/space")
     assert settings.server_name() == "0.0.0.0"  # a Space's proxy connects from outside
 
