@@ -3,6 +3,8 @@ starts PRUNEBOARD_LOCAL_WORKERS local workers.
 
 The UI (Gradio) is mounted at "/" on the FastAPI app of `jobs.api`, so remote workers reach
 `/api/v1/worker/...` and monitors `/healthz` on the same port (GRADIO_SERVER_PORT, default 7860).
+It listens on 127.0.0.1 unless GRADIO_SERVER_NAME, `--host` or Space mode says otherwise, and refuses
+to start (exit 2) where login is required but no real Hugging Face login exists (`ui.auth.login_problem`).
 
 Space mode (SPACE_ID set, i.e. on a Hugging Face Space): no local worker unless
 PRUNEBOARD_LOCAL_WORKERS says so (jobs run on remote GPU workers), login required to submit, and
@@ -11,6 +13,7 @@ database is restored from the backup (`db.backup`).
 """
 from __future__ import annotations
 
+import argparse
 import atexit
 import logging
 import os
@@ -20,9 +23,12 @@ from pathlib import Path
 
 from backend import settings
 from jobs import results_repo
+from jobs.sweeper import LeaseSweeper
 
 ROOT = Path(__file__).resolve().parent
 MIN_SECRET_TOKEN_CHARS = 32
+UPLOAD_LIMIT = "1mb"
+"""Gradio's upload route accepts files up to this (the UI has no upload field; anyone may post there)."""
 logger = logging.getLogger("pruneboard.app")
 
 
@@ -61,6 +67,7 @@ def create_app():
         create_api(), demo, path="/",
         css_paths=[ROOT / "static" / "style.css"],
         allowed_paths=[str(ROOT / "static")],
+        max_file_size=UPLOAD_LIMIT,
     )
 
 
@@ -126,32 +133,43 @@ def prepare_database():
 def register_worker_tokens() -> list[str]:
     """PRUNEBOARD_WORKER_TOKENS="name=token,..." (a Space secret): worker tokens for deployments
     where no one can run `python -m jobs token create` beside the database. A new name is added and
-    a changed token replaces the old one; an unchanged one is left as it is, so a revoke stands.
-    Returns the names added or changed."""
+    a changed token replaces the old one; an unchanged one is left as it is, so a revoke stands. A
+    name that came from the variable and is no longer in it is revoked (to bring that worker back,
+    give it a new token). Returns the names added or changed."""
     from sqlalchemy import select
 
-    from db.schema import WorkerToken
+    from db.schema import WorkerToken, utcnow
     from db.session import write_session
     from jobs.tokens import NAME_PATTERN, digest
 
-    changed = []
+    changed, listed = [], set()
     for item in filter(None, (part.strip() for part in os.environ.get("PRUNEBOARD_WORKER_TOKENS", "").split(","))):
         name, _, token = (piece.strip() for piece in item.partition("="))
         if not NAME_PATTERN.match(name) or len(token) < MIN_SECRET_TOKEN_CHARS:
             logger.error("PRUNEBOARD_WORKER_TOKENS: skipped an entry (want name=token, token of at least %d "
                          "characters)", MIN_SECRET_TOKEN_CHARS)
             continue
+        listed.add(name)
         with write_session() as session:
             row = session.scalar(select(WorkerToken).where(WorkerToken.name == name))
             if row is not None and row.token_hash == digest(token):
+                row.source = "env"  # rows made before the source was recorded
                 continue
             if row is None:
                 row = WorkerToken(name=name)
                 session.add(row)
-            row.token_hash, row.revoked_at = digest(token), None
+            row.token_hash, row.revoked_at, row.source = digest(token), None, "env"
         changed.append(name)
     if changed:
         logger.info("worker tokens from PRUNEBOARD_WORKER_TOKENS: %s", ", ".join(changed))
+    with write_session() as session:
+        dropped = session.scalars(select(WorkerToken).where(
+            WorkerToken.source == "env", WorkerToken.revoked_at.is_(None), WorkerToken.name.not_in(listed))).all()
+        for row in dropped:
+            row.revoked_at = utcnow()
+    if dropped:
+        logger.warning("worker tokens revoked (no longer in PRUNEBOARD_WORKER_TOKENS): %s",
+                       ", ".join(row.name for row in dropped))
     return changed
 
 
@@ -164,9 +182,24 @@ def log_mode() -> None:
                     "required" if settings.require_login() else "not required")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python app.py", description="PruneBoard: the UI and the worker API.")
+    parser.add_argument("--host", default=None, metavar="ADDR",
+                        help="address to listen on, e.g. 0.0.0.0 for workers on other machines (default: "
+                             "$GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 in Space mode)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
+    from ui.auth import login_problem
+
+    args = parse_args(argv)
+    problem = login_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     setup_logging()
     log_mode()
     backups = prepare_database()
@@ -178,12 +211,15 @@ def main() -> None:
         pusher.start()
         atexit.register(pusher.stop)  # one last push on a clean exit
         logger.info("pushing results to the Hub dataset %s", settings.results_repo())
+    sweeper = LeaseSweeper()
+    sweeper.start()
+    atexit.register(sweeper.stop)
     workers = start_local_workers(settings.local_workers())
     logger.info("started %d local worker(s)", len(workers))
     app = create_app()
-    port = settings.server_port()
-    logger.info("serving the UI and the worker API on http://0.0.0.0:%d", port)
-    uvicorn.run(app, host="0.0.0.0", port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    host, port = args.host or settings.server_name(), settings.server_port()
+    logger.info("serving the UI and the worker API on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

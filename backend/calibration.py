@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from backend import settings
-from backend.config import CalibrationConfig
+from backend.config import CalibrationConfig, data_file
 
 if TYPE_CHECKING:
     import torch
@@ -111,8 +111,11 @@ class CalibrationSet:
 
 
 def _text_path(cfg: CalibrationConfig, data_dir: Path) -> Path:
-    path = Path(cfg.path or "")
-    return path if path.is_absolute() else Path(data_dir) / path
+    """The text file inside this machine's data dir (checked again here: a link may have changed)."""
+    try:
+        return data_file(cfg.path or "", data_dir)
+    except ValueError as exc:
+        raise ValueError(f"calibration.{exc}") from None
 
 
 def _task_path(cfg: CalibrationConfig, data_dir: Path) -> Path:

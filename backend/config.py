@@ -39,9 +39,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_STRING, allow_inf_nan=False)
 
 
+OUTSIDE_DATA_DIR = ("path must name a file under PRUNEBOARD_DATA_DIR (relative, without '..' or a URL scheme, "
+                    "and not a link that leads out of it)")
+"""One message for every refused path, so an error never tells whether some file exists."""
+
+
+def data_file(path: str, data_dir: Path | None = None) -> Path:
+    """`path` resolved against the data directory (default `settings.data_dir()`), symlinks followed;
+    ValueError(OUTSIDE_DATA_DIR) unless the result stays inside it."""
+    from backend import settings
+
+    if "://" in path or Path(path).is_absolute() or ".." in Path(path).parts:
+        raise ValueError(OUTSIDE_DATA_DIR)
+    root = Path(data_dir if data_dir is not None else settings.data_dir()).resolve()
+    resolved = (root / path).resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ValueError(OUTSIDE_DATA_DIR)
+    return resolved
+
+
 def _check_relative_path(path: str) -> str:
-    if "://" in path or ".." in Path(path).parts:
-        raise ValueError(f"path must be a plain file path without '..' or a URL scheme: {path!r}")
+    data_file(path)
     return path
 
 
@@ -91,7 +109,7 @@ class CalibrationConfig(_Strict):
     the user turn, worked answer as the assistant turn); self-generated: the dense model answers a
     task's training prompts through its chat template and those conversations are the text."""
     path: str | None = None
-    """For `text`: a plain-text file; relative paths resolve against PRUNEBOARD_DATA_DIR."""
+    """For `text`: a plain-text file under PRUNEBOARD_DATA_DIR, relative to it (`data_file`)."""
     task: str | None = Field(None, max_length=100)
     """For `task-aligned` and `self-generated`: the prompt source (`backend.calibration.CALIBRATION_TASKS`)."""
     split: Literal["train", "test"] = "train"
@@ -210,7 +228,7 @@ class RecoveryConfig(_Strict):
     data: Literal["task-aligned", "self-generated", "text", "synthetic"] = "text"
     """Training text, built like calibration data (`backend.calibration`) from the fields below."""
     path: str | None = None
-    """For `text`: a plain-text file; relative paths resolve against PRUNEBOARD_DATA_DIR."""
+    """For `text`: a plain-text file under PRUNEBOARD_DATA_DIR, relative to it (`data_file`)."""
     task: str | None = Field(None, max_length=100)
     """For `task-aligned` and `self-generated`: the prompt source (gsm8k)."""
     split: Literal["train", "test"] = "train"

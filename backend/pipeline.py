@@ -13,8 +13,8 @@ import logging
 import random
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from backend import settings
@@ -25,6 +25,7 @@ from backend.model_ids import NOOP_MODEL
 from backend.pruning import get_method
 from backend.result import RunResult, SampleRecord
 from backend.taskdata.availability import ensure_task_data
+from backend.tasks import get_task
 
 logger = logging.getLogger("pruneboard.pipeline")
 
@@ -269,6 +270,10 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
     if routed and (config.keep_model or config.evaluation.backend == "vllm"):
         raise ValueError(f"{config.pruning.method}: routers live in the Python model only; keep_model and the vllm "
                          "backend would keep the weights without them (use the hf backend, keep_model: false)")
+    if any(get_task(task.name).runs_code for task in config.tasks):
+        from backend.sandbox import require_jail
+
+        require_jail()  # SandboxUnavailable: generated code is never run outside the jail
     for task in config.tasks:  # fetched here when PRUNEBOARD_USE_HUB=1, else TaskDataMissing naming the command
         ensure_task_data(task.name, data_dir)
     if get_method(config.pruning.method).uses_calibration(config.pruning.method_params()):

@@ -1,63 +1,68 @@
-"""Run untrusted generated code (a program and its tests) in a separate, confined process.
+"""Run untrusted generated code (a program and its tests) in a jail; the one entry point for it.
 
     run_program(source, stdin="", timeout_s=10, memory_mb=512) -> SandboxResult
+    require_jail()                  # raises SandboxUnavailable where generated code must not run
+    jail_unavailable_reason() -> str | None
 
-The program never runs in the calling (worker) process: it is written to a fresh temporary
-directory and executed by a separate Python interpreter (`-I -B -S`: no user site, no environment
-variables, no `site`, so only the standard library is importable) with
+The code tasks (HumanEval, HumanEval+, LiveCodeBench) score every reply through `run_program`, and
+`python -m jobs sandbox-run FILE` runs a file through it too, so the jail can be tried from outside.
+The program never runs in the calling (worker) process: it runs in a bubblewrap jail
+(`backend.jail`: fresh user, mount, PID, IPC and network namespaces, a read-only view of only the
+interpreter and system libraries, a private tmpfs working directory, rlimits on memory, CPU,
+processes, file size and open files, no capabilities, no-new-privileges) with
 
-* a wall-clock timeout: the whole process group is SIGKILLed when it passes (`RLIMIT_CPU` is a
-  backstop for a CPU-bound child that escapes the group);
-* a memory limit: `RLIMIT_AS` (address space) of `memory_mb`; also `RLIMIT_FSIZE` (files and
-  captured output), `RLIMIT_NOFILE`, `RLIMIT_CORE` = 0, and `RLIMIT_NPROC` when privileges are dropped;
-* no network: `unshare(CLONE_NEWNET)` in the child before exec, i.e. a fresh network namespace with
-  only a loopback device that is down, so nothing - not even the host's 127.0.0.1 - is reachable.
-  As root this is a plain `unshare`; otherwise an unprivileged user namespace is created with it
-  (`CLONE_NEWUSER | CLONE_NEWNET`). Where neither is allowed (no namespaces, a restricted container,
-  not Linux) the code is NOT run and the result is `error` with the reason: the sandbox fails closed.
-  There is no fallback without network isolation;
-* a clean environment (PATH, LANG, HOME/TMPDIR = the temporary directory) and that directory as the
-  working directory, deleted afterwards;
-* when started as root, the child drops to uid/gid `nobody` (65534) after unsharing, so it cannot
-  write outside its temporary directory, provided an interpreter readable by `nobody` exists (the
-  base interpreter, else `python3` on PATH or in /usr/local/bin, /usr/bin, /bin); otherwise it keeps the caller's user.
+* a wall-clock timeout: past it the jail's PID 1 is killed, which kills every process in it;
+  when the program ends on its own, whatever it left running (a `setsid()` daemon) dies with it;
+* stdout and stderr captured to files the file-size limit bounds, of which `OUTPUT_LIMIT_BYTES`
+  are kept;
+* stdin from the caller.
+
+Where the jail cannot be built (no bwrap, no user namespaces) nothing runs: the result is `refused`
+with a one-line reason, and `require_jail()` lets a job fail with it before its model is loaded.
+An operator may opt out with PRUNEBOARD_UNSAFE_SANDBOX=1: the program then runs in a plain child
+process with the same rlimits (bar the process count) and no namespaces, and every such run is
+logged as a warning.
 
 Statuses: `passed` (exit 0), `failed` (non-zero exit, e.g. an AssertionError: `reason` is the last
 line of stderr), `timeout`, `memory` (MemoryError or killed while over the limit), `error` (could not
-run: sandbox unavailable, output limit, killed by a signal).
+run: jail setup failed, output limit, killed by a signal), `refused` (no jail here).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import logging
 import math
 import os
 import resource
-import shutil
 import signal
-import stat
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["SandboxResult", "SandboxUnavailable", "Status", "run_program", "network_isolation_available"]
+from backend import jail, settings
 
-Status = Literal["passed", "failed", "timeout", "memory", "error"]
+__all__ = ["SandboxResult", "SandboxUnavailable", "Status", "run_program", "require_jail", "jail_unavailable_reason",
+           "DEFAULT_MEMORY_MB", "OUTPUT_LIMIT_BYTES"]
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-NOBODY = 65534
+logger = logging.getLogger(__name__)
+
+Status = Literal["passed", "failed", "timeout", "memory", "error", "refused"]
+
+DEFAULT_MEMORY_MB = 512
+"""Address space of each process of a program (the code tasks use this)."""
+MAX_PROCESSES = 16
+"""Processes and threads a program may have at once (a fork bomb stops here)."""
 OUTPUT_LIMIT_BYTES = 1 << 20
-"""Cap on stdout/stderr kept (the file size limit kills a child that writes more than 8x this)."""
+"""Cap on stdout/stderr kept; the file size limit kills a program that writes more than 8x this."""
+FILE_LIMIT_BYTES = 8 * OUTPUT_LIMIT_BYTES
 REASON_CHARS = 300
+_KILL_GRACE_S = 5.0
 
 
 class SandboxUnavailable(RuntimeError):
-    """Network isolation cannot be set up here, so generated code must not run."""
+    """The jail cannot be built here, so generated code must not run (str: the one-line reason)."""
 
 
 @dataclass(frozen=True)
@@ -75,138 +80,124 @@ class SandboxResult:
         return self.status == "passed"
 
 
-def run_program(source: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb: int = 512,
+def jail_unavailable_reason() -> str | None:
+    """None when generated code runs in the jail here, else why not (cheap after the first call)."""
+    return jail.probe()
+
+
+def require_jail() -> None:
+    """Raise SandboxUnavailable unless generated code can run here: in the jail, or (logged) without
+    it because the operator set PRUNEBOARD_UNSAFE_SANDBOX=1."""
+    reason = jail_unavailable_reason()
+    if reason is None:
+        return
+    if settings.unsafe_sandbox():
+        logger.warning("PRUNEBOARD_UNSAFE_SANDBOX=1: generated code runs WITHOUT the jail (%s)", reason)
+        return
+    raise SandboxUnavailable(f"generated code cannot run here: {reason}")
+
+
+def run_program(source: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb: int = DEFAULT_MEMORY_MB,
                 filename: str = "main.py") -> SandboxResult:
-    """Run `source` as a Python program in the sandbox; never raises for anything the program does."""
+    """Run `source` as a Python program in the jail; never raises for anything the program does."""
     started = time.perf_counter()
-    interpreter, drop = _interpreter()
-    with tempfile.TemporaryDirectory(prefix="pruneboard-sandbox-") as tmp:
-        workdir = Path(tmp)
-        if drop:
-            os.chmod(workdir, 0o777)
-        program = workdir / filename
-        program.write_text(source, encoding="utf-8")
-        (workdir / "stdin.txt").write_text(stdin, encoding="utf-8")
-        for path in (program, workdir / "stdin.txt"):
-            os.chmod(path, 0o644)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp,
-               "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
-        preexec = _Preexec(timeout_s, memory_mb, drop)
-        with open(workdir / "stdin.txt", "rb") as fin, open(workdir / ".stdout", "wb") as fout, \
-                open(workdir / ".stderr", "wb") as ferr:
-            try:
-                proc = subprocess.Popen(
-                    [interpreter, "-I", "-B", "-S", filename], cwd=workdir, env=env, stdin=fin,
-                    stdout=fout, stderr=ferr, preexec_fn=preexec, start_new_session=True, close_fds=True,
-                )
-            except subprocess.SubprocessError:
-                return _result("error", _unavailable_reason(), None, "", "", started)
-            except OSError as exc:
-                return _result("error", f"cannot start the interpreter: {exc}", None, "", "", started)
-            timed_out = False
-            try:
-                returncode = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc.pid)
-                returncode = proc.wait()
-            _kill_group(proc.pid)  # stray children of a finished program
-        stdout = _read(workdir / ".stdout")
-        stderr = _read(workdir / ".stderr")
-    status, reason = _classify(returncode, timed_out, stderr, timeout_s, memory_mb)
-    return _result(status, reason, returncode, stdout, stderr, started)
+    reason = jail_unavailable_reason()
+    if reason is not None and not settings.unsafe_sandbox():
+        return _result("refused", f"sandbox unavailable: {reason}; generated code was not run", None, "", "", started)
+    limits = jail.Limits(memory_bytes=memory_mb * 2**20, cpu_seconds=max(1, math.ceil(timeout_s) + 1),
+                         processes=MAX_PROCESSES, file_bytes=FILE_LIMIT_BYTES)
+    with tempfile.TemporaryDirectory(prefix="pruneboard-sandbox-") as tmp:  # 0700: only the caller's
+        files = Path(tmp)
+        (files / filename).write_text(source, encoding="utf-8")
+        (files / "stdin.txt").write_text(stdin, encoding="utf-8")
+        with open(files / "stdin.txt", "rb") as fin, open(files / "stdout", "wb") as fout, \
+                open(files / "stderr", "wb") as ferr:
+            streams = (fin, fout, ferr)
+            if reason is None:
+                outcome = _run_jailed(files / filename, limits, timeout_s, streams)
+            else:
+                logger.warning("PRUNEBOARD_UNSAFE_SANDBOX=1: running generated code WITHOUT the jail (%s)", reason)
+                outcome = _run_unconfined(files, filename, limits, timeout_s, streams)
+        stdout, stderr = _read(files / "stdout"), _read(files / "stderr")
+    returncode, timed_out, setup_error = outcome
+    if setup_error:
+        return _result("error", f"sandbox setup failed: {_last_line(stderr) or setup_error}", returncode,
+                       "", stderr, started)
+    status, why = _classify(returncode, timed_out, stderr, timeout_s, memory_mb)
+    return _result(status, why, returncode, stdout, stderr, started)
 
 
-def network_isolation_available() -> bool:
-    """True when a child can be put into a fresh network namespace here."""
+# --- running ----------------------------------------------------------------------------------
+
+
+def _run_jailed(program: Path, limits: jail.Limits, timeout_s: float, streams) -> tuple[int | None, bool, str]:
+    """(program's exit code or -signal, timed out, setup error or "")."""
     try:
-        pid = os.fork()
-    except OSError:
-        return False
-    if pid == 0:  # child: try, report through the exit code, never return
+        proc, jail_pid = jail.launch(limits, program, *streams)
+    except OSError as exc:
+        return None, False, str(exc)
+    timed_out = False
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_jail(proc, jail_pid)
+        returncode = proc.wait()
+    _kill_group(proc.pid)  # bwrap itself is gone by now; nothing of the jail outlives its PID 1
+    if jail_pid is None:
+        return returncode, False, f"bwrap exited with {returncode} before starting the program"
+    return _from_bwrap(returncode), timed_out, ""
+
+
+def _run_unconfined(files: Path, filename: str, limits: jail.Limits, timeout_s: float,
+                    streams) -> tuple[int | None, bool, str]:
+    """The operator's opt-out: a plain child process with rlimits, in its own session."""
+    executable, _ = jail.interpreter()
+
+    def apply_limits() -> None:
+        for item in limits.launcher_arg().split(","):
+            name, value = item.split("=")
+            if name != "RLIMIT_NPROC":  # counts all of this user's processes outside a user namespace
+                resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(files), "TMPDIR": str(files)}
+    try:
+        proc = subprocess.Popen([executable, "-I", "-S", "-B", filename], cwd=files, env=env, stdin=streams[0],
+                                stdout=streams[1], stderr=streams[2], preexec_fn=apply_limits,
+                                start_new_session=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, False, f"cannot start the interpreter: {exc}"
+    timed_out = False
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc.pid)
+        returncode = proc.wait()
+    _kill_group(proc.pid)
+    return returncode, timed_out, ""
+
+
+def _kill_jail(proc: subprocess.Popen, jail_pid: int | None) -> None:
+    """Kill the jail's PID 1 (the kernel then kills everything in its PID namespace), then bwrap."""
+    if jail_pid is not None:
         try:
-            _unshare_net()
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+            os.kill(jail_pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=_KILL_GRACE_S)  # bwrap exits once its child is gone
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_group(proc.pid)  # --die-with-parent takes the jail down with bwrap
 
 
-# --- the child side -------------------------------------------------------------------------------
-
-
-def _libc():
-    if not sys.platform.startswith("linux"):
-        raise SandboxUnavailable("network namespaces need Linux")
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-_LIBC = None
-
-
-def _unshare_net() -> None:
-    libc = _LIBC or _libc()
-    if libc.unshare(CLONE_NEWNET) == 0:
-        return
-    if os.geteuid() != 0 and libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
-        return
-    err = ctypes.get_errno()
-    raise SandboxUnavailable(f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
-
-
-class _Preexec:
-    """Runs in the forked child before exec: new netns, limits, then (as root) become nobody."""
-
-    def __init__(self, timeout_s: float, memory_mb: int, drop: bool):
-        global _LIBC
-        if _LIBC is None and sys.platform.startswith("linux"):
-            _LIBC = _libc()  # resolve in the parent: nothing to load in the forked child
-        self.cpu = max(1, math.ceil(timeout_s) + 1)
-        self.memory = memory_mb * 2**20
-        self.drop = drop
-
-    def __call__(self) -> None:
-        _unshare_net()
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory, self.memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu, self.cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (8 * OUTPUT_LIMIT_BYTES, 8 * OUTPUT_LIMIT_BYTES))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        if self.drop:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
-
-
-# --- the parent side ------------------------------------------------------------------------------
-
-
-def _interpreter() -> tuple[str, bool]:
-    """(python to run, whether to drop to nobody): as root, prefer one that nobody can execute."""
-    candidates = [getattr(sys, "_base_executable", None) or sys.executable, shutil.which("python3"),
-                  shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin"), sys.executable]
-    candidates = [c for c in candidates if c]
-    if os.geteuid() == 0:
-        for candidate in candidates:
-            if _world_executable(candidate):
-                return candidate, True
-    return candidates[0], False
-
-
-def _world_executable(path: str) -> bool:
-    """Every directory on the way is world-searchable and the (resolved) file world-executable."""
-    real = Path(os.path.realpath(path))
-    try:
-        if not real.stat().st_mode & stat.S_IXOTH:
-            return False
-        for parent in [Path(path).absolute(), *Path(path).absolute().parents, *real.parents]:
-            if parent.is_dir() and not parent.stat().st_mode & stat.S_IXOTH:
-                return False
-    except OSError:
-        return False
-    return True
+def _from_bwrap(returncode: int) -> int:
+    """bwrap reports a child killed by signal N as 128 + N; give it back as -N (as subprocess does)."""
+    if 128 < returncode < 128 + 65 and (returncode - 128) in {s.value for s in signal.Signals}:
+        return -(returncode - 128)
+    return returncode
 
 
 def _kill_group(pid: int) -> None:
@@ -221,11 +212,16 @@ def _read(path: Path) -> str:
         return handle.read(OUTPUT_LIMIT_BYTES).decode("utf-8", "replace")
 
 
-def _classify(returncode: int, timed_out: bool, stderr: str, timeout_s: float,
+# --- the outcome ------------------------------------------------------------------------------
+
+
+def _classify(returncode: int | None, timed_out: bool, stderr: str, timeout_s: float,
               memory_mb: int) -> tuple[Status, str]:
     last = _last_line(stderr)
     if timed_out or returncode == -signal.SIGXCPU:
         return "timeout", f"timed out after {timeout_s:g} s"
+    if returncode is None:
+        return "error", last or "the program did not start"
     if last.startswith("MemoryError") or "MemoryError" in last or (
             returncode == -signal.SIGKILL and "Cannot allocate memory" in stderr):
         return "memory", f"exceeded the {memory_mb} MiB memory limit"
@@ -244,15 +240,6 @@ def _classify(returncode: int, timed_out: bool, stderr: str, timeout_s: float,
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:REASON_CHARS] if lines else ""
-
-
-def _unavailable_reason() -> str:
-    try:
-        _libc()
-    except SandboxUnavailable as exc:
-        return f"sandbox unavailable: {exc}; generated code was not run"
-    return ("sandbox unavailable: cannot create a network namespace (needs root or unprivileged user "
-            "namespaces); generated code was not run")
 
 
 def _result(status: Status, reason: str, returncode: int | None, stdout: str, stderr: str,

@@ -141,6 +141,13 @@ def server_port() -> int:
     return _int_env("GRADIO_SERVER_PORT", DEFAULT_PORT)
 
 
+def server_name() -> str:
+    """GRADIO_SERVER_NAME: the address the app listens on (default 127.0.0.1, this machine only; in
+    Space mode 0.0.0.0, where the platform's proxy connects). A server that remote workers reach over
+    the network sets 0.0.0.0 (or `python app.py --host 0.0.0.0`)."""
+    return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if space_mode() else "127.0.0.1")
+
+
 def model_cache_dir() -> Path:
     """PRUNEBOARD_CACHE_DIR: downloaded and converted models (default $PRUNEBOARD_HOME/cache)."""
     value = os.environ.get("PRUNEBOARD_CACHE_DIR")
@@ -165,6 +172,18 @@ def space_mode() -> bool:
 def require_login() -> bool:
     """Submitting needs a logged-in user: on a Space, or PRUNEBOARD_REQUIRE_LOGIN=1."""
     return space_mode() or os.environ.get("PRUNEBOARD_REQUIRE_LOGIN") == "1"
+
+
+OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
+"""What a Space with `hf_oauth: true` gets from the platform (Gradio's real login needs them all)."""
+
+
+def real_space_login() -> bool:
+    """Hugging Face login can really happen here: a Space (SYSTEM=spaces, SPACE_ID) with the OAuth
+    client variables. Anywhere else Gradio's login would sign every visitor in as the host's own
+    Hugging Face account, so PruneBoard never offers it there."""
+    return (os.environ.get("SYSTEM") == "spaces" and bool(os.environ.get("SPACE_ID"))
+            and all(os.environ.get(name) for name in OAUTH_VARIABLES))
 
 
 def admins() -> frozenset[str]:
@@ -200,3 +219,42 @@ def backup_dir() -> Path:
     """PRUNEBOARD_BACKUP_DIR: where the SQLite backup is kept (default $PRUNEBOARD_HOME/backups)."""
     value = os.environ.get("PRUNEBOARD_BACKUP_DIR")
     return Path(value).resolve() if value else home() / "backups"
+
+
+# --- the sandbox of generated code (backend.sandbox) ---------------------------------------------
+
+
+def bwrap_path() -> str | None:
+    """PRUNEBOARD_BWRAP: the bubblewrap binary that builds the jail (default: `bwrap` on PATH)."""
+    return os.environ.get("PRUNEBOARD_BWRAP") or None
+
+
+def unsafe_sandbox() -> bool:
+    """PRUNEBOARD_UNSAFE_SANDBOX=1: where the jail cannot be built, run generated code anyway in a
+    plain child process (limits, no namespaces), with a warning in the log. Off by default: code
+    tasks are then refused."""
+    return os.environ.get("PRUNEBOARD_UNSAFE_SANDBOX") == "1"
+
+
+# --- bounds on one job of a user who is not an admin (jobs.limits) ---------------------------------
+
+DEFAULT_WALL_MINUTES = 240.0
+MAX_WALL_MINUTES = 1440.0
+MAX_WORK_TOKENS = 100_000_000
+"""About ten times the largest study preset (backend.work.work_tokens)."""
+
+
+def default_wall_minutes() -> float:
+    """PRUNEBOARD_DEFAULT_WALL_MINUTES: wall time given to a non-admin's job that names none (default 240)."""
+    return float(os.environ.get("PRUNEBOARD_DEFAULT_WALL_MINUTES") or DEFAULT_WALL_MINUTES)
+
+
+def max_wall_minutes() -> float:
+    """PRUNEBOARD_MAX_WALL_MINUTES: the most wall time a non-admin's job may ask for (default 1440)."""
+    return float(os.environ.get("PRUNEBOARD_MAX_WALL_MINUTES") or MAX_WALL_MINUTES)
+
+
+def max_work_tokens() -> int:
+    """PRUNEBOARD_MAX_WORK_TOKENS: the most estimated work (tokens generated, scored, calibrated on and
+    trained on; backend.work) of a non-admin's job (default 100 million; 0: no limit)."""
+    return _int_env("PRUNEBOARD_MAX_WORK_TOKENS", MAX_WORK_TOKENS)

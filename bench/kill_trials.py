@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 N_SAMPLES = 6
 SAMPLE_SECONDS = 0.15
-SCORES = (("synthetic-mc", "acc"), ("synthetic-mc", "acc_norm"))
+SCORES = (("piqa", "acc"), ("piqa", "acc_norm"))
+"""What the scripted pipeline reports: a task with two metrics (the worker API checks both exist)."""
 WORKER_TIMEOUT = 180.0
 
 # One worker process: the real Worker loop over LocalQueue (args: "local") or HttpQueue (args: URL
@@ -57,7 +58,7 @@ logging.basicConfig(level=logging.INFO, handlers=[handler])
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 def make(doc_id):
-    return SampleRecord(task="synthetic-mc", doc_id=doc_id, prompt=f"q{doc_id}", output="a", extracted="a",
+    return SampleRecord(task="piqa", doc_id=doc_id, prompt=f"q{doc_id}", output="a", extracted="a",
                         gold="a", correct=doc_id % 2 == 0, prompt_tokens=3, output_tokens=1,
                         metrics={"acc": float(doc_id % 2 == 0)})
 
@@ -75,8 +76,8 @@ def pipeline(config, events, completed):
             events(Progress((doc_id + 1) / n_samples, "evaluate", f"{doc_id + 1}/{n_samples}"))
     samples = [make(d) for d in range(n_samples)]
     acc = sum(s.correct for s in samples) / n_samples
-    scores = [ScoreRecord("synthetic-mc", "acc", acc, None, True, True, "k"),
-              ScoreRecord("synthetic-mc", "acc_norm", acc, None, True, False, "k")]
+    scores = [ScoreRecord("piqa", "acc", acc, None, True, True, "k"),
+              ScoreRecord("piqa", "acc_norm", acc, None, True, False, "k")]
     return RunResult(scores=scores, samples=samples, efficiency={}, prune_report={"method": "dense"},
                      manifest={"scripted": True})
 
@@ -187,7 +188,7 @@ class Trials:
         from jobs import queue
         from jobs.states import JobState
 
-        config = validate_config({"model": "builtin:noop", "tasks": ["synthetic-mc"], "seed": seed,
+        config = validate_config({"model": "builtin:noop", "tasks": ["piqa"], "seed": seed,
                                   "model_args": {"sleep_ms": 0}})
         job_id = queue.submit(config)[0].id
         kill_after = 1 + trial % self.n_samples  # checkpointed samples; the last: around completion

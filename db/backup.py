@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from backend import settings
+from backend.private_files import create_private
 from db.session import SQLITE_BUSY_TIMEOUT_MS
 
 __all__ = ["BACKUP_NAME", "sqlite_path", "backup_path", "backup", "restore_if_needed", "BackupThread"]
@@ -53,7 +54,7 @@ def backup(url: str | None = None) -> Path | None:
     if source is None or not source.is_file():
         return None
     target = backup_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         _copy(source, tmp)
@@ -126,6 +127,7 @@ class BackupThread(threading.Thread):
 
 def _copy(source: Path, target: Path) -> None:
     target.unlink(missing_ok=True)
+    create_private(target)  # 0600 before a byte is written: the copy holds every result
     with closing(sqlite3.connect(source, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)) as src, \
             closing(sqlite3.connect(target)) as dst:
         src.backup(dst)

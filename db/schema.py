@@ -246,6 +246,9 @@ class WorkerToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    source: Mapped[str | None] = mapped_column(String(8))
+    """"cli" (`jobs token create`) or "env" (PRUNEBOARD_WORKER_TOKENS, revoked when its name leaves
+    the variable); NULL: made before migration 0008."""
 
     __table_args__ = (
         UniqueConstraint("name", name="uq_worker_tokens_name"),

@@ -4,7 +4,8 @@
 URL in a process. `read_session()` is for queries; `write_session()` commits on success. On SQLite,
 a write session takes the write lock when it begins (`BEGIN IMMEDIATE`), so a read-then-write
 transaction cannot fail halfway with "database is locked" when another process wrote in between;
-every connection runs in WAL mode with a busy timeout.
+every connection runs in WAL mode with a busy timeout. A SQLite database file is created 0600 (its
+-wal and -shm files take its mode): it holds every result and the worker tokens' hashes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from backend import settings
+from backend.private_files import create_private, make_private
 
 __all__ = ["get_engine", "init_db", "read_session", "write_session", "dispose_engines", "MIGRATIONS_DIR"]
 
@@ -59,7 +61,11 @@ def _create_engine(url: str) -> Engine:
     if in_memory:
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)  # SQLite gives its -wal and -shm files the database file's mode
+        for suffix in ("-wal", "-shm", "-journal"):
+            make_private(f"{path}{suffix}")  # left by an older version with a looser umask
         engine = create_engine(url)
 
     @event.listens_for(engine, "connect")

@@ -5,7 +5,15 @@
 * A logged-in user who is not an admin has quotas: at most `settings.max_queued_per_user()` jobs
   queued or running at once, and `settings.max_submissions_per_day()` submissions and retries in
   the last 24 hours (counted in the audit log). A submission that returns an existing live job costs
-  nothing; the dense baselines queued with it are submitted by "system" and count for no one.
+  nothing; a dense baseline queued with it is submitted by "system" (shared, no one may cancel it
+  but admins) and counts against the quotas of the user whose submission queued it (audit action
+  "baseline").
+* Every user who is not an admin submits within `jobs.limits`: a default and a maximum wall time,
+  a maximum estimated work, and no `keep_model`.
+* Reading a job: hidden runs exist for admins only (`visible_job_detail`); a failed job's log tail
+  (paths, host names) is shown to those who may manage the job (its submitter and admins, anyone
+  where login is not required). Job ids from the UI go through `job_id_from` (out-of-range ids are
+  no job).
 * Cancel and retry: admins (`settings.admins()`) act on any job, a logged-in user on their own jobs,
   an anonymous visitor on any job only when login is not required.
 * Publishing a run's pruned model to the Hub (with the deployment's token): as cancel and retry,
@@ -27,26 +35,31 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from backend import settings
 from backend.config import JobConfig, config_hash
 from db.schema import AuditEntry, Job, utcnow
 from db.session import read_session, write_session
 from jobs import queue
+from jobs.baselines import baseline_needed, queue_dense_baseline
+from jobs.limits import WorkLimitExceeded, bound
 from jobs.states import ACTIVE_STATES, InvalidTransition, JobNotFound, JobState
 
 __all__ = [
     "User", "ANONYMOUS", "ANONYMOUS_SUBMITTER", "AccessError", "LoginRequired", "AccessDenied", "QuotaExceeded",
-    "submit_as", "submit_many_as", "cancel_as", "retry_as", "can_manage", "quota_status",
-    "hide_run", "unhide_run", "delete_run", "audit_entries", "require_publish", "record_publish",
+    "LimitExceeded", "submit_as", "submit_many_as", "cancel_as", "retry_as", "can_manage", "quota_status",
+    "hide_run", "unhide_run", "delete_run", "audit_entries", "require_publish", "record_publish", "job_id_from",
+    "visible_job_detail",
 ]
 
 ANONYMOUS_SUBMITTER = "web"
 """Recorded as the submitter of jobs submitted without login (login not required)."""
 _LIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
 """A config with a job in one of these states is not queued again by a plain submit."""
-_COUNTED_ACTIONS = ("submit", "retry")
+_COUNTED_ACTIONS = ("submit", "retry", "baseline")
+_MAX_JOB_ID = 2**31 - 1
+"""Job ids are INTEGER columns (32-bit on Postgres): anything larger names no job."""
 _quota_lock = threading.Lock()
 
 
@@ -64,6 +77,10 @@ class AccessDenied(AccessError):
 
 class QuotaExceeded(AccessError):
     pass
+
+
+class LimitExceeded(AccessError):
+    """A config past the bounds of `jobs.limits` (wall time, work, keep_model)."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +119,17 @@ def submit_as(user: User, config: JobConfig, force: bool = False) -> tuple[Job, 
 def submit_many_as(user: User, configs: Iterable[JobConfig], force: bool = False) -> list[tuple[Job, bool]]:
     """Submit several validated configs (a preset) for `user`: the quotas are checked for all of them
     before any is queued. Returns [(job, existing)] in order."""
-    configs = list(configs)
     _require_login(user, "submit jobs")
+    configs = list(configs) if user.is_admin else [_bounded(config) for config in configs]
     with _quota_lock:
         costly = [force or not _has_live_job(config) for config in configs]
-        _check_quota(user, sum(costly))
+        baselines = _baselines_needed(configs)
+        _check_quota(user, sum(costly) + len(baselines))
         results = []
         for config, counts in zip(configs, costly):
+            baseline = queue_dense_baseline(config) if settings.auto_baselines() else None
+            if baseline is not None:  # queued for this user: it counts against their quotas
+                _audit(user, "baseline", baseline.id, {"config_hash": baseline.config_hash})
             job, existing = queue.submit(config, force=force, submitter=user.submitter)
             if counts:
                 _record_submission(user, job, existing)
@@ -164,6 +185,37 @@ def require_publish(user: User, job: Job) -> None:
 
 def record_publish(user: User, job_id: int, repo_id: str) -> None:
     _audit(user, "publish", job_id, {"repo": repo_id})
+
+
+# --- reading jobs -----------------------------------------------------------------------------
+
+
+def job_id_from(value: Any) -> int | None:
+    """A job id typed or clicked in the UI (an int, float or text): None unless a whole number that
+    a job could have (1 .. 2**31 - 1), so huge, fractional and non-finite values name no job."""
+    try:
+        number = float(value) if not isinstance(value, int) else value
+        job_id = int(number)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return job_id if job_id == number and 1 <= job_id <= _MAX_JOB_ID else None
+
+
+def visible_job_detail(user: User, job_id: Any) -> dict[str, Any] | None:
+    """`db.queries.job_detail` as `user` may read it: None for no such job and for a hidden run
+    (admins excepted); `log_tail` None unless `user` may manage the job."""
+    from db import queries
+
+    job_id = job_id_from(job_id)
+    if job_id is None:
+        return None
+    with read_session() as session:
+        detail = queries.job_detail(session, job_id)
+    if detail is None or (detail.get("hidden") and not user.is_admin):
+        return None
+    if detail.get("log_tail") and not _may_manage(user, detail.get("submitter")):
+        detail["log_tail"] = None
+    return detail
 
 
 # --- moderation -------------------------------------------------------------------------------
@@ -222,12 +274,19 @@ def _require_admin(user: User, what: str) -> None:
         raise AccessDenied(f"Only admins can {what}.")
 
 
-def _require_manage(user: User, job: Job, verb: str) -> None:
+def _may_manage(user: User, submitter: str | None) -> bool:
     if user.is_admin:
+        return True
+    if not user.logged_in:
+        return not settings.require_login()  # anonymous, login not required: as on a local install
+    return submitter == user.name
+
+
+def _require_manage(user: User, job: Job, verb: str) -> None:
+    if _may_manage(user, job.submitter):
         return
     if not user.logged_in:
         _require_login(user, f"{verb} jobs")
-        return  # anonymous, login not required: as on a local install
     if job.submitter != user.name:
         owner = "system (an automatic baseline)" if job.submitter == "system" else "another user"
         raise AccessDenied(f"Job {job.id} was submitted by {owner}: only its submitter or an admin can {verb} it.")
@@ -252,15 +311,32 @@ def _check_quota(user: User, new_jobs: int) -> None:
 
 
 def _usage(user: User) -> tuple[int, int]:
-    """(jobs of the user queued or running, submissions and retries in the last 24 hours)."""
+    """(jobs of the user queued or running, the baselines their submissions queued included;
+    submissions, retries and such baselines in the last 24 hours)."""
     since = utcnow() - timedelta(days=1)
+    theirs = select(AuditEntry.job_id).where(AuditEntry.actor == user.name, AuditEntry.action == "baseline")
     with read_session() as session:
         active = session.scalar(
-            select(func.count()).select_from(Job).where(Job.submitter == user.name, Job.state.in_(ACTIVE_STATES)))
+            select(func.count()).select_from(Job).where(
+                or_(Job.submitter == user.name, Job.id.in_(theirs)), Job.state.in_(ACTIVE_STATES)))
         today = session.scalar(
             select(func.count()).select_from(AuditEntry).where(
                 AuditEntry.actor == user.name, AuditEntry.action.in_(_COUNTED_ACTIONS), AuditEntry.at >= since))
     return int(active or 0), int(today or 0)
+
+
+def _bounded(config: JobConfig) -> JobConfig:
+    try:
+        return bound(config)
+    except WorkLimitExceeded as exc:
+        raise LimitExceeded(str(exc)) from None
+
+
+def _baselines_needed(configs: list[JobConfig]) -> set[str]:
+    """Hashes of the dense baselines submitting `configs` would queue (one per distinct baseline)."""
+    if not settings.auto_baselines():
+        return set()
+    return {config_hash(b) for b in map(baseline_needed, configs) if b is not None}
 
 
 def _has_live_job(config: JobConfig) -> bool:

@@ -2,13 +2,18 @@
 
 Mounted beside the Gradio UI in the app's process (`app.create_app`). Every route under
 `API_PREFIX` needs `Authorization: Bearer <token>` (`python -m jobs token create NAME`): a missing
-or unknown token gets 401, a revoked one 403. A worker acts on a *claim*, the job id plus the
-attempt its claim returned; the claim belongs to the token that made it. Calls for a claim that is
-lost (lease expired, job requeued or finished) or made under another token get 409 and write
-nothing; a completion or failure repeated for the same claim after it was stored answers 200 with
-`"duplicate": true` (never written twice). Bodies: at most `max_body_bytes` (413, checked on the
-declared length and on the bytes received, before parsing), validated by the Pydantic models
-below (422 with the first problems spelled out). `GET /healthz` needs no token.
+or unknown token gets 401, a revoked one 403, both before a byte of the body is read. A worker acts
+on a *claim*, the job id plus the attempt its claim returned; the claim belongs to the token that
+made it. A call about a job another token holds gets 409 and learns nothing of its attempt; calls
+for a claim that is lost (lease expired, job requeued or finished) get 409; neither writes anything.
+A completion or failure repeated for the same claim after it was stored answers 200 with
+`"duplicate": true` (never written twice). Bodies: at most `max_body_bytes` for `complete` and
+`SMALL_BODY_BYTES` for every other route (413, checked on the declared length and on the bytes
+received, before parsing), and at most `max_in_flight_bytes` of bodies being received or handled
+at once (503, retried by workers); validated by the Pydantic models below (422 with the first
+problems spelled out), and a completion against its job's config and task specs
+(`jobs.completion`). A transient database error (locked, disk full, connection lost) answers 503,
+so the worker keeps its result and retries. `GET /healthz` needs no token.
 
 Routes (POST, JSON): claim, heartbeat, sample, complete, fail, cancelled, release, stopped.
 """
@@ -17,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -27,25 +31,39 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, text
 
 from backend import settings
+from backend.config import validate_config
 from db.schema import Job, WorkerRecord
 from db.session import read_session
-from jobs import queue, registry, tokens, wire
+from jobs import queue, registry, wire
+from jobs.api_guard import SMALL_BODY_BYTES, TRANSIENT_DB_ERRORS, TRANSIENT_RETRY_AFTER_S, ApiGuard, transient
+from jobs.completion import ResultMismatch, check_result
 from jobs.logs import event
 from jobs.resources import Capabilities
 from jobs.states import JobState, LostClaim
 
-__all__ = ["create_api", "API_PREFIX", "max_body_bytes"]
+__all__ = ["create_api", "API_PREFIX", "max_body_bytes", "max_in_flight_bytes", "SMALL_BODY_BYTES"]
 
 logger = logging.getLogger("pruneboard.api")
 
 API_PREFIX = wire.API_PREFIX
 DEFAULT_MAX_BODY_MB = 64.0
+DEFAULT_MAX_IN_FLIGHT_MB = 256.0
 
 
 def max_body_bytes() -> int:
-    """PRUNEBOARD_API_MAX_BODY_MB: the largest request body accepted (default 64 MB)."""
-    value = os.environ.get("PRUNEBOARD_API_MAX_BODY_MB")
-    return int(float(value if value not in (None, "") else DEFAULT_MAX_BODY_MB) * 1024 * 1024)
+    """PRUNEBOARD_API_MAX_BODY_MB: the largest `complete` body accepted (default 64 MB)."""
+    return _megabytes("PRUNEBOARD_API_MAX_BODY_MB", DEFAULT_MAX_BODY_MB)
+
+
+def max_in_flight_bytes() -> int:
+    """PRUNEBOARD_API_MAX_IN_FLIGHT_MB: request bodies held at once, all routes together (default 256 MB;
+    never less than one largest body)."""
+    return _megabytes("PRUNEBOARD_API_MAX_IN_FLIGHT_MB", DEFAULT_MAX_IN_FLIGHT_MB)
+
+
+def _megabytes(name: str, default: float) -> int:
+    value = os.environ.get(name)
+    return int(float(value if value not in (None, "") else default) * 1024 * 1024)
 
 
 # --- request bodies ---------------------------------------------------------------------------
@@ -98,10 +116,15 @@ class StoppedRequest(_Strict):
 # --- the app ----------------------------------------------------------------------------------
 
 
-def create_api(max_body: int | None = None) -> FastAPI:
+def create_api(max_body: int | None = None, small_body: int = SMALL_BODY_BYTES,
+               max_in_flight: int | None = None) -> FastAPI:
     """The FastAPI app with the worker API and /healthz (the UI is mounted onto it by app.py)."""
     app = FastAPI(title="PruneBoard worker API", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_ApiGuard, max_body=max_body_bytes() if max_body is None else max_body)
+    max_body = max_body_bytes() if max_body is None else max_body
+    app.add_middleware(ApiGuard, max_body=max_body, small_body=min(small_body, max_body),
+                       max_in_flight=max(max_in_flight_bytes() if max_in_flight is None else max_in_flight, max_body))
+    for error in TRANSIENT_DB_ERRORS:
+        app.add_exception_handler(error, _unavailable)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -129,25 +152,17 @@ def create_api(max_body: int | None = None) -> FastAPI:
 
 def _endpoint(model: type[BaseModel], action):
     async def endpoint(request: Request) -> Any:
-        token = await run_in_threadpool(_authenticate, request.headers.get("authorization"))
-        request.state.worker_token = token
+        token = request.state.worker_token  # authenticated by ApiGuard before the body was read
         body = await run_in_threadpool(_parse, model, await request.body())
         return await run_in_threadpool(action, token, body)
 
     return endpoint
 
 
-def _authenticate(header: str | None) -> str:
-    scheme, _, value = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    try:
-        return tokens.authenticate(value.strip())
-    except tokens.TokenInvalid:
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"}) from None
-    except tokens.TokenRevoked as exc:
-        raise HTTPException(403, str(exc)) from None
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse({"detail": f"database temporarily unavailable ({type(exc).__name__}); retry"},
+                        status_code=503, headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_S)})
 
 
 def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
@@ -190,7 +205,8 @@ def _claim(token: str, body: ClaimRequest) -> dict[str, Any]:
 
 def _owned(token: str, ref: ClaimRef, finished: JobState | None = None) -> tuple[str, bool]:
     """Check that `ref` is this token's claim. Returns (worker id, already): `already` when the job
-    reached `finished` under this very claim (a repeated final call). Raises 404/409 otherwise."""
+    reached `finished` under this very claim (a repeated final call). Raises 404/409 otherwise; a
+    job another token holds is refused before anything about its attempt is compared or told."""
     with read_session() as session:
         row = session.execute(
             select(Job.state, Job.attempts, Job.worker_id, WorkerRecord.token_name)
@@ -199,17 +215,22 @@ def _owned(token: str, ref: ClaimRef, finished: JobState | None = None) -> tuple
         ).first()
     if row is None:
         raise HTTPException(404, f"no job with id {ref.job_id}")
+    if row.worker_id is not None and row.token_name != token:
+        raise HTTPException(409, f"job {ref.job_id} is another worker's claim")
     if row.attempts != ref.attempt:
         raise HTTPException(409, f"claim lost: job {ref.job_id} is at attempt {row.attempts}, not {ref.attempt}")
     if row.worker_id is None:
         raise HTTPException(409, f"claim lost: job {ref.job_id} is {row.state.value} (lease expired or released)")
-    if row.token_name != token:
-        raise HTTPException(409, f"job {ref.job_id} attempt {ref.attempt} is another worker's claim")
     if finished is not None and row.state == finished:
         return row.worker_id, True
     if row.state != JobState.RUNNING:
         raise HTTPException(409, f"claim lost: job {ref.job_id} is {row.state.value}")
     return row.worker_id, False
+
+
+def _job_config(job_id: int):
+    with read_session() as session:
+        return validate_config(json.loads(session.scalar(select(Job.config_json).where(Job.id == job_id))))
 
 
 def _note(worker_id: str, token: str, **change: Any) -> None:
@@ -237,6 +258,8 @@ def _heartbeat(token: str, body: HeartbeatRequest) -> dict[str, Any]:
 
 def _sample(token: str, body: SampleRequest) -> dict[str, Any]:
     _owned(token, body)
+    if body.sample.task not in {task.name for task in _job_config(body.job_id).tasks}:
+        raise HTTPException(422, f"sample of task {body.sample.task!r}, which job {body.job_id} does not evaluate")
     try:
         queue.record_sample(body.job_id, body.attempt, wire.decode_sample(body.sample))
     except LostClaim as exc:
@@ -250,8 +273,14 @@ def _complete(token: str, body: CompleteRequest) -> dict[str, Any]:
         return {"stored": False, "duplicate": True, "state": JobState.SUCCEEDED.value}
     result = wire.decode_result(body.result)
     try:
+        check_result(_job_config(body.job_id), result)
+    except ResultMismatch as exc:
+        raise HTTPException(422, f"result does not fit job {body.job_id}: {exc}"[:2000]) from None
+    try:
         stored = queue.complete(body.job_id, body.attempt, result)
-    except Exception as exc:  # e.g. duplicate samples: the result itself is bad; nothing was written
+    except Exception as exc:
+        if transient(exc):
+            raise  # 503 (_unavailable): the worker keeps its result and sends it again
         logger.warning("job %d: result of attempt %d not storable: %s", body.job_id, body.attempt, exc)
         raise HTTPException(422, f"storing the result failed: {type(exc).__name__}: {exc}"[:2000]) from None
     if not stored:
@@ -302,86 +331,3 @@ def _stopped(token: str, body: StoppedRequest) -> dict[str, Any]:
         raise HTTPException(409, f"worker {body.worker_id!r} is not a worker of this token")
     registry.stopped(body.worker_id)
     return {"ok": True}
-
-
-# --- size limit and request logs --------------------------------------------------------------
-
-
-class _ApiGuard:
-    """Pure ASGI (the UI's streaming routes pass untouched): for the API and /healthz, refuses
-    bodies over `max_body` (413) before the app parses them, and logs each request as an event."""
-
-    def __init__(self, app, max_body: int):
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope, receive, send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path.startswith(API_PREFIX) or path == "/healthz"):
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = {"code": 0}
-
-        async def send_logged(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            try:
-                body = await self._read_body(scope, receive)
-            except _BodyRefused as refused:
-                await self._refuse(scope, send_logged, refused)
-                return
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_logged)
-        finally:
-            event(logger, "api_request", method=scope.get("method"), path=path, status=status["code"],
-                  ms=round((time.perf_counter() - started) * 1000, 1),
-                  worker_token=scope.get("state", {}).get("worker_token"))
-
-    async def _read_body(self, scope, receive) -> bytes:
-        """The whole body; raises _BodyRefused as soon as it is known to exceed the limit."""
-        too_large = _BodyRefused(413, f"request body too large (limit {self.max_body} bytes)")
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and not value.isdigit():
-                raise _BodyRefused(400, "invalid Content-Length header")
-            if name == b"content-length" and int(value) > self.max_body:
-                raise too_large
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-    @staticmethod
-    async def _refuse(scope, send, refused: "_BodyRefused") -> None:
-        response = JSONResponse({"detail": refused.detail}, status_code=refused.status, headers={"Connection": "close"})
-
-        async def no_body():
-            return {"type": "http.disconnect"}
-
-        await response(scope, no_body, send)
-
-
-class _BodyRefused(Exception):
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status, self.detail = status, detail

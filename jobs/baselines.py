@@ -22,7 +22,7 @@ from db.schema import Job
 from db.session import read_session
 from jobs.states import JobState
 
-__all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "queue_dense_baseline"]
+__all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "baseline_needed", "queue_dense_baseline"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +39,23 @@ def dense_baseline_config(config: JobConfig) -> JobConfig | None:
     return validate_config({name: data[name] for name in _KEPT_FIELDS if name in data})
 
 
-def queue_dense_baseline(config: JobConfig) -> Job | None:
-    """Queue the dense baseline of `config` unless it exists (see the module docstring); return the
-    new job, or None when nothing was queued."""
-    from jobs.queue import submit  # queue.submit calls this module
-
+def baseline_needed(config: JobConfig) -> JobConfig | None:
+    """The dense baseline that submitting `config` would queue (None: none, or one exists already)."""
     try:
         baseline = dense_baseline_config(config)
     except ConfigError as exc:  # never block the submission it accompanies
         logger.warning("no dense baseline for %s: %s", config.model, exc)
         return None
-    if baseline is None or _exists(baseline):
+    return None if baseline is None or _exists(baseline) else baseline
+
+
+def queue_dense_baseline(config: JobConfig) -> Job | None:
+    """Queue the dense baseline of `config` unless it exists (see the module docstring); return the
+    new job, or None when nothing was queued."""
+    from jobs.queue import submit  # queue.submit calls this module
+
+    baseline = baseline_needed(config)
+    if baseline is None:
         return None
     job, existing = submit(baseline, submitter=SYSTEM_SUBMITTER)
     if existing:

@@ -79,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--id", dest="worker_id", metavar="NAME", help="worker id (default hostname:pid)")
     worker.add_argument("--server", metavar="URL",
                         help="run as a remote worker of this PruneBoard server (worker API; no database access)")
+    worker.add_argument("--token-file", metavar="PATH",
+                        help="file holding the remote worker's token (default: $PRUNEBOARD_WORKER_TOKEN)")
     worker.add_argument("--token", metavar="TOKEN",
-                        help="the remote worker's token (default: $PRUNEBOARD_WORKER_TOKEN)")
+                        help="deprecated: the token on the command line is visible to every local user; "
+                             "use $PRUNEBOARD_WORKER_TOKEN or --token-file")
+    worker.add_argument("--insecure", action="store_true",
+                        help="allow a plain http:// --server that is not on this machine (the token and "
+                             "results then travel unencrypted)")
     worker.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                         help="seconds between claims while idle (default 0.3 local, 2 remote)")
     worker.add_argument("--stop-with-parent", action="store_true",
@@ -100,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     token_create = token_commands.add_parser("create", help="create a token; prints it once (the last word)")
     token_create.add_argument("name", metavar="NAME")
+    token_create.add_argument("--out", metavar="FILE", default=None,
+                              help="write the token to this new file (0600) instead of printing it")
     token_revoke = token_commands.add_parser("revoke", help="revoke a token: its worker is refused at once")
     token_revoke.add_argument("name", metavar="NAME")
     token_list = token_commands.add_parser("list", help="list tokens (names and dates, never the tokens)")
@@ -181,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("references", "list the published results runs are compared with")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--json", action="store_true")
+
+    sandbox = commands.add_parser("sandbox-run", help="run a Python file in the code tasks' jail; prints one JSON "
+                                                      "line (exit 3 where the jail cannot be built)")
+    sandbox.add_argument("file", metavar="FILE")
+    sandbox.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wall-clock seconds (default 10)")
     return parser
 
 
@@ -191,16 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit, "status": _status, "cancel": _cancel, "retry": _retry,
         "worker": _worker, "methods": _methods, "tasks": _tasks, "prune": _prune, "rescore": _rescore,
         "submit-preset": _submit_preset, "token": _token, "admin": _admin, "results": _results,
-        "references": _references, "findings": _findings, "data": _data,
+        "references": _references, "findings": _findings, "data": _data, "sandbox-run": _sandbox_run,
     }[args.command]
     try:
-        handler(args)
+        code = handler(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
-    return EXIT_OK
+    return code or EXIT_OK
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -374,15 +387,29 @@ def _worker(args: argparse.Namespace) -> None:
     run_worker(args)
 
 
+def _sandbox_run(args: argparse.Namespace) -> int:
+    from jobs.cli_sandbox import run_sandboxed_file  # the jail's own command: exit codes 0, 2, 3
+
+    return run_sandboxed_file(args)
+
+
 def _token(args: argparse.Namespace) -> None:
     from jobs import tokens
 
     if args.token_command == "create":
+        if args.out is not None and os.path.lexists(args.out):
+            raise CliError(f"--out {args.out} exists; give a new file")
         try:
             token = tokens.create(args.name)
         except (ValueError, FileExistsError) as exc:
             raise CliError(str(exc), EXIT_CONFLICT if isinstance(exc, FileExistsError) else EXIT_BAD_INPUT) from None
-        print(f"worker token {args.name} (shown once; stored hashed): {token}")
+        if args.out is None:
+            print(f"worker token {args.name} (shown once; stored hashed): {token}")
+            return
+        from backend.private_files import write_private_text
+
+        write_private_text(args.out, token + "\n")
+        print(f"worker token {args.name} written to {args.out} (0600; stored hashed)")
     elif args.token_command == "revoke":
         try:
             revoked = tokens.revoke(args.name)

@@ -3,14 +3,16 @@ parent watch of --stop-with-parent (parser and dispatch in `jobs.cli`)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import threading
 import time
+from urllib.parse import urlsplit
 
 from jobs.cli import EXIT_AUTH, EXIT_CONFLICT, CliError
 
-__all__ = ["run_worker"]
+__all__ = ["run_worker", "worker_token", "check_server_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +21,13 @@ def run_worker(args: argparse.Namespace) -> None:
     """`python -m jobs worker`: a local worker, a remote one (--server) or a Ray executor."""
     from jobs.worker import POLL_INTERVAL
 
-    token = args.token or os.environ.get("PRUNEBOARD_WORKER_TOKEN")
     if args.server is None:
-        if args.token:
-            raise CliError("--token needs --server (local workers use the database directly)")
+        if args.token or args.token_file or args.insecure:
+            raise CliError("--token, --token-file and --insecure need --server (local workers use the database)")
         _runner(args, args.poll or POLL_INTERVAL).run(drain=args.drain)
         return
-    if not token:
-        raise CliError("--server needs --token TOKEN (or $PRUNEBOARD_WORKER_TOKEN)")
+    token = worker_token(args)
+    check_server_url(args.server, args.insecure)
     from jobs.remote import REMOTE_POLL_INTERVAL, HttpQueue, ServerUnreachable, TokenRejected
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # our own events say what each call did
@@ -39,6 +40,50 @@ def run_worker(args: argparse.Namespace) -> None:
         raise CliError(f"server {args.server} unreachable: {exc}", EXIT_CONFLICT) from None
     finally:
         backend.close()
+
+
+def worker_token(args: argparse.Namespace) -> str:
+    """The remote worker's token: --token-file, else $PRUNEBOARD_WORKER_TOKEN, else (deprecated,
+    with a warning) --token, which every local user can read in the process list."""
+    if args.token_file and args.token:
+        raise CliError("give the token once: --token-file or --token, not both")
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+            loose = os.stat(args.token_file).st_mode & 0o077
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read --token-file {args.token_file}: {type(exc).__name__}") from None
+        if loose:
+            logger.warning("--token-file %s is readable by other users; chmod 600 it", args.token_file)
+    elif args.token:
+        logger.warning("--token puts the worker token in the process list, where any local user can read it; "
+                       "use $PRUNEBOARD_WORKER_TOKEN or --token-file PATH")
+        token = args.token
+    else:
+        token = os.environ.get("PRUNEBOARD_WORKER_TOKEN", "").strip()
+    if not token or any(c.isspace() for c in token):
+        raise CliError("--server needs a worker token: $PRUNEBOARD_WORKER_TOKEN or --token-file PATH (one line)")
+    return token
+
+
+def check_server_url(server: str, insecure: bool) -> None:
+    """Only https, or http to this machine, unless --insecure: a worker sends its token and results."""
+    parsed = urlsplit(server)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise CliError(f"--server must be an http(s) URL, got {server!r}")
+    if parsed.scheme == "http" and not insecure and not _loopback(parsed.hostname):
+        raise CliError(f"--server {server} is plain http to another machine: the token and results would travel "
+                       "unencrypted; use https, or --insecure on a network you trust")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _runner(args: argparse.Namespace, poll: float, backend=None):

@@ -266,14 +266,18 @@ def completed_samples(job_id: int) -> list[SampleRecord]:
 
 def complete(job_id: int, attempt: int, result: RunResult) -> bool:
     """Store a finished run in ONE transaction: scores, samples (previews), their compressed
-    traces, trace statistics, efficiency, manifest and state=succeeded together. Writes nothing and
-    returns False unless the job still runs under this attempt and no cancel was requested. Raises
-    (and writes nothing) if storing fails. Once stored, the run goes to any configured experiment
+    traces, trace statistics, efficiency, manifest and state=succeeded together. The manifest's
+    `produced_by` is what the queue knows, not what the worker says: the worker id that holds the
+    claim (a remote one's starts with its token's name) and the attempt. Writes nothing and returns
+    False unless the job still runs under this attempt and no cancel was requested. Raises (and
+    writes nothing) if storing fails. Once stored, the run goes to any configured experiment
     logger (`jobs.run_files.log_finished_run`)."""
     now = utcnow()
     # The pipeline's statistics; else (other executors) the same function on the generated samples.
     stats = getattr(result, "trace_stats", None) or trace_stats([s for s in result.samples if s.finish_reason is not None])
     with write_session() as session:
+        worker_id = session.scalar(select(Job.worker_id).where(*_owned(job_id, attempt)))
+        manifest = {**result.manifest, "produced_by": {"worker_id": worker_id, "attempt": attempt}}
         owned = session.execute(
             update(Job)
             .where(*_owned(job_id, attempt), Job.cancel_requested.is_(False))
@@ -285,7 +289,7 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
                 finished_at=now,
                 heartbeat_at=now,
                 lease_expires_at=None,
-                manifest_json=_jsonable(result.manifest),
+                manifest_json=_jsonable(manifest),
                 efficiency_json=_jsonable(result.efficiency),
                 prune_report_json=_jsonable(result.prune_report),
                 stage_seconds_json=_jsonable(result.stage_seconds),

@@ -2,8 +2,10 @@
 
 `HttpQueue` is a `QueueBackend` that calls a PruneBoard server (`jobs.api`) with a bearer token and
 never opens a database. Network errors and unavailable-server answers (502/503/504, and 500, all
-safe to repeat: the server's operations are idempotent per claim) are retried with exponential
-backoff for up to `retry_seconds`; 401/403 (token missing, unknown or revoked) raise
+safe to repeat: the server's operations are idempotent per claim; 503 also when the server's
+database failed for a moment) are retried with exponential backoff for up to `retry_seconds`, and a
+finished run's result for up to `complete_retry_seconds` (the worker holds it, and its heartbeats
+keep the claim, meanwhile); 401/403 (token missing, unknown or revoked) raise
 `TokenRejected`, which stops the worker at once; 409 means the claim is lost.
 """
 from __future__ import annotations
@@ -36,6 +38,8 @@ REMOTE_POLL_INTERVAL = 2.0
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
+COMPLETE_RETRY_SECONDS = 900.0
+"""How long a worker keeps offering a finished run's result to a server that cannot store it yet."""
 
 
 class TokenRejected(FatalWorkerError):
@@ -76,9 +80,11 @@ class HttpQueue:
         retry_seconds: float = 120.0,
         timeout: float = 60.0,
         client: httpx.Client | None = None,
+        complete_retry_seconds: float = COMPLETE_RETRY_SECONDS,
     ):
         """`client`: an httpx client to send through (tests pass FastAPI's TestClient)."""
         self.retry_seconds = retry_seconds
+        self.complete_retry_seconds = max(complete_retry_seconds, retry_seconds)
         self.worker_id: str | None = None
         self.capabilities: dict[str, Any] | None = None
         self.client = client or httpx.Client(base_url=server.rstrip("/"), timeout=timeout)
@@ -110,7 +116,8 @@ class HttpQueue:
         self._post("sample", {"job_id": job_id, "attempt": attempt, "sample": wire.encode_sample(sample)})
 
     def complete(self, job_id: int, attempt: int, result: RunResult) -> bool:
-        return self._claim_call("complete", job_id, attempt, result=wire.encode_result(result))
+        return self._claim_call("complete", job_id, attempt, retry_seconds=self.complete_retry_seconds,
+                                result=wire.encode_result(result))
 
     def fail(self, job_id: int, attempt: int, error_type: str, message: str, log_tail: str | None) -> bool:
         return self._claim_call("fail", job_id, attempt, error_type=error_type, message=message, log_tail=log_tail)
@@ -130,10 +137,11 @@ class HttpQueue:
 
     # -- requests --
 
-    def _claim_call(self, route: str, job_id: int, attempt: int, **fields: Any) -> bool:
+    def _claim_call(self, route: str, job_id: int, attempt: int, retry_seconds: float | None = None,
+                    **fields: Any) -> bool:
         """A final operation: False (nothing written) when the claim was lost."""
         try:
-            self._post(route, {"job_id": job_id, "attempt": attempt, **fields})
+            self._post(route, {"job_id": job_id, "attempt": attempt, **fields}, retry_seconds=retry_seconds)
         except LostClaim as exc:
             logger.warning("job %d: %s refused: %s", job_id, route, exc)
             return False

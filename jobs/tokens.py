@@ -50,6 +50,7 @@ def create(name: str) -> str:
         row.token_hash = digest(token)
         row.created_at = utcnow()
         row.revoked_at = None
+        row.source = "cli"
     return token
 
 

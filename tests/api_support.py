@@ -46,21 +46,25 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+TASK = "piqa"
+"""The noop jobs' task: results must name it and its metrics (acc, acc_norm; jobs.completion)."""
+
+
 def noop_job(seed: int = 0) -> int:
-    config = validate_config({"model": "builtin:noop", "tasks": ["synthetic-mc"], "seed": seed})
+    config = validate_config({"model": "builtin:noop", "tasks": [TASK], "seed": seed})
     return queue.submit(config)[0].id
 
 
 def sample(doc_id: int, correct: bool = True) -> SampleRecord:
-    return SampleRecord(task="synthetic-mc", doc_id=doc_id, prompt=f"q{doc_id}", output="a", extracted="a", gold="a",
+    return SampleRecord(task=TASK, doc_id=doc_id, prompt=f"q{doc_id}", output="a", extracted="a", gold="a",
                         correct=correct, prompt_tokens=3, output_tokens=1,
                         metrics={"acc": float(correct), "f1": math.nan})
 
 
 def result(n_samples: int = 2) -> RunResult:
     return RunResult(
-        scores=[ScoreRecord("synthetic-mc", "acc", 0.5, 0.1, True, True, "k"),
-                ScoreRecord("synthetic-mc", "f1", math.nan, None, True, False, "k")],
+        scores=[ScoreRecord(TASK, "acc", 0.5, 0.1, True, True, "k"),
+                ScoreRecord(TASK, "acc_norm", math.nan, None, True, False, "k")],
         samples=[sample(d) for d in range(n_samples)],
         efficiency={"tokens_per_s": math.inf}, prune_report={"method": "dense"}, manifest={"seed": 0},
         stage_seconds={"evaluate": 0.1},

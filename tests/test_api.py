@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from db.schema import Score, WorkerToken, utcnow
 from db.session import read_session
@@ -115,7 +116,7 @@ def test_malformed_bodies_get_422_with_a_message_and_write_nothing(client):
         "claim": [{"worker": ""}, {"worker": "a/b"}, {"worker": "x" * 500}, {"worker": "w", "device": []}],
         "heartbeat": [{**valid["heartbeat"], "stage": "s" * 500}, {**valid["heartbeat"], "progress": "fast"}],
         "sample": [{**valid["sample"], "sample": {**valid["sample"]["sample"], "doc_id": -1}},
-                   {**valid["sample"], "sample": {"task": "synthetic-mc"}},
+                   {**valid["sample"], "sample": {"task": "piqa"}},
                    {**valid["sample"], "sample": {**valid["sample"]["sample"], "task": ""}}],
         "complete": [{**valid["complete"], "result": {"scores": "all", "samples": []}},
                      {**valid["complete"], "result": {**valid["complete"]["result"],
@@ -156,7 +157,7 @@ def test_oversized_bodies_get_413_before_parsing_and_write_nothing(client):
                         headers={**bearer(token), "Content-Length": "not-a-number"})
     assert lying.status_code == 400 and "Content-Length" in lying.json()["detail"]
     no_token = client.post(f"{API_PREFIX}/complete", content=raw)
-    assert no_token.status_code == 413
+    assert no_token.status_code == 401  # the token is checked first: an anonymous body is never read
     assert snapshot(job_id) == before
 
 
@@ -194,7 +195,7 @@ def test_late_completion_after_lease_expiry_gets_409_and_writes_nothing(client):
     rescuer = tokens.create("rescuer")
     assert claim(client, rescuer)["job"]["attempt"] == 2
     late = client.post(f"{API_PREFIX}/complete", json=bodies(job_id, 1)["complete"], headers=bearer(token))
-    assert late.status_code == 409 and "attempt 2" in late.json()["detail"]
+    assert late.status_code == 409 and "another worker" in late.json()["detail"]
     assert counts()["scores"] == 0 and job_row(job_id).state == JobState.RUNNING
 
 
@@ -216,17 +217,24 @@ def test_completion_is_idempotent_and_written_once(client):
     assert row.state == JobState.SUCCEEDED and row.error_type is None
     with read_session() as session:
         scores = {s.metric: s.value for s in session.scalars(select(Score))}
-    assert scores == {"acc": 0.5, "f1": None}  # NaN travelled as null and is stored as NULL
+    assert scores == {"acc": 0.5, "acc_norm": None}  # NaN travelled as null and is stored as NULL
     assert row.efficiency_json == {"tokens_per_s": None}
 
 
-def test_unstorable_result_gets_422_and_writes_nothing(client):
+def test_unstorable_result_gets_422_and_writes_nothing(client, monkeypatch):
     job_id = noop_job()
     token = tokens.create("w")
     claim(client, token)
     body = bodies(job_id, 1)["complete"]
     body["result"]["samples"] = [wire.encode_sample(sample(0))] * 2  # the same sample twice
     response = client.post(f"{API_PREFIX}/complete", json=body, headers=bearer(token))
+    assert response.status_code == 422 and "reported twice" in response.json()["detail"]
+
+    def refuse(*args):  # a store error that repeating cannot cure
+        raise IntegrityError("INSERT", {}, Exception("constraint failed"))
+
+    monkeypatch.setattr(queue, "complete", refuse)
+    response = client.post(f"{API_PREFIX}/complete", json=bodies(job_id, 1)["complete"], headers=bearer(token))
     assert response.status_code == 422 and "storing the result failed" in response.json()["detail"]
     assert counts()["scores"] == 0 and job_row(job_id).state == JobState.RUNNING
 

@@ -27,6 +27,7 @@ from jobs.states import JobState
 from jobs.worker import Worker
 from tests.api_support import (  # noqa: F401  (pytest fixtures used by name)
     ROOT,
+    TASK,
     _close_engines,
     claim,
     claim_body,
@@ -60,13 +61,13 @@ def test_worker_loop_over_the_api_resumes_from_streamed_samples(client):
         seen["completed"] = sorted(s.key for s in completed)
         done = {s.key for s in completed}
         for doc_id in range(4):
-            if ("synthetic-mc", doc_id) not in done:
+            if (TASK, doc_id) not in done:
                 events(SampleDone(sample(doc_id)))
             events(Progress((doc_id + 1) / 4, "evaluate", f"{doc_id + 1}/4"))
         return result(4)
 
     assert Worker("box:2", pipeline=pipeline, backend=remote_backend(client, token)).run(drain=True) == 1
-    assert seen["completed"] == [("synthetic-mc", 0), ("synthetic-mc", 1)]
+    assert seen["completed"] == [(TASK, 0), (TASK, 1)]
     row = job_row(job_id)
     assert row.state == JobState.SUCCEEDED and row.attempts == 2 and row.worker_id == "w/box:2"
     assert counts()["samples"] == 4 and counts()["scores"] == 2 and counts()["sample_checkpoints"] == 0

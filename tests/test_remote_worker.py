@@ -1,5 +1,5 @@
 """Remote workers against a live app (`python app.py` in a subprocess): `python -m jobs worker
---server URL --token TOKEN` runs jobs over the worker API with no database of its own, a rejected
+--server URL` (token in PRUNEBOARD_WORKER_TOKEN) runs jobs over the worker API with no database of its own, a rejected
 token ends it at once, and a worker killed with SIGKILL mid-job is resumed by the next one from the
 samples it streamed, with every result written exactly once."""
 from __future__ import annotations
@@ -52,13 +52,16 @@ def worker_env(tmp_path) -> dict[str, str]:
 
 
 def remote_worker(url: str, token: str, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--server", url, "--token", token, *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """The token travels in the environment, never on the command line (where `ps` shows it)."""
+    return subprocess.Popen([sys.executable, "-m", "jobs", "worker", "--server", url, *extra],
+                            cwd=ROOT, env={**env, "PRUNEBOARD_WORKER_TOKEN": token}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def noop(seed: int, sleep_ms: int = 50):
+    """A noop job of the scripted worker's task (bench/kill_trials.py: the API checks samples' tasks)."""
     return validate_config({"model": "builtin:noop", "model_args": {"sleep_ms": sleep_ms},
-                            "tasks": ["synthetic-mc"], "seed": seed})
+                            "tasks": [SCORES[0][0]], "seed": seed})
 
 
 def job_row(job_id: int) -> Job:

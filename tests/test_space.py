@@ -204,27 +204,27 @@ def test_login_required_by_setting_and_anonymous_allowed_otherwise(monkeypatch):
     assert job.submitter == access.ANONYMOUS_SUBMITTER
 
 
-def test_queued_quota_ignores_system_baselines_and_duplicates(space, monkeypatch):
+def test_queued_quota_counts_baselines_queued_for_the_user_not_duplicates(space, monkeypatch):
     monkeypatch.setenv("PRUNEBOARD_AUTO_BASELINES", "1")
-    monkeypatch.setenv("PRUNEBOARD_MAX_QUEUED_PER_USER", "2")
+    monkeypatch.setenv("PRUNEBOARD_MAX_QUEUED_PER_USER", "3")
     alice, bob = User.named("alice"), User.named("bob")
     first, _ = access.submit_as(alice, config(0.1))
     access.submit_as(alice, config(0.2))
     with read_session() as session:
         baselines = session.scalars(select(Job).where(Job.submitter == "system")).all()
-    assert [b.method for b in baselines] == ["dense"]  # queued with alice's runs, not counted for her
+    assert [b.method for b in baselines] == ["dense"]  # queued with alice's first run, counted for her
 
     again, existing = access.submit_as(alice, config(0.1))  # a duplicate costs nothing
     assert existing and again.id == first.id
-    with pytest.raises(QuotaExceeded, match="at most 2"):
+    with pytest.raises(QuotaExceeded, match="at most 3"):
         access.submit_as(alice, config(0.3))
     assert len(states()) == 3
 
-    access.submit_as(bob, config(0.3))  # others are not limited by alice's jobs
+    access.submit_as(bob, config(0.3))  # others are not limited by alice's jobs (the baseline exists)
     access.cancel_as(alice, first.id)
     job, _ = access.submit_as(alice, config(0.4))  # a slot is free again
     assert job.submitter == "alice"
-    assert access.quota_status(alice) == {"limited": True, "active": 2, "max_active": 2, "today": 3,
+    assert access.quota_status(alice) == {"limited": True, "active": 3, "max_active": 3, "today": 4,
                                           "max_per_day": settings.max_submissions_per_day()}
 
 
@@ -412,7 +412,10 @@ def _free_port() -> int:
 def test_app_in_space_mode_runs_no_worker_backs_up_and_registers_secret_tokens(tmp_path):
     home = tmp_path / "space-home"
     port, token = _free_port(), "pbw_" + "s" * 40
-    env = {**os.environ, "SPACE_ID": "pruneboard/test-space", "PRUNEBOARD_HOME": str(home),
+    # A real Space: the platform sets SYSTEM and the OAuth client (elsewhere the app refuses to start).
+    oauth = {"SYSTEM": "spaces", "OAUTH_CLIENT_ID": "id", "OAUTH_CLIENT_SECRET": "secret",
+             "OAUTH_SCOPES": "openid profile", "OPENID_PROVIDER_URL": "https://huggingface.co"}
+    env = {**os.environ, **oauth, "SPACE_ID": "pruneboard/test-space", "PRUNEBOARD_HOME": str(home),
            "GRADIO_SERVER_PORT": str(port), "PRUNEBOARD_BACKUP_SECONDS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "PRUNEBOARD_WORKER_TOKENS": f"gpu-1={token},bad=short"}
     env.pop("PRUNEBOARD_LOCAL_WORKERS", None)

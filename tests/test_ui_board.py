@@ -145,7 +145,8 @@ def test_detail_shows_the_run_and_escapes_untrusted_text(runs):
     assert detail.log_tail.endswith("<script>window.pwned = 1</script>")  # shown in a code box, as text
     structure = json.loads(detail.structure_json)
     assert structure["chosen"] == {"removed_layers": [3, 5]}
-    assert json.loads(detail.manifest_json) == {"seeded": True}
+    manifest = json.loads(detail.manifest_json)
+    assert manifest["seeded"] is True and set(manifest["produced_by"]) == {"worker_id", "attempt"}
     assert "synthetic\\-mc" in detail.summary
     assert "No job 999" in board.run_detail(999).summary
     assert "Click a row" in board.run_detail(None).summary

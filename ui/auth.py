@@ -19,7 +19,7 @@ import gradio as gr
 from backend import settings
 from jobs.access import ANONYMOUS, User
 
-__all__ = ["user_from", "login_button", "login_notice", "oauth_available", "TEST_IDENTITY_HEADER"]
+__all__ = ["user_from", "login_button", "login_notice", "login_problem", "oauth_available", "TEST_IDENTITY_HEADER"]
 
 TEST_IDENTITY_HEADER = "x-pruneboard-test-identity"
 
@@ -45,21 +45,25 @@ def login_button() -> gr.LoginButton | None:
 
 
 def oauth_available() -> bool:
-    """Whether Gradio can log users in: on a real Space with `hf_oauth: true` (the platform sets
-    SYSTEM=spaces and OAUTH_CLIENT_ID), or locally with a Hugging Face token (Gradio then mocks the
-    login with that account). Without either, a LoginButton makes Gradio fail when the app is built."""
-    if os.environ.get("SYSTEM") == "spaces":
-        return bool(os.environ.get("OAUTH_CLIENT_ID"))
-    from huggingface_hub import get_token
+    """Whether users can really log in: only on a Space with `hf_oauth: true`
+    (`settings.real_space_login`). Elsewhere Gradio would mock the login with the host's own Hugging
+    Face account (anyone would be that account), so no button is offered there and `app.py` refuses
+    to start when login is required (`login_problem`)."""
+    return settings.real_space_login()
 
-    return get_token() is not None
+
+def login_problem() -> str | None:
+    """One line saying why the app must not start (login required where no real login exists), or None."""
+    if not settings.require_login() or oauth_available():
+        return None
+    if os.environ.get("SYSTEM") == "spaces":
+        return ("login is required but the Space has no OAuth client: add `hf_oauth: true` to the README's "
+                "front matter")
+    return ("login is required (SPACE_ID or PRUNEBOARD_REQUIRE_LOGIN=1) but Hugging Face login works only on a "
+            "real Space with hf_oauth: true; unset them here (bind to 127.0.0.1, or put a login proxy in front)")
 
 
 def login_notice() -> str:
     """Markdown for where the login button would be: empty when it is there or not needed."""
-    if not settings.require_login() or oauth_available():
-        return ""
-    if os.environ.get("SYSTEM") == "spaces":
-        return "**Login is unavailable:** add `hf_oauth: true` to the Space's README front matter."
-    return ("**Login is required but unavailable here** (no Hugging Face token on this machine): "
-            "browsing works, submitting does not.")
+    problem = login_problem()
+    return "" if problem is None else f"**Login is unavailable:** {problem}."

@@ -29,6 +29,8 @@ from backend.references import compare_run
 from db import leaderboard as lb
 from db import plot_data, queries
 from db.session import read_session
+from jobs import access
+from jobs.access import ANONYMOUS, User
 from ui import plots
 from ui.services import escape
 
@@ -372,15 +374,15 @@ class RunDetail:
     log_tail: str
 
 
-def run_detail(job_id: float | int | None) -> RunDetail:
+def run_detail(job_id: float | int | None, user: User = ANONYMOUS) -> RunDetail:
+    """The run as `user` may see it (`access.visible_job_detail`: hidden runs and others' log tails left out)."""
     if not job_id:
         hint = ("Click a row of the table (or enter a job id) to see the run's config, manifest, efficiency, "
                 "chosen layers and log.")
         return RunDetail(hint, "", "", "", "", "")
-    with read_session() as session:
-        detail = queries.job_detail(session, int(job_id))
+    detail = access.visible_job_detail(user, job_id)
     if detail is None:
-        return RunDetail(f"No job {int(job_id)}.", "", "", "", "", "")
+        return RunDetail(f"No job {escape(str(job_id)[:24])}.", "", "", "", "", "")
     lines = [
         f"### Job {detail['id']}: {escape(detail['method'])} @ {detail['sparsity']:.0%} on {escape(detail['model'])}",
         (f"State **{escape(detail['state'])}** · paradigm {escape(detail['paradigm'])} · submitted by "
@@ -429,12 +431,11 @@ RANDOM_MODEL_NOTE = ("**Random test model:** its weights are random (a fixed see
                      "and say nothing about pruning; it exists to test the pipeline quickly.")
 
 
-def fork_config(job_id: float | int | None) -> str:
-    """The run's config as YAML for the Submit editor ("" when there is no such job)."""
+def fork_config(job_id: float | int | None, user: User = ANONYMOUS) -> str:
+    """The run's config as YAML for the Submit editor ("" when there is no such job for `user`)."""
     if not job_id:
         return ""
-    with read_session() as session:
-        detail = queries.job_detail(session, int(job_id))
+    detail = access.visible_job_detail(user, job_id)
     return "" if detail is None else _config_yaml(detail["config"], detail["id"])
 
 

@@ -137,16 +137,16 @@ def selected_job_id(frame: pd.DataFrame | None, row: int | None) -> int | None:
     return int(frame.iloc[row]["id"])
 
 
-def job_panel(job_id: float | None) -> str:
-    """HTML summary of one job: state, progress, stage, timing; a failure's type, message and log tail.
-    Every text from the job is escaped."""
+def job_panel(job_id: float | None, user: User = ANONYMOUS) -> str:
+    """HTML summary of one job as `user` may see it (`access.visible_job_detail`): state, progress,
+    stage, timing; a failure's type, message and (for those who may manage it) log tail. Every text
+    from the job is escaped."""
     if not job_id:
         return ('<div class="pb-empty">No job selected. Click a row of the table (or type a job id) to see '
                 "its progress, error and log, and to cancel or retry it.</div>")
-    with read_session() as session:
-        detail = queries.job_detail(session, int(job_id))
+    detail = access.visible_job_detail(user, job_id)
     if detail is None:
-        return f'<div class="pb-empty">There is no job {int(job_id)}.</div>'
+        return f'<div class="pb-empty">There is no job {html.escape(_shown_id(job_id))}.</div>'
     esc = html.escape
     facts = [("model", detail["model"]), ("method", f"{detail['method']} @ {detail['sparsity']:g}"),
              ("paradigm", detail["paradigm"]), ("worker", detail["worker_id"] or "-"),
@@ -176,6 +176,12 @@ def job_panel(job_id: float | None) -> str:
     return "".join(parts)
 
 
+def _shown_id(job_id: Any) -> str:
+    """A job id as typed, for "there is no job ..." (short: it may be any number)."""
+    number = access.job_id_from(job_id)
+    return str(number) if number is not None else str(job_id)[:24]
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
 
@@ -184,11 +190,11 @@ def job_actions(job_id: float | None, user: User = ANONYMOUS) -> tuple[bool, boo
     """(cancel allowed, retry allowed, a sentence saying why a button is off)."""
     if not job_id:
         return False, False, "Select a job to cancel or retry it."
-    with read_session() as session:
-        job = session.get(Job, int(job_id))
-        state = None if job is None else job.state
-    if state is None:
-        return False, False, f"There is no job {int(job_id)}."
+    detail = access.visible_job_detail(user, job_id)
+    if detail is None:
+        return False, False, f"There is no job {_shown_id(job_id)}."
+    job_id = detail["id"]
+    state = JobState(detail["state"])
     if not access.can_manage(user, int(job_id)):
         return False, False, f"Only its submitter or an admin can cancel or retry job {int(job_id)}."
     can_cancel = state in (JobState.QUEUED, JobState.RUNNING)
@@ -217,14 +223,14 @@ def duplicate_message(duplicate: dict[str, Any] | None) -> str:
             "tick *Force* to run it again.")
 
 
-def job_details(job_id: float | None) -> str:
-    """JSON text of one job (shown in a code box, so nothing in it is rendered as markup)."""
+def job_details(job_id: float | None, user: User = ANONYMOUS) -> str:
+    """JSON text of one job as `user` may see it (shown in a code box, so nothing in it is rendered
+    as markup)."""
     if not job_id:
         return "Enter a job id from the table above."
-    with read_session() as session:
-        detail = queries.job_detail(session, int(job_id))
+    detail = access.visible_job_detail(user, job_id)
     if detail is None:
-        return f"No job {int(job_id)}."
+        return f"No job {_shown_id(job_id)}."
     shown = {key: detail[key] for key in ("id", "state", "error_type", "error_message", "log_tail", "scores",
                                            "prune_report", "efficiency", "stage_seconds", "config", "manifest")}
     return json.dumps(shown, indent=2, default=str)
@@ -233,8 +239,11 @@ def job_details(job_id: float | None) -> str:
 def cancel_job(job_id: float | None, user: User = ANONYMOUS) -> str:
     if not job_id:
         return "Enter a job id first."
+    if access.visible_job_detail(user, job_id) is None:
+        return f"There is no job {escape(_shown_id(job_id))}."
+    job_id = access.job_id_from(job_id)
     try:
-        state = access.cancel_as(user, int(job_id))
+        state = access.cancel_as(user, job_id)
     except (JobNotFound, InvalidTransition, AccessError) as exc:
         return escape(exc)
     if state.value == "running":
@@ -245,8 +254,11 @@ def cancel_job(job_id: float | None, user: User = ANONYMOUS) -> str:
 def retry_job(job_id: float | None, user: User = ANONYMOUS) -> str:
     if not job_id:
         return "Enter a job id first."
+    if access.visible_job_detail(user, job_id) is None:
+        return f"There is no job {escape(_shown_id(job_id))}."
+    job_id = access.job_id_from(job_id)
     try:
-        job = access.retry_as(user, int(job_id))
+        job = access.retry_as(user, job_id)
     except (JobNotFound, InvalidTransition, AccessError) as exc:
         return escape(exc)
     return f"Job {job.id} queued again."

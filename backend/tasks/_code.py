@@ -1,7 +1,8 @@
 """Helpers of the code-generation tasks: pull the code out of a chat reply, run it in the sandbox.
 
-Generated code is executed by `backend.sandbox.run_program` (separate process, no network, time
-and memory limits), never by lm-eval's `code_eval` and never in the worker process. The tasks use
+Generated code is executed by `backend.sandbox.run_program` (a bubblewrap jail: own namespaces, no
+network, a read-only view of the interpreter only, time, memory and process limits), never by
+lm-eval's `code_eval` and never in the worker process. The tasks use
 `code_filter` as an lm-eval `custom` filter (reply -> code) and score in `process_results`.
 """
 from __future__ import annotations

@@ -76,6 +76,9 @@ class TaskSpec:
     metric_weights: tuple[tuple[str, str], ...] = ()
     """(metric, per-sample weight metric) pairs aggregated as weighted means instead of plain means
     (IFEval's instruction-level accuracies count each prompt once per instruction)."""
+    runs_code: bool = False
+    """Scoring runs model-written programs (`backend.sandbox`): a job with such a task fails before
+    its model loads where the sandbox's jail cannot be built."""
 
     @property
     def uses_chat_template(self) -> bool:

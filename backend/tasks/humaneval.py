@@ -4,8 +4,8 @@ Generation goes through the model's chat template: the prompt asks for the compl
 ```python block and shows the HumanEval prompt (signature + docstring). The reply's code is taken by
 `backend.tasks._code.extract_code` (fenced block, else the raw reply), completed against the prompt
 (`complete_function`: a full function redefines the stub, a bare body continues it), and executed
-with the task's tests and `check(entry_point)` by `backend.sandbox.run_program` (separate process,
-no network, 512 MiB, 10 s; 30 s for HumanEval+). `pass@1` (greedy, one sample) is 1 when the
+with the task's tests and `check(entry_point)` by `backend.sandbox.run_program` (in its jail: no
+network, no view of the host, 512 MiB, 10 s; 30 s for HumanEval+). `pass@1` (greedy, one sample) is 1 when the
 program exits cleanly. lm-eval's `code_eval` metric is not used (no HF_ALLOW_CODE_EVAL, no
 `unsafe_code`): scoring is our own `process_results`.
 
@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from backend.sandbox import DEFAULT_MEMORY_MB
 from backend.tasks._code import code_task_config, complete_function, log_outcome
 from backend.tasks._common import (
     json_dataset,
@@ -44,7 +45,7 @@ HUMANEVAL_PLUS_FILES = ("humanevalplus/HumanEvalPlus.jsonl",)
 MAX_NEW_TOKENS = 512
 TIMEOUT_S = 10.0
 PLUS_TIMEOUT_S = 30.0
-MEMORY_MB = 512
+MEMORY_MB = DEFAULT_MEMORY_MB  # the same limit as `python -m jobs sandbox-run`
 
 INSTRUCTION = (
     "Complete the following Python function. Reply with the complete function (signature, body and "
@@ -164,6 +165,7 @@ register_task(TaskSpec(
     data_files=HUMANEVAL_FILES,
     metrics=("pass@1",),
     default_max_new_tokens=MAX_NEW_TOKENS,
+    runs_code=True,
 ))
 
 register_task(TaskSpec(
@@ -178,4 +180,5 @@ register_task(TaskSpec(
     data_files=HUMANEVAL_PLUS_FILES,
     metrics=("pass@1",),
     default_max_new_tokens=MAX_NEW_TOKENS,
+    runs_code=True,
 ))

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from backend.sandbox import DEFAULT_MEMORY_MB
 from backend.tasks._code import code_task_config, log_outcome
 from backend.tasks._common import (
     json_dataset,
@@ -38,7 +39,7 @@ from backend.tasks.base import TaskDataMissing, TaskSpec, register_task
 DATA_FILES = ("livecodebench/test.jsonl",)
 MAX_NEW_TOKENS = 1024
 TIMEOUT_S = 6.0
-MEMORY_MB = 512
+MEMORY_MB = DEFAULT_MEMORY_MB  # the same limit as `python -m jobs sandbox-run`
 
 SYSTEM = ("You are given a programming problem. Write a correct and efficient Python 3 program that "
           "solves it and passes all tests.\n\n")
@@ -169,4 +170,5 @@ register_task(TaskSpec(
     data_files=DATA_FILES,
     metrics=("pass@1",),
     default_max_new_tokens=MAX_NEW_TOKENS,
+    runs_code=True,
 ))

@@ -90,8 +90,8 @@ def _options(model, paradigm, calibration):
     )
 
 
-def _detail(job_id):
-    detail = svc.run_detail(job_id)
+def _detail(job_id, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+    detail = svc.run_detail(job_id, user_from(profile, request))
     boxes = (detail.config_yaml, detail.structure_json, detail.efficiency_json, detail.manifest_json, detail.log_tail)
     return detail.summary, *(gr.update(value=text, visible=bool(text)) for text in boxes)
 
@@ -101,8 +101,8 @@ def _select(table, evt: gr.SelectData):
     return job_id if job_id is not None else gr.update()
 
 
-def _fork(job_id):
-    text = svc.fork_config(job_id)
+def _fork(job_id, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+    text = svc.fork_config(job_id, user_from(profile, request))
     if not text:
         return gr.update(), gr.update(), "Open a run first: click a row of the table or enter its job id."
     return text, gr.Tabs(selected="submit"), gr.update()

@@ -36,8 +36,9 @@ def build(shared) -> None:
 
 def _job_state(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
     """[panel, cancel, retry, hint] for the selected job."""
-    can_cancel, can_retry, hint = services.job_actions(job_id, user_from(profile, request))
-    return [services.job_panel(job_id), gr.update(interactive=can_cancel), gr.update(interactive=can_retry), hint]
+    user = user_from(profile, request)
+    can_cancel, can_retry, hint = services.job_actions(job_id, user)
+    return [services.job_panel(job_id, user), gr.update(interactive=can_cancel), gr.update(interactive=can_retry), hint]
 
 
 def _refresh(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
@@ -47,6 +48,10 @@ def _refresh(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
 
 def _queue_view(profile: gr.OAuthProfile | None, request: gr.Request):
     return services.queue_view(user_from(profile, request))
+
+
+def _job_details(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
+    return services.job_details(job_id, user_from(profile, request))
 
 
 def _cancel(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
@@ -68,7 +73,7 @@ def wire(shared, demo) -> None:
     shared.queue_timer.tick(_refresh, shared.queue_job_id, refresh_outputs, api_name=False, show_progress="hidden")
     shared.queue_table.select(_on_select, None, shared.queue_job_id, api_name=False)
     shared.queue_job_id.change(_job_state, shared.queue_job_id, job_outputs, api_name=False, trigger_mode="always_last")
-    shared.queue_show.click(services.job_details, shared.queue_job_id, shared.queue_detail, api_name="job")
+    shared.queue_show.click(_job_details, shared.queue_job_id, shared.queue_detail, api_name="job")
     shared.queue_cancel.click(_cancel, shared.queue_job_id, shared.queue_message, api_name="cancel").then(
         _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
     shared.queue_retry.click(_retry, shared.queue_job_id, shared.queue_message, api_name="retry").then(
