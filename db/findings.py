@@ -164,6 +164,14 @@ def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
+def _calibration_source(config: dict[str, Any]) -> str | None:
+    """The calibration source a run used (a config without a section: the default calibration's)."""
+    from backend.config import stored_calibration
+
+    calibration = stored_calibration(config)
+    return calibration.source if calibration is not None else None
+
+
 def _key_without(config: dict[str, Any], *paths: str) -> str:
     """The config minus the named fields ("pruning", "pruning.method", ...): runs equal in the rest."""
     data = json.loads(json.dumps(config))
@@ -323,8 +331,8 @@ def findings(session: Session, model: str | None = None, paradigm: str | None = 
     verdicts.append(_dynamic_verdict(spec["dynamic-degrades-long-chains"], by_family["dense"], by_family["dynamic"]))
 
     pruned = [r for r in runs if r.family not in (None, "dense")]
-    aligned = [r for r in pruned if r.config.get("calibration", {}).get("source") in ALIGNED_SOURCES]
-    generic = [r for r in pruned if r.config.get("calibration", {}).get("source") in GENERIC_SOURCES]
+    aligned = [r for r in pruned if _calibration_source(r.config) in ALIGNED_SOURCES]
+    generic = [r for r in pruned if _calibration_source(r.config) in GENERIC_SOURCES]
     paired = _pair(aligned, generic, ("aligned", "generic"), _same_but_calibration,
                    in_categories("classification", "generation", "reasoning"), _correctness)
     verdicts.append(_paired_verdict(spec["aligned-calibration-helps"], paired))

@@ -301,7 +301,7 @@ def config_to_form(config: JobConfig | dict[str, Any]) -> tuple[dict[str, Any], 
         config = validate_config(config)
     notes: list[str] = []
     form = dict(DEFAULT_FORM)
-    pruning, calib = config.pruning, config.calibration
+    pruning, calib = config.pruning, config.effective_calibration()
     form.update(model=config.model, paradigm=config.paradigm, method=pruning.method, sparsity=pruning.sparsity,
                 params=dict(pruning.params), seed=config.seed, tasks=[t.name for t in config.tasks],
                 batch_size=config.evaluation.batch_size)
@@ -433,7 +433,7 @@ def estimate(config: JobConfig) -> dict[str, Any]:
     calib_tokens = 0
     calib_note = "no calibration"
     if method.uses_calibration(config.pruning.method_params()):
-        c = config.calibration
+        c = config.effective_calibration()
         calib_tokens = c.num_samples * c.seq_len
         calib_note = f"{c.num_samples} x {c.seq_len} tokens ({c.source})"
         if c.source == "self-generated":
