@@ -21,7 +21,7 @@ def _calibration(num_samples=8, seq_len=32, seed=0):
     return torch.randint(3, 259, (num_samples, seq_len), generator=torch.Generator().manual_seed(seed))
 
 
-def _check_owl(dense, pruned_report, calib, sparsity, owl_m, deviation):
+def check_owl(dense, pruned_report, calib, sparsity, owl_m, deviation):
     expected = ref.owl_layer_sparsity(dense, calib, sparsity, owl_m, deviation)
     details = pruned_report.details
     assert details["allocation_scaling"] == "minmax"
@@ -41,7 +41,7 @@ def test_tiny_owl_layer_sparsities_match_owl(method, owl_m, deviation):
     cls = get_method(method)
     params = cls.Params(allocation="owl", owl_m=owl_m, deviation=deviation)
     report = cls().prune(loaded.model, 0.5, params, calib, lambda f, t: None)
-    _check_owl(dense, report, calib, 0.5, owl_m, deviation)
+    check_owl(dense, report, calib, 0.5, owl_m, deviation)
 
 
 @pytest.mark.slow
@@ -54,4 +54,4 @@ def test_smollm2_owl_layer_sparsities_match_owl(smollm2, shared_data):
     model = copy.deepcopy(smollm2.model)
     cls = get_method("wanda")
     report = cls().prune(model, 0.5, cls.Params(allocation="owl"), calib, lambda f, t: None)
-    _check_owl(smollm2.model, report, calib, 0.5, 5.0, 0.08)
+    check_owl(smollm2.model, report, calib, 0.5, 5.0, 0.08)
