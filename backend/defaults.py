@@ -28,8 +28,11 @@ class DefaultChange:
     """Writes the old value into a config document that relied on the old default (a copy)."""
 
 
+Pin = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 def _pin_param(methods: tuple[str, ...], param: str, old: Any,
-               when: Callable[[dict[str, Any]], bool] = lambda params: True) -> Callable[[dict[str, Any]], dict[str, Any]]:
+               when: Callable[[dict[str, Any]], bool] = lambda params: True) -> Pin:
     """Pins `param` at `old` in configs of `methods` that leave it out, where `when(params)` holds."""
     def pin(document: dict[str, Any]) -> dict[str, Any]:
         pruning = document.get("pruning") or {}
@@ -42,7 +45,7 @@ def _pin_param(methods: tuple[str, ...], param: str, old: Any,
     return pin
 
 
-def _rename_value(methods: tuple[str, ...], param: str, old: str, new: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _rename_value(methods: tuple[str, ...], param: str, old: str, new: str) -> Pin:
     """Rewrites `param: old` as `param: new` in configs of `methods` (a value that was renamed)."""
     def rename(document: dict[str, Any]) -> dict[str, Any]:
         pruning = document.get("pruning") or {}
@@ -69,7 +72,8 @@ def _pin_synthetic_calibration(document: dict[str, Any]) -> dict[str, Any]:
     which an empty section still means; without a section the study's WikiText-2 text is used now."""
     pruning = document.get("pruning") or {}
     method = pruning.get("method", "dense")
-    calibrated = method in CALIBRATED_AT_VERSION_1 or (method == "magnitude" and _non_uniform(pruning.get("params") or {}))
+    params = pruning.get("params") or {}
+    calibrated = method in CALIBRATED_AT_VERSION_1 or (method == "magnitude" and _non_uniform(params))
     if not calibrated or "calibration" in document:
         return document
     return {**copy.deepcopy(document), "calibration": {}}
@@ -102,7 +106,7 @@ CHANGES: tuple[DefaultChange, ...] = (
                   _pin_param(("dllm-style",), "skipped_kv", "keep")),
     DefaultChange(2, "mod-style: the seed study's MoD variant, was `causal-threshold`",
                   _pin_param(("mod-style",), "variant", "causal-threshold")),
-    DefaultChange(2, "calibrated runs without a calibration section: the study's WikiText-2 text, was synthetic 8 x 128",
+    DefaultChange(2, "calibrated runs without a calibration section: the study's WikiText-2 text, was synthetic",
                   _pin_synthetic_calibration),
 )
 """Every change, oldest first."""

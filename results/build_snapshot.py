@@ -12,8 +12,9 @@ A study of SmolLM2-135M-Instruct (builtin:smollm2-135m-instruct) run by this pro
 Every config states every method parameter, so a later change of a default never changes what a
 stored run means; the parameters are the papers' / official code's settings (`backend.defaults`
 version 2). A part written before a default changed is kept when its config, with the old defaults
-written out, still hashes as its grid entry (same computation), and run again when it does not. Runs go through the real queue and worker in a work home of their own
-(`--home`, default var/snapshot-work), one at a time; each finished run is exported to
+written out, still hashes as its grid entry (same computation), and run again when it does not.
+Runs go through the real queue and worker in a work home of their own (`--home`, default
+var/snapshot-work), one at a time; each finished run is exported to
 `results/parts/<name>.jsonl.gz` (a results bundle of one run), so an interrupted build resumes where
 it stopped and a part that exists with the same config hash is never run again. `build` joins the
 parts into `results/snapshot.jsonl.gz`.

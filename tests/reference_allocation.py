@@ -22,8 +22,8 @@ def owl_layer_sparsity(model: nn.Module, ids: torch.Tensor, sparsity: float, hyp
             if isinstance(module, nn.Linear):
                 key = f"{i}.{name}"
                 inputs[key] = []
-                handles.append(module.register_forward_hook(
-                    lambda mod, args, out, key=key: inputs[key].append(args[0].detach().reshape(-1, args[0].shape[-1]))))
+                handles.append(module.register_forward_hook(lambda mod, args, out, key=key: inputs[key].append(
+                    args[0].detach().reshape(-1, args[0].shape[-1]))))
     try:
         with torch.no_grad():
             model(input_ids=ids, use_cache=False)

@@ -1,10 +1,10 @@
 """A plain re-derivation of routed decoder forwards, never calling `backend.pruning`.
 
 The dense model's own modules (its sdpa attention with an explicit boolean mask, its MLP and norms)
-compute every token of an unpadded batch; a routing decision then keeps or drops each module's output per token, and an evicted token's
-key is masked out of every later query's attention in that layer. Router scores come from the trained
-routers' weights (`gate_weights`): RMS-normalise the residual state (eps 1e-6), then the linear or
-linear-SiLU-linear net. Decisions:
+compute every token of an unpadded batch; a routing decision then keeps or drops each module's output
+per token, and an evicted token's key is masked out of every later query's attention in that layer.
+Router scores come from the trained routers' weights (`gate_weights`): RMS-normalise the residual
+state (eps 1e-6), then the linear or linear-SiLU-linear net. Decisions:
 
 * `threshold` (D-LLM-style): a token runs when its score exceeds the gate's threshold;
 * `top-k` (the seed study's MoD): among the first `prompt` tokens of each sequence the

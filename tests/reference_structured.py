@@ -167,10 +167,10 @@ def flap_plan(model: nn.Module, ids: torch.Tensor, sparsity: float, bias_compens
             handle.remove()
     x = {key: torch.cat(values).double() for key, values in seen.items()}
     width = s["rep"] * s["head_dim"]
-    attn_cols = torch.stack([x[f"o{i}"].var(dim=0, unbiased=False) * layer.self_attn.o_proj.weight.double().pow(2).sum(0)
-                             for i, layer in enumerate(layers)])
-    mlp_cols = torch.stack([x[f"down{i}"].var(dim=0, unbiased=False) * layer.mlp.down_proj.weight.double().pow(2).sum(0)
-                            for i, layer in enumerate(layers)])
+    attn_cols = torch.stack([x[f"o{i}"].var(dim=0, unbiased=False)
+                             * layer.self_attn.o_proj.weight.double().pow(2).sum(0) for i, layer in enumerate(layers)])
+    mlp_cols = torch.stack([x[f"down{i}"].var(dim=0, unbiased=False)
+                            * layer.mlp.down_proj.weight.double().pow(2).sum(0) for i, layer in enumerate(layers)])
     if standardize == "per-layer":
         def per_row(metric):  # FLAP's `standarlization`
             return (metric - metric.mean(dim=1, keepdim=True)) / metric.std(dim=1, keepdim=True)
@@ -243,8 +243,8 @@ def _group_vectors(model: nn.Module, matrices: list[torch.Tensor], kind: str, un
     q, k, v, o, gate, up, down = matrices
     if kind == "attn":
         qw, kw = s["rep"] * s["head_dim"], s["head_dim"]
-        return ([q[r] for r in range(unit * qw, (unit + 1) * qw)] + [k[r] for r in range(unit * kw, (unit + 1) * kw)]
-                + [v[r] for r in range(unit * kw, (unit + 1) * kw)] + [o[:, c] for c in range(unit * qw, (unit + 1) * qw)])
+        q_rows, kv_rows = range(unit * qw, (unit + 1) * qw), range(unit * kw, (unit + 1) * kw)
+        return [q[r] for r in q_rows] + [k[r] for r in kv_rows] + [v[r] for r in kv_rows] + [o[:, c] for c in q_rows]
     return [gate[unit], up[unit], down[:, unit]]
 
 

@@ -41,7 +41,8 @@ V1_DOCUMENTS = [case["config"] for case in GOLDEN["cases"].values()] + [
     {**BASE, "pruning": {"method": "magnitude", "sparsity": 0.5}},  # uniform magnitude: no calibration, no change
     {**BASE, "pruning": {"method": "wanda", "sparsity": 0.5}},  # calibrated without a section
     {**BASE, "pruning": {"method": "wanda", "sparsity": 0.5}, "calibration": {"source": "text", "path": "w.txt"}},
-    {**BASE, "pruning": {"method": "sleb", "sparsity": 0.25, "params": {"loss_stride": 1}}, "calibration": {"seq_len": 64}},
+    {**BASE, "pruning": {"method": "sleb", "sparsity": 0.25, "params": {"loss_stride": 1}},
+     "calibration": {"seq_len": 64}},
     {**BASE, "pruning": {"method": "shortened-taylor", "sparsity": 0.25, "params": {"aggregate": "weight"}},
      "calibration": {"num_samples": 4}},
     {**BASE, "pruning": {"method": "sparsegpt", "sparsity": 0.5, "params": {"allocation": "layer-influence"}},
@@ -107,7 +108,8 @@ def test_pinned_v1_config_computes_what_it_computed_before(case):
         assert details["removal_order"] == expected["removal_order"]
     if "kept" in expected:
         for want, d, p in zip(expected["kept"], dense.model.layers, loaded.model.model.layers):
-            assert _kept_rows(d.self_attn.k_proj.weight.detach(), p.self_attn.k_proj.weight.detach(), 16) == want["groups"]
+            kept_groups = _kept_rows(d.self_attn.k_proj.weight.detach(), p.self_attn.k_proj.weight.detach(), 16)
+            assert kept_groups == want["groups"]
             assert _kept_rows(d.mlp.gate_proj.weight.detach(), p.mlp.gate_proj.weight.detach()) == want["channels"]
             for name, module in (("o_bias_sum", p.self_attn.o_proj), ("down_bias_sum", p.mlp.down_proj)):
                 got = None if module.bias is None else float(module.bias.detach().double().sum())

@@ -167,7 +167,8 @@ def test_llm_pruner_importances_rank_differently_but_all_prune_to_the_target(imp
 
     model = _tiny().model
     heads, channels = taylor_importance(model, _calibration(), importance)
-    assert len(heads) == len(channels) == 8 and all(h.shape == (2,) and c.shape == (128,) for h, c in zip(heads, channels))
+    assert len(heads) == len(channels) == 8
+    assert all(h.shape == (2,) and c.shape == (128,) for h, c in zip(heads, channels))
     assert all(float(c.min()) >= 0 for c in channels)
     others = [taylor_importance(model, _calibration(), other)[1] for other in ("element1", "vector", "whole-group")
               if other != importance]

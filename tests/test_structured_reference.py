@@ -1,10 +1,10 @@
 """The structured methods' exports pick what an independent reference implementation picks.
 
 `tests/reference_structured.py` re-derives each selection rule the slow, obvious way (full forwards,
-one autograd call, hooks), for the faithful defaults and for the earlier variants kept as params. tiny-llama goes through the real `python -m jobs prune CONFIG --out DIR`
-(in-process `jobs.cli.main`) and the exported directory is read back: which original blocks, head
-groups and MLP channels survive is recovered by matching the saved weights to the dense ones, not
-from the report. SmolLM2 (slow) checks every method on a small WikiText-2 calibration in process and
+one autograd call, hooks), for the faithful defaults and for the earlier variants kept as params.
+tiny-llama goes through the real `python -m jobs prune CONFIG --out DIR` (in-process
+`jobs.cli.main`) and the exported directory is read back: which original blocks, head groups and MLP
+channels survive is recovered by matching the saved weights to the dense ones, not from the report. SmolLM2 (slow) checks every method on a small WikiText-2 calibration in process and
 one example config through the CLI. Scores computed in another order (batched vs one batch) may
 differ in the last float bits, so a pick may differ from the reference only among units whose
 reference scores tie with the boundary to 1e-4 relative.
@@ -328,4 +328,5 @@ def test_smollm2_shortgpt_example_export_matches_reference(smollm2, tmp_path):
     out, manifest = export(tmp_path, config)
     calib = calibration_of(config, smollm2, manifest)
     pruned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    check_depth("shortgpt", smollm2.model, pruned, calib, 8, manifest["prune_report"], config["pruning"].get("params", {}))
+    check_depth("shortgpt", smollm2.model, pruned, calib, 8, manifest["prune_report"],
+                config["pruning"].get("params", {}))

@@ -68,13 +68,15 @@ class LLMPrunerParams(KeepEdgeLayers):
     importance: Literal["element1", "element2", "vector", "whole-group"] = "element1"
 
 
-def plan_counts(geos: list, target: int, scope: str) -> tuple[list[int], list[int] | int]:
+def plan_counts(geos: list, target: int, scope: str,
+                layers: list[int] | None = None) -> tuple[list[int], list[int] | int]:
     """How many head groups (per pruned layer) and MLP channels (per pruned layer, or a global total)
-    to remove; `geos` are the pruned layers' shapes.
+    to remove; `geos` are the pruned layers' shapes, `layers` their indices (for messages; default 0..).
 
     Raises ValueError when the target cannot be met with at least one head group and one channel
     left in every layer.
     """
+    layers = list(range(len(geos))) if layers is None else layers
     removable = sum(g.groups * g.group_cost + g.channels * g.channel_cost for g in geos)
     ratio = target / removable
     if ratio >= 1:
@@ -87,7 +89,7 @@ def plan_counts(geos: list, target: int, scope: str) -> tuple[list[int], list[in
             if n >= g.groups:
                 raise ValueError(
                     f"llm-pruner: sparsity removes {n} of {g.groups} attention head groups (KV groups of "
-                    f"{g.rep} query heads) in pruned layer {i}, leaving it no heads; use a lower sparsity, fewer "
+                    f"{g.rep} query heads) in layer {layers[i]}, leaving it no heads; use a lower sparsity, fewer "
                     "kept layers or scope: global")
             heads.append(n)
     else:
@@ -106,7 +108,7 @@ def plan_counts(geos: list, target: int, scope: str) -> tuple[list[int], list[in
         per_layer = [base + (1 if i < extra else 0) for i in range(len(geos))]
         for i, (n, g) in enumerate(zip(per_layer, geos)):
             if n >= g.channels:
-                raise ValueError(f"llm-pruner: sparsity removes {n} of {g.channels} MLP channels in pruned layer {i}")
+                raise ValueError(f"llm-pruner: sparsity removes {n} of {g.channels} MLP channels in layer {layers[i]}")
         return heads, per_layer
     if channels_total > sum(g.channels - 1 for g in geos):
         raise ValueError("llm-pruner: sparsity removes more MLP channels than keeping one per layer allows")
@@ -246,7 +248,7 @@ class LLMPruner(WidthPruningMethod):
     def choose_units(self, model, calibration, geos, sparsity, target, params, progress) -> WidthChoice:
         pruned = params.prunable_layers(len(geos), self.name)
         _check_uniform_costs([geos[i] for i in pruned])
-        heads, channels = plan_counts([geos[i] for i in pruned], target, params.scope)
+        heads, channels = plan_counts([geos[i] for i in pruned], target, params.scope, pruned)
 
         head_scores, channel_scores = taylor_importance(model, calibration, params.importance,
                                                         lambda f, t: progress(0.9 * f, t))

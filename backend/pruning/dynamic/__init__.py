@@ -240,7 +240,8 @@ class SkipGPTStyle(DynamicPruningMethod):
 @register_method
 class DLLMStyle(DynamicPruningMethod):
     name = "dllm-style"
-    description = "per-block token-level execution decisions with a dynamic ratio, skipped tokens' K/V evicted (D-LLM-style)"
+    description = ("per-block token-level execution decisions with a dynamic ratio, skipped tokens' K/V evicted "
+                   "(D-LLM-style)")
     Params = DLLMParams
     granularity = "block"
 

@@ -5,10 +5,11 @@
   target (`gumbel_gate`: skipgpt-style, dllm-style), the MoD auxiliary loss that teaches the causal
   score to predict top-k membership (`topk_gate`: mod-style causal-threshold), or none (MoD's
   router-weighted top-k, `weighted_topk_gate`: mod-style seed).
-* `calibrate_thresholds`: after training (threshold routers only), shift the thresholds so the hard, causal decisions skip the
-  target share of the calibration tokens: one shift for all gates (the routers keep their learnt
-  allocation across layers) or one per gate (mod-style: every layer at capacity). Later layers see
-  the effect of earlier shifts, so this repeats a few rounds.
+* `calibrate_thresholds`: after training (threshold routers only), shift the thresholds so the
+  hard, causal decisions skip the target share of the calibration tokens: one shift for all gates
+  (the routers keep their learnt allocation across layers) or one per gate (mod-style
+  causal-threshold: every layer at capacity). Later layers see the effect of earlier shifts, so
+  this repeats a few rounds.
 * `lora_restore`: LoRA adapters on the routed modules' linears, trained with the real routing, then
   merged into the weights (no adapter left at inference).
 """
