@@ -131,9 +131,21 @@ def source_file(cfg: CalibrationConfig, data_dir: Path) -> Path | None:
     return None
 
 
-def check_calibration(cfg: CalibrationConfig, data_dir: Path, context: int | None = None) -> None:
+def check_calibration(cfg: CalibrationConfig, data_dir: Path, context: int | None = None,
+                      default: bool = False) -> None:
     """Preflight before any model loads: the source's file must exist and hold some text, and
-    `seq_len` must fit the model's context when it is known (`model_context`)."""
+    `seq_len` must fit the model's context when it is known (`model_context`). `default`: `cfg` is
+    the default calibration of a config without a `calibration` section (said in the error)."""
+    try:
+        _check_calibration(cfg, data_dir, context)
+    except ValueError as exc:
+        if default:
+            raise ValueError(f"{exc} (the default calibration, used because the config has no calibration "
+                             "section; name one to use other data)") from None
+        raise
+
+
+def _check_calibration(cfg: CalibrationConfig, data_dir: Path, context: int | None) -> None:
     if context is not None and cfg.seq_len > context:
         raise ValueError(f"calibration.seq_len {cfg.seq_len} exceeds the model context of {context} tokens")
     path = source_file(cfg, data_dir)

@@ -145,6 +145,37 @@ class CalibrationConfig(_Strict):
         return self
 
 
+DEFAULT_CALIBRATION = CalibrationConfig(source="text", path="wikitext2/valid.txt", num_samples=32, seq_len=256, seed=0)
+"""What a calibrated method gets when its config has no `calibration` section: the seed study's generic
+calibration (WikiText-2 validation text, `study-cpu`'s 32 x 256 tokens; leak-free for `wikitext2-ppl`,
+which evaluates the test split). An empty section (`calibration: {}`) is CalibrationConfig's own
+defaults, synthetic 8 x 128 random tokens, which is what configs without a section used before."""
+
+
+def stored_calibration(document: dict[str, Any]) -> CalibrationConfig | None:
+    """The calibration a stored config document names: its section, else `DEFAULT_CALIBRATION`
+    (None when the section no longer validates)."""
+    section = document.get("calibration")
+    if section is None:
+        return DEFAULT_CALIBRATION
+    try:
+        return CalibrationConfig(**section)
+    except (ValidationError, TypeError):
+        return None
+
+
+def describe_calibration(document: dict[str, Any]) -> str:
+    """One line saying what calibration data a stored config's run used, e.g.
+    `text wikitext2/valid.txt 32x256 seed 0 (default)` or `synthetic 8x128 seed 0`."""
+    cfg = stored_calibration(document)
+    if cfg is None:
+        return str((document.get("calibration") or {}).get("source", "?"))
+    what = {"text": cfg.path, "task-aligned": f"{cfg.task} {cfg.split}",
+            "self-generated": f"{cfg.task} {cfg.split}"}.get(cfg.source)
+    label = " ".join(x for x in (cfg.source, what, f"{cfg.num_samples}x{cfg.seq_len}", f"seed {cfg.seed}") if x)
+    return label + (" (default)" if document.get("calibration") is None else "")
+
+
 class GenerationConfig(_Strict):
     max_new_tokens: int | None = Field(None, ge=1, le=32768)
     """None: the task's default budget."""
@@ -309,7 +340,8 @@ class JobConfig(_Strict):
     paradigm: Literal["instruct", "think"] = "instruct"
     model_args: dict[str, Any] = Field(default_factory=dict)
     pruning: PruningConfig = Field(default_factory=PruningConfig)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    calibration: CalibrationConfig | None = None
+    """Calibration data of methods that use it; None: `DEFAULT_CALIBRATION` (see `effective_calibration`)."""
     tasks: list[TaskConfig] = Field(min_length=1, max_length=50)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     recovery: RecoveryConfig | None = None
@@ -376,6 +408,19 @@ class JobConfig(_Strict):
                 raise ValueError(f"recovery.target_modules: {', '.join(unknown)} match no linear module of "
                                  f"{self.model} (linears: {', '.join(BUILTIN_LINEAR_NAMES)})")
         return self
+
+    @model_validator(mode="after")
+    def _check_backend_loads_the_method(self) -> "JobConfig":
+        if self.evaluation.backend == "vllm":
+            reason = get_method(self.pruning.method).vllm_unsupported(self.pruning.method_params())
+            if reason:
+                raise ValueError(f"evaluation.backend: vllm cannot evaluate pruning.method {self.pruning.method!r}: "
+                                 f"{reason}; use backend 'hf'")
+        return self
+
+    def effective_calibration(self) -> CalibrationConfig:
+        """The calibration a calibrated method uses: the config's section, else `DEFAULT_CALIBRATION`."""
+        return self.calibration if self.calibration is not None else DEFAULT_CALIBRATION
 
     def noop_args(self) -> NoopArgs:
         return NoopArgs(**self.model_args)

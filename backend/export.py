@@ -55,7 +55,8 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
     params = config.pruning.method_params()
     calibrates = method_cls.uses_calibration(params)
     if calibrates:
-        check_calibration(config.calibration, data_dir, context=model_context(config.model))
+        check_calibration(config.effective_calibration(), data_dir, context=model_context(config.model),
+                          default=config.calibration is None)
     _seed_everything(config.seed)
 
     from backend.models import load_model
@@ -64,9 +65,10 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
     loaded = load_model(config.model, config.hf_args(), log=lambda msg: say(0.05, msg))
     calibration = None
     if calibrates:
-        say(0.1, f"building calibration set ({config.calibration.source})")
+        say(0.1, f"building calibration set ({config.effective_calibration().source})")
         calibration = build_calibration(
-            config.calibration, loaded.tokenizer, data_dir, model=loaded.model, fingerprint=loaded.fingerprint,
+            config.effective_calibration(), loaded.tokenizer, data_dir, model=loaded.model,
+            fingerprint=loaded.fingerprint,
             paradigm=config.paradigm, progress=lambda f, text: say(0.1 + 0.1 * f, text),
         )
     say(0.2, f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
@@ -92,7 +94,8 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
         "dtype": loaded.dtype,
         "calibration": None if calibration is None else {
             "source": calibration.source, "sha256": calibration.sha256,
-            "shape": list(calibration.tensor.shape), **calibration.details,
+            "shape": list(calibration.tensor.shape), "from_default": config.calibration is None,
+            **calibration.details,
         },
         "prune_report": _report_dict(report),
     }

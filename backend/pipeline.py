@@ -97,11 +97,11 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     else:
         calibration = None
         if method_cls.uses_calibration(config.pruning.method_params()):
-            reporter.stage("calibrate", f"building calibration set ({config.calibration.source})")
+            reporter.stage("calibrate", f"building calibration set ({config.effective_calibration().source})")
             from backend.calibration import build_calibration
 
             calibration = build_calibration(
-                config.calibration, loaded.tokenizer, data_dir, model=loaded.model,
+                config.effective_calibration(), loaded.tokenizer, data_dir, model=loaded.model,
                 fingerprint=loaded.fingerprint, paradigm=config.paradigm, progress=reporter.stage_progress(),
             )
 
@@ -183,7 +183,8 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         "calibration": None
         if calibration is None
         else {"source": calibration.source, "sha256": calibration.sha256,
-              "shape": list(calibration.tensor.shape), **calibration.details},
+              "shape": list(calibration.tensor.shape), "from_default": config.calibration is None,
+              **calibration.details},
         **_leak_fields(config, data_dir, calibration is not None),
         "saved_model": saved_model,
         "resumed_samples": len(completed),
@@ -207,8 +208,8 @@ def prune_cache_key(config: JobConfig, fingerprint: str) -> str:
     where the calibration text depends on them). Tasks, evaluation and recovery are left out."""
     method_cls = get_method(config.pruning.method)
     calibrated = method_cls.uses_calibration(config.pruning.method_params())
-    calibration = canonical_dict(config).get("calibration", {}) if calibrated else None
-    paradigm_bound = calibrated and config.calibration.source in ("task-aligned", "self-generated")
+    calibration = config.effective_calibration().model_dump(mode="json") if calibrated else None
+    paradigm_bound = calibrated and config.effective_calibration().source in ("task-aligned", "self-generated")
     key = {
         "fingerprint": fingerprint,
         "model": config.model,
@@ -279,7 +280,8 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
     if get_method(config.pruning.method).uses_calibration(config.pruning.method_params()):
         from backend.calibration import check_calibration, model_context
 
-        check_calibration(config.calibration, data_dir, context=model_context(config.model))
+        check_calibration(config.effective_calibration(), data_dir, context=model_context(config.model),
+                          default=config.calibration is None)
     if config.recovery is not None and config.recovery.enabled:
         from backend.calibration import check_calibration, model_context
 
@@ -292,7 +294,7 @@ def _leak_fields(config: JobConfig, data_dir: Path, calibrated: bool) -> dict:
         return {"calibration_leak": False, "calibration_leak_reason": None}
     from backend.calibration import leak_check
 
-    leak, reason = leak_check(config.calibration, [t.name for t in config.tasks], data_dir)
+    leak, reason = leak_check(config.effective_calibration(), [t.name for t in config.tasks], data_dir)
     return {"calibration_leak": leak, "calibration_leak_reason": reason}
 
 

@@ -79,7 +79,7 @@ def estimate(config: JobConfig) -> dict[str, Any]:
     calib_tokens = 0
     calib_note = "no calibration"
     if method.uses_calibration(config.pruning.method_params()):
-        c = config.calibration
+        c = config.effective_calibration()
         calib_tokens = c.num_samples * c.seq_len
         calib_note = f"{c.num_samples} x {c.seq_len} tokens ({c.source})"
         if c.source == "self-generated":

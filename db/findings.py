@@ -189,8 +189,8 @@ FINDINGS: tuple[Finding, ...] = (
             f"a Wanda run at sparsity <= {LOW_SPARSITY:g} and its dense run scored on reasoning",
             compare=compare.low_sparsity_wanda),
     Finding("allocation-helps-weaker-model",
-            "Per-layer allocation (OWL, layer-influence) helps the weaker model more than the stronger",
-            "Unstructured runs with a per-layer allocation (OWL or layer-influence) vs the same config with uniform "
+            "Per-layer allocation (OWL, reconstruction-sensitivity) helps the weaker model more than the stronger",
+            "Unstructured runs with a per-layer allocation (OWL or reconstruction-sensitivity) vs the same config with uniform "
             "allocation, on two models of one paradigm (same method, sparsity, allocation settings, calibration, "
             "recovery, seed), each with its model's dense run; the weaker model is the one whose dense run has "
             "the lower mean of per-task accuracies on the compared documents",

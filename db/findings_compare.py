@@ -16,7 +16,7 @@ import numpy as np
 from db.bootstrap import Statistic, Unit, cluster_bootstrap, finite, pooled_difference, ratio
 from db.equal_cost import NOMINAL, matched_by, relative_cost
 from db.findings_data import (
-    Comparison, Run, correctness, paired_units, setting_key, task_category, tts_gain,
+    Comparison, Run, calibration_source, correctness, paired_units, setting_key, task_category, tts_gain,
 )
 
 __all__ = [
@@ -30,7 +30,7 @@ GENERIC_SOURCES = ("text",)
 STATIC_FAMILIES = ("depth", "width", "unstructured")
 LOW_SPARSITY = 0.3
 """Wanda runs at most this sparse count as low-sparsity."""
-ALLOCATIONS = ("owl", "layer-influence")
+ALLOCATIONS = ("owl", "reconstruction-sensitivity")
 _ALLOCATION_FIELDS = ("pruning.params.allocation", "pruning.params.owl_m", "pruning.params.deviation")
 _ANSWER_CATEGORIES = ("classification", "generation", "reasoning")
 
@@ -181,7 +181,7 @@ def static_beats_dynamic(runs: RunSet, measure: str) -> Outcome:
 def aligned_calibration(runs: RunSet, _measure: None) -> Outcome:
     groups: dict[str, tuple[list[Run], list[Run]]] = defaultdict(lambda: ([], []))
     for run in runs.pruned():
-        source = (run.config.get("calibration") or {}).get("source")
+        source = calibration_source(run.config)
         if source in ALIGNED_SOURCES or source in GENERIC_SOURCES:
             groups[setting_key(run, "calibration", "tasks")][source in GENERIC_SOURCES].append(run)
     comparisons = [((a, g),) for key in sorted(groups) for a in groups[key][0] for g in groups[key][1]]

@@ -68,6 +68,14 @@ def method_family(method: str) -> str | None:
         return None
 
 
+def calibration_source(config: dict[str, Any]) -> str | None:
+    """The calibration source a stored config's run used (no section: the default calibration's)."""
+    from backend.config import stored_calibration
+
+    calibration = stored_calibration(config)
+    return calibration.source if calibration is not None else None
+
+
 @cache
 def task_category(task: str) -> str | None:
     from backend.registry import UnknownName

@@ -25,6 +25,10 @@ Definitions (the UI shows them as they are):
 * `group`: runs are grouped by their (task, comparability key) pairs: a run joins the first group
   (largest first) whose keys agree on every shared task. Per model and paradigm the largest group
   is "main", the others "B", "C", ...; scores of different groups are not comparable.
+* `calibration` (the source: text, synthetic, task-aligned, self-generated) and `calibration_data`
+  (which data, e.g. `text wikitext2/valid.txt 32x256 seed 0 (default)`) are shown for runs whose
+  method used calibration data; a config without a calibration section used
+  `backend.config.DEFAULT_CALIBRATION`, marked "(default)".
 * Filters narrow the rows shown; dense baselines outside the filter still serve as baselines.
 """
 from __future__ import annotations
@@ -51,8 +55,8 @@ FAMILIES = ("dense", "unstructured", "depth", "width", "dynamic")
 VIEWS = ("raw", "delta", "retained")
 CATEGORIES = ("classification", "generation", "reasoning")
 """Higher-is-better task groups, in column order (tasks of an unknown category go to `other`)."""
-META_COLUMNS = ["job_id", "model", "paradigm", "method", "family", "sparsity", "calibration", "recovery",
-                "group", "baseline_job_id", "flag"]
+META_COLUMNS = ["job_id", "model", "paradigm", "method", "family", "sparsity", "calibration", "calibration_data",
+                "recovery", "group", "baseline_job_id", "flag"]
 EFFICIENCY_COLUMNS = {"params_M": False, "flops_ratio": False, "speedup_ideal": True, "speedup_measured": True}
 """Efficiency columns and whether higher is better; a column appears when some row knows it."""
 MAIN_GROUP = "main"
@@ -93,6 +97,7 @@ class _Run:
     family: str
     sparsity: float
     calibration: str | None
+    calibration_data: str | None
     recovery: bool
     efficiency: dict[str, Any]
     scores: dict[str, tuple[float | None, bool, str]] = field(default_factory=dict)
@@ -137,7 +142,7 @@ def board(session: Session, filters: BoardFilters = BoardFilters(), view: str = 
         row: dict[str, Any] = {
             "job_id": run.job_id, "model": run.model, "paradigm": run.paradigm, "method": run.method,
             "family": run.family, "sparsity": run.sparsity, "calibration": run.calibration,
-            "recovery": run.recovery, "group": groups[run.job_id],
+            "calibration_data": run.calibration_data, "recovery": run.recovery, "group": groups[run.job_id],
             "baseline_job_id": _main_baseline(matched), "flag": _flag(run, matched, with_dense, pending),
         }
         for task in [*hib_tasks, *tasks_by_group.get("perplexity", [])]:
@@ -221,13 +226,18 @@ def _latest_runs(session: Session, model: str | None, paradigm: str | None) -> l
 
 
 def _run(job_id, model, paradigm, method, sparsity, config_json, efficiency) -> _Run:
+    from backend.config import describe_calibration, stored_calibration
+
     config = json.loads(config_json or "{}")
     family, uses_calibration = _method_facts(method, json.dumps(config.get("pruning", {}).get("params", {}),
                                                                 sort_keys=True))
     recovery = config.get("recovery")
+    calibration = stored_calibration(config) if uses_calibration else None
     return _Run(
         job_id=job_id, model=model, paradigm=paradigm, method=method, family=family, sparsity=sparsity,
-        calibration=config.get("calibration", {}).get("source", "synthetic") if uses_calibration else None,
+        calibration=(calibration.source if calibration else (config.get("calibration") or {}).get("source"))
+        if uses_calibration else None,
+        calibration_data=describe_calibration(config) if uses_calibration else None,
         recovery=isinstance(recovery, dict) and recovery.get("enabled", True) is not False,
         efficiency=efficiency or {},
     )

@@ -258,7 +258,7 @@ def _submit_preset(args: argparse.Namespace) -> None:
                      "missing": missing(configs)})
     elif configs is not None:
         for c in configs:
-            calibration = c.calibration.source if c.pruning.method != "dense" else "-"
+            calibration = c.effective_calibration().source if c.pruning.method != "dense" else "-"
             print(f"{c.model}  {c.paradigm:<8}  {c.pruning.method:<14}  {c.pruning.sparsity:.2f}  "
                   f"{calibration:<14}  {','.join(t.name for t in c.tasks)}")
     elif args.json:

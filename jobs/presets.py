@@ -215,7 +215,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "recovery at 0.4; GPU models by hub id (name the reasoning model: --model think=OWNER/NAME)",
            seed_presets.seed000_grid, {"instruct": seed_presets.TULU_SFT,
                                        "think": seed_presets.THINK_MODEL_PLACEHOLDER}),
-    Preset("seed001-tts", "Pruning and test-time scaling: magnitude and Wanda x uniform/OWL/layer-influence "
+    Preset("seed001-tts", "Pruning and test-time scaling: magnitude and Wanda x uniform/OWL/reconstruction-sensitivity "
            "allocation, and ShortGPT, at 0.3/0.5, on MATH-500, AIME24, AMC23, GPQA-Diamond: k=8 samples and a "
            "thinking-budget sweep (1024/4096/16384); a reasoning model by hub id",
            seed_presets.seed001_tts, {"think": seed_presets.R1_DISTILL}),
@@ -223,7 +223,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "(200 rows), GSM8K, MATH-500 (50 rows, 256 tokens); under 3 hours on a 2-core CPU",
            seed_presets.seed000_cpu),
     Preset("seed001-cpu", "seed001 on SmolLM2-135M-Instruct (instruct): magnitude and Wanda x uniform/OWL/"
-           "layer-influence, and ShortGPT, at 0.25; MATH-500, AIME24, AMC23 (k=4) and GSM8K, 20 questions each; "
+           "reconstruction-sensitivity, and ShortGPT, at 0.25; MATH-500, AIME24, AMC23 (k=4) and GSM8K, 20 questions each; "
            "under 3 hours on a 2-core CPU", seed_presets.seed001_cpu),
 )}
 

@@ -9,7 +9,8 @@
   three runs). Variants at 0.4: calibration on the model's own generated reasoning instead of
   generic text, and LoRA recovery after pruning.
 * `seed001-tts`: pruning and test-time scaling (seed 001). Magnitude and Wanda with uniform, OWL
-  and layer-influence allocation, and ShortGPT at the same sparsities (0.3, 0.5), on MATH-500,
+  and reconstruction-sensitivity allocation (the stand-in for layer influence: LayerIF itself is not
+  implemented), and ShortGPT at the same sparsities (0.3, 0.5), on MATH-500,
   AIME24, AMC23 and GPQA-Diamond: parallel scaling (k = 8 samples at T = 0.6: pass@1, pass@k,
   maj@k) and a thinking-budget sweep (budget forcing at 1024, 4096 and 16384 reasoning tokens).
 * `seed000-cpu`, `seed001-cpu`: the same methods on SmolLM2-135M-Instruct, instruct, one sparsity,
@@ -51,7 +52,8 @@ GENERATION_TASKS = ("humaneval", "humaneval-plus", "ifeval", "popqa", "aime24", 
                     "livecodebench", "math500")
 
 SEED001_METHODS = ("magnitude", "wanda")
-SEED001_ALLOCATIONS = ("uniform", "owl", "layer-influence")
+SEED001_ALLOCATIONS = ("uniform", "owl", "reconstruction-sensitivity")
+"""The seed's layer-influence allocation is run as reconstruction-sensitivity (`backend.pruning.allocation`)."""
 SEED001_SPARSITIES = (0.3, 0.5)
 SEED001_TASKS = ("math500", "aime24", "amc23", "gpqa-diamond")
 SEED001_BUDGETS = (1024, 4096, 16384)
@@ -175,7 +177,7 @@ def seed000_cpu() -> list[dict[str, Any]]:
 
 
 def seed001_cpu() -> list[dict[str, Any]]:
-    """Dense, magnitude and Wanda x uniform / OWL / layer-influence, and ShortGPT, at 0.25, on
+    """Dense, magnitude and Wanda x uniform / OWL / reconstruction-sensitivity, and ShortGPT, at 0.25, on
     MATH-500, AIME24, AMC23 and GSM8K (GPQA-Diamond is gated; GSM8K stands in), 20 questions each,
     k = 4 samples at T = 0.6 and 256 new tokens."""
     tasks = _tts_tasks(4, None, limit=20, names=("math500", "aime24", "amc23", "gsm8k"), max_new_tokens=256)

@@ -10,8 +10,11 @@ A study of SmolLM2-135M-Instruct (builtin:smollm2-135m-instruct) run by this pro
   greedy, 256 new tokens instruct / 512 think, batched, no budget forcing).
 
 Every config states every method parameter, so a later change of a default never changes what a
-stored run means. Runs go through the real queue and worker in a work home of their own
-(`--home`, default var/snapshot-work), one at a time; each finished run is exported to
+stored run means; the parameters are the papers' / official code's settings (`backend.defaults`
+version 2). A part written before a default changed is kept when its config, with the old defaults
+written out, still hashes as its grid entry (same computation), and run again when it does not.
+Runs go through the real queue and worker in a work home of their own (`--home`, default
+var/snapshot-work), one at a time; each finished run is exported to
 `results/parts/<name>.jsonl.gz` (a results bundle of one run), so an interrupted build resumes where
 it stopped and a part that exists with the same config hash is never run again. `build` joins the
 parts into `results/snapshot.jsonl.gz`.
@@ -52,30 +55,32 @@ CALIBRATION = {
     # Block-search methods run the whole model once per candidate block: smaller sets keep them in minutes.
     "small": {"source": "text", "path": "wikitext2/valid.txt", "num_samples": 8, "seq_len": 256, "seed": 0},
 }
-SPARSITY_PARAMS = {"pattern": "unstructured", "allocation": "uniform", "owl_m": 5.0, "deviation": 0.08}
+SPARSITY_PARAMS = {"pattern": "unstructured", "allocation": "uniform", "owl_m": 5.0, "deviation": 0.08,
+                   "allocation_scaling": "minmax"}
 ROUTER_TRAINING = {"steps": 30, "lr": 0.05, "batch_size": 4, "threshold_rounds": 12}
 GUMBEL = {**ROUTER_TRAINING, "temperature": 1.0, "penalty": 10.0}
 UNSTRUCTURED = (0.25, 0.5)
 STRUCTURED = (0.25, 0.4)
 
 # name -> (method, params, calibration size or None, sparsities); the params are every knob the
-# method has, at the value the run uses.
+# method has, at the value the run uses: the papers' / official code's settings (defaults version 2).
 METHODS: dict[str, tuple[str, dict[str, Any], str | None, tuple[float, ...]]] = {
     "magnitude": ("magnitude", dict(SPARSITY_PARAMS), None, UNSTRUCTURED),
     "wanda": ("wanda", dict(SPARSITY_PARAMS), "large", UNSTRUCTURED),
     "sparsegpt": ("sparsegpt", {**SPARSITY_PARAMS, "blocksize": 128, "percdamp": 0.01}, "large", UNSTRUCTURED),
     "wanda-nm": ("wanda", {**SPARSITY_PARAMS, "pattern": "N:M"}, "large", UNSTRUCTURED),
     "wanda-owl": ("wanda", {**SPARSITY_PARAMS, "allocation": "owl"}, "large", UNSTRUCTURED),
-    "shortgpt": ("shortgpt", {}, "medium", STRUCTURED),
+    "shortgpt": ("shortgpt", {"last_block_output": "final-norm"}, "medium", STRUCTURED),
     "sleb": ("sleb", {"loss_stride": 1}, "small", STRUCTURED),
     "shortened-ppl": ("shortened-ppl", {"loss_stride": 1}, "small", STRUCTURED),
-    "flap": ("flap", {"bias_compensation": True}, "large", STRUCTURED),
-    "llm-pruner": ("llm-pruner", {"scope": "per-layer"}, "large", STRUCTURED),
+    "flap": ("flap", {"bias_compensation": True, "standardize": "per-layer"}, "large", STRUCTURED),
+    "llm-pruner": ("llm-pruner", {"scope": "per-layer", "importance": "element1", "keep_first_layers": 4,
+                                  "keep_last_layers": 2}, "large", STRUCTURED),
     "slicegpt": ("slicegpt", {}, "large", STRUCTURED),
     "skipgpt-style": ("skipgpt-style", {**GUMBEL, "lora_steps": 0, "lora_rank": 8, "lora_lr": 0.0001},
                       "medium", STRUCTURED),
-    "dllm-style": ("dllm-style", {**GUMBEL, "router_hidden": 64}, "medium", STRUCTURED),
-    "mod-style": ("mod-style", {**ROUTER_TRAINING, "aux_weight": 1.0}, "medium", STRUCTURED),
+    "dllm-style": ("dllm-style", {**GUMBEL, "router_hidden": 64, "skipped_kv": "evict"}, "medium", STRUCTURED),
+    "mod-style": ("mod-style", {**ROUTER_TRAINING, "variant": "seed", "aux_weight": 1.0}, "medium", STRUCTURED),
 }
 THINK_METHODS = ("wanda-owl", "sparsegpt", "shortgpt", "flap", "skipgpt-style")
 
@@ -123,10 +128,14 @@ def _part_path(name: str) -> Path:
 
 
 def _part_hash(path: Path) -> str | None:
+    """The hash the part's config has under this code's defaults: read_bundle writes out the defaults
+    changed since the part was written, so a run whose computation did not change keeps matching its
+    grid entry (and is not run again), while one that relied on a changed default no longer does."""
+    from backend.config import config_hash, validate_config
     from jobs.bundle import read_bundle
 
     bundle = read_bundle(path)
-    return bundle.runs[0].config_hash if bundle.runs else None
+    return config_hash(validate_config(bundle.runs[0].record["config"])) if bundle.runs else None
 
 
 def _setup_env(home: Path) -> None:

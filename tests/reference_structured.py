@@ -1,11 +1,12 @@
 """Plain, slow, independently written reference implementations of the structured methods' selection rules.
 
-Written from the papers' definitions (and the documented choices of PruneBoard's methods: tie-break to
-the lower index, ShortGPT scoring the last block on its own output, SLEB/Shortened-PPL `loss_stride`),
-never calling `backend.pruning`: every score comes from full forwards of the unmodified model (blocks
-swapped out of `model.model.layers` for a removal), gradients from one `torch.autograd.grad` over the
-whole calibration batch, activations from forward hooks. Used by tests/test_structured_reference.py to
-check what the project's exports pick.
+Written from the papers' official code (ShortGPT's reference script, SLEB, Shortened LLaMA's Taylor+,
+FLAP's AL-AM/WIFV, LLM-Pruner's block-wise Taylor importances) and the documented choices of
+PruneBoard's methods (tie-break to the lower index, `loss_stride`, the earlier variants kept as
+params), never calling `backend.pruning`: every score comes from full forwards of the unmodified
+model (blocks swapped out of `model.model.layers` for a removal), gradients from `torch.autograd.grad`
+over the whole calibration batch (or one sequence at a time for the Fisher term), activations from
+forward hooks. Used by tests/test_structured_reference.py to check what the project's exports pick.
 """
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ def lowest(scores: list[float], count: int) -> list[int]:
 # --- depth -------------------------------------------------------------------------------------------
 
 
-def shortgpt_scores(model: nn.Module, ids: torch.Tensor) -> list[float]:
-    """Block Influence 1 - mean cos(h_in, h_out) from `output_hidden_states` (the last block's output is
-    taken before the final norm, from a pre-hook on it)."""
+def shortgpt_scores(model: nn.Module, ids: torch.Tensor, last_block_output: str = "final-norm") -> list[float]:
+    """Block Influence 1 - mean cos(h_in, h_out). `final-norm`: consecutive entries of
+    `output_hidden_states`, as ShortGPT's script computes (the last entry is the final norm's output);
+    `raw`: the last block's output is taken before the final norm, from a pre-hook on it."""
     final: list[torch.Tensor] = []
     handle = model.model.norm.register_forward_pre_hook(lambda module, args: final.append(args[0]))
     try:
@@ -61,7 +63,7 @@ def shortgpt_scores(model: nn.Module, ids: torch.Tensor) -> list[float]:
         handle.remove()
     count = len(model.model.layers)
     inputs = states[:count]
-    outputs = states[1:count] + [final[0]]
+    outputs = states[1:] if last_block_output == "final-norm" else states[1:count] + [final[0]]
     return [1.0 - float(F.cosine_similarity(a.double(), b.double(), dim=-1).mean()) for a, b in zip(inputs, outputs)]
 
 
@@ -90,9 +92,9 @@ def sleb_order(model: nn.Module, ids: torch.Tensor, count: int, loss_stride: int
     return removed
 
 
-def taylor_block_scores(model: nn.Module, ids: torch.Tensor, aggregate: str = "block") -> list[float]:
-    """Shortened-Taylor: |sum w * dL/dw| (or sum |w * dL/dw|) per block, L the mean next-token loss of the
-    whole calibration batch, gradients by one autograd.grad call."""
+def taylor_block_scores(model: nn.Module, ids: torch.Tensor, aggregate: str = "weight") -> list[float]:
+    """Shortened-Taylor: sum |w * dL/dw| (the official code, `weight`) or |sum w * dL/dw| (`block`) per
+    block, L the mean next-token loss of the whole calibration batch, gradients by one autograd.grad call."""
     blocks = [list(layer.parameters()) for layer in model.model.layers]
     flat = [p for group in blocks for p in group]
     with torch.enable_grad():
@@ -107,6 +109,14 @@ def taylor_block_scores(model: nn.Module, ids: torch.Tensor, aggregate: str = "b
         else:
             scores.append(sum(float(t.abs().sum()) for t in terms))
     return scores
+
+
+def taylor_plus_removed(scores: list[float], count: int, keep_first: int = 4, keep_last: int = 2) -> list[int]:
+    """Shortened LLaMA's block_prune.py: the unimportance order (ascending score) without the first
+    `keep_first` and the last `keep_last` blocks, its first `count` entries."""
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    protected = set(range(keep_first)) | set(range(len(scores) - keep_last, len(scores)))
+    return sorted([i for i in order if i not in protected][:count])
 
 
 # --- width -------------------------------------------------------------------------------------------
@@ -126,11 +136,15 @@ def block_param_count(model: nn.Module) -> int:
     return sum(p.numel() for layer in model.model.layers for p in layer.parameters())
 
 
-def flap_plan(model: nn.Module, ids: torch.Tensor, sparsity: float, bias_compensation: bool = True) -> dict:
-    """FLAP: fluctuation Var(x_j) * ||W[:, j]||^2 of o_proj / down_proj inputs (head group: sum over its
-    columns), standardised per module type over all layers (torch.std, as in the paper's code), removed
-    lowest first across layers until the parameter target (new bias vectors included) is met, skipping
-    a unit that overshoots by more than half its size or would empty its layer's module.
+def flap_plan(model: nn.Module, ids: torch.Tensor, sparsity: float, bias_compensation: bool = True,
+              standardize: str = "per-layer") -> dict:
+    """FLAP: fluctuation Var(x_j) * ||W[:, j]||^2 of o_proj / down_proj inputs. `per-layer` (FLAP's
+    prune_flap, AL-AM with WIFV): the attention metric squared, each layer's columns standardised
+    (torch.std over that layer's row of the stacked metrics), a head group the mean of its columns'
+    z; each layer's MLP channels standardised alike. `per-module-type`: a head group the sum of its
+    columns' metric, then all head groups standardised together, and all MLP channels together. Units
+    removed lowest first across layers until the parameter target (new bias vectors included) is met,
+    skipping a unit that overshoots by more than half its size or would empty its layer's module.
 
     Returns {"groups": {layer: [removed head groups]}, "channels": {layer: [removed channels]},
     "o_bias": {layer: vector}, "down_bias": {layer: vector}}.
@@ -152,19 +166,24 @@ def flap_plan(model: nn.Module, ids: torch.Tensor, sparsity: float, bias_compens
         for handle in handles:
             handle.remove()
     x = {key: torch.cat(values).double() for key, values in seen.items()}
-    attn_scores, mlp_scores = [], []
-    for i, layer in enumerate(layers):
-        fluct_o = x[f"o{i}"].var(dim=0, unbiased=False) * layer.self_attn.o_proj.weight.double().pow(2).sum(0)
-        width = s["rep"] * s["head_dim"]
-        attn_scores.append([float(fluct_o[g * width:(g + 1) * width].sum()) for g in range(s["groups"])])
-        fluct_d = x[f"down{i}"].var(dim=0, unbiased=False) * layer.mlp.down_proj.weight.double().pow(2).sum(0)
-        mlp_scores.append(fluct_d.tolist())
+    width = s["rep"] * s["head_dim"]
+    attn_cols = torch.stack([x[f"o{i}"].var(dim=0, unbiased=False)
+                             * layer.self_attn.o_proj.weight.double().pow(2).sum(0) for i, layer in enumerate(layers)])
+    mlp_cols = torch.stack([x[f"down{i}"].var(dim=0, unbiased=False)
+                            * layer.mlp.down_proj.weight.double().pow(2).sum(0) for i, layer in enumerate(layers)])
+    if standardize == "per-layer":
+        def per_row(metric):  # FLAP's `standarlization`
+            return (metric - metric.mean(dim=1, keepdim=True)) / metric.std(dim=1, keepdim=True)
 
-    def standardise(rows):
-        flat = torch.tensor([v for row in rows for v in row], dtype=torch.float64)
-        return [[(v - float(flat.mean())) / float(flat.std()) for v in row] for row in rows]
+        z_attn = per_row(attn_cols.pow(2)).reshape(len(layers), s["groups"], width).mean(dim=2).tolist()
+        z_mlp = per_row(mlp_cols).tolist()
+    else:
+        def standardise(rows):
+            flat = torch.tensor([v for row in rows for v in row], dtype=torch.float64)
+            return [[(v - float(flat.mean())) / float(flat.std()) for v in row] for row in rows]
 
-    z_attn, z_mlp = standardise(attn_scores), standardise(mlp_scores)
+        attn_scores = [[float(row[g * width:(g + 1) * width].sum()) for g in range(s["groups"])] for row in attn_cols]
+        z_attn, z_mlp = standardise(attn_scores), standardise(mlp_cols.tolist())
     units = []  # (z, unit number, kind, layer, index, cost)
     for i in range(len(layers)):
         for g in range(s["groups"]):
@@ -207,7 +226,6 @@ def flap_plan(model: nn.Module, ids: torch.Tensor, sparsity: float, bias_compens
     o_bias, down_bias = {}, {}
     if bias_compensation:
         for i, layer in enumerate(layers):
-            width = s["rep"] * s["head_dim"]
             if groups.get(i):
                 cols = [c for g in groups[i] for c in range(g * width, (g + 1) * width)]
                 o_bias[i] = layer.self_attn.o_proj.weight.double()[:, cols] @ x[f"o{i}"].mean(0)[cols]
@@ -218,14 +236,32 @@ def flap_plan(model: nn.Module, ids: torch.Tensor, sparsity: float, bias_compens
             "o_bias": o_bias, "down_bias": down_bias, "z_attn": z_attn, "z_mlp": z_mlp}
 
 
-def llm_pruner_importance(model: nn.Module, ids: torch.Tensor) -> tuple[list[list[float]], list[list[float]]]:
-    """LLM-Pruner's vector-wise Taylor importance |sum over a group's weights of w * dL/dw|, per layer: head
-    groups (q/k/v rows + o columns of one KV head and its query heads) and MLP channels (gate/up rows +
-    down column). L: the mean next-token loss of the whole calibration batch, one autograd.grad call."""
+def _group_vectors(model: nn.Module, matrices: list[torch.Tensor], kind: str, unit: int) -> list[torch.Tensor]:
+    """The weight vectors (rows of q/k/v/gate/up, columns of o/down) of one head group or MLP channel,
+    taken from per-matrix tensors `matrices` = [q, k, v, o, gate, up, down] of one layer."""
     s = _shapes(model)
-    layers = model.model.layers
+    q, k, v, o, gate, up, down = matrices
+    if kind == "attn":
+        qw, kw = s["rep"] * s["head_dim"], s["head_dim"]
+        q_rows, kv_rows = range(unit * qw, (unit + 1) * qw), range(unit * kw, (unit + 1) * kw)
+        return [q[r] for r in q_rows] + [k[r] for r in kv_rows] + [v[r] for r in kv_rows] + [o[:, c] for c in q_rows]
+    return [gate[unit], up[unit], down[:, unit]]
+
+
+def llm_pruner_importance(model: nn.Module, ids: torch.Tensor, importance: str = "element1",
+                          layers: list[int] | None = None) -> tuple[list[list[float]], list[list[float]]]:
+    """LLM-Pruner's block-wise Taylor importance (hf_prune.py + TaylorImportance, group reduction sum),
+    per layer: head groups (q/k/v rows + o columns of one KV head and its query heads) and MLP channels
+    (gate/up rows + down column). With s = w * dL/dw (L the mean next-token loss of the whole batch,
+    one autograd.grad call): `element1` (param_first) sum |s|; `element2` (param_mix) sum |s - 1/2 w^2 F|,
+    F the mean over sequences of each sequence's squared gradient (one autograd.grad per sequence);
+    `vector` (vectorize) the sum over the group's weight vectors of |sum s|; `whole-group` |sum s| over
+    the whole group. Only `layers` are scored (default: all)."""
+    count = len(model.model.layers)
+    layers = list(range(count)) if layers is None else layers
+    s = _shapes(model)
     mats = []
-    for layer in layers:
+    for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
         mats.append([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
                      m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight])
@@ -233,24 +269,39 @@ def llm_pruner_importance(model: nn.Module, ids: torch.Tensor) -> tuple[list[lis
     with torch.enable_grad():
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         grads = torch.autograd.grad(loss, flat)
-    prod = [(w.detach().double() * g.double()) for w, g in zip(flat, grads)]
+    salience = [w.detach().double() * g.double() for w, g in zip(flat, grads)]
+    if importance == "element2":
+        fisher = [torch.zeros_like(w, dtype=torch.float64) for w in flat]
+        for row in ids:
+            with torch.enable_grad():
+                one = model(input_ids=row[None], labels=row[None], use_cache=False).loss
+                for f, g in zip(fisher, torch.autograd.grad(one, flat)):
+                    f += g.double().pow(2) / ids.shape[0]
+        salience = [sal - 0.5 * w.detach().double().pow(2) * f for sal, w, f in zip(salience, flat, fisher)]
     heads, channels = [], []
-    for i in range(len(layers)):
-        q, k, v, o, gate, up, down = prod[7 * i:7 * i + 7]
-        qw, kw = s["rep"] * s["head_dim"], s["head_dim"]
-        heads.append([abs(float(q[g * qw:(g + 1) * qw].sum() + k[g * kw:(g + 1) * kw].sum()
-                                + v[g * kw:(g + 1) * kw].sum() + o[:, g * qw:(g + 1) * qw].sum()))
-                      for g in range(s["groups"])])
-        channels.append([abs(float(gate[c].sum() + up[c].sum() + down[:, c].sum())) for c in range(s["channels"])])
+    for i in layers:
+        per_layer = salience[7 * i:7 * i + 7]
+
+        def score(kind, unit):
+            vectors = _group_vectors(model, per_layer, kind, unit)
+            if importance in ("element1", "element2"):
+                return sum(float(vec.abs().sum()) for vec in vectors)
+            if importance == "vector":
+                return sum(abs(float(vec.sum())) for vec in vectors)
+            return abs(sum(float(vec.sum()) for vec in vectors))
+
+        heads.append([score("attn", g) for g in range(s["groups"])])
+        channels.append([score("mlp", c) for c in range(s["channels"])])
     return heads, channels
 
 
-def llm_pruner_per_layer_counts(model: nn.Module, sparsity: float) -> tuple[int, list[int]]:
-    """(head groups removed per layer, channels removed per layer) of the per-layer plan: one ratio
-    r = target / removable parameters; round(r x groups) head groups per layer, then MLP channels
-    (spread evenly, earlier layers take the remainder) for the rest of the target."""
+def llm_pruner_per_layer_counts(model: nn.Module, sparsity: float, pruned: int | None = None) -> tuple[int, list[int]]:
+    """(head groups removed per pruned layer, channels removed per pruned layer) of the per-layer plan:
+    the target is round(sparsity x all block parameters), taken from the `pruned` layers (default: all);
+    one ratio r = target / their removable parameters; round(r x groups) head groups per layer, then
+    MLP channels (spread evenly, earlier layers take the remainder) for the rest of the target."""
     s = _shapes(model)
-    count = len(model.model.layers)
+    count = len(model.model.layers) if pruned is None else pruned
     target = round(sparsity * block_param_count(model))
     removable = count * (s["groups"] * s["group_cost"] + s["channels"] * s["channel_cost"])
     heads = round(target / removable * s["groups"])

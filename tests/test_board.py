@@ -58,7 +58,7 @@ def seeded() -> dict[str, int]:
             "failed": add_run(s, "sparsegpt", 0.5, {"piqa": 0.7}, state=JobState.FAILED),
             "wanda": add_run(s, "wanda", 0.7, {"piqa": 0.7, "gsm8k": 0.4}, keys={"gsm8k": "k-other"},
                              calibration="text", recovery=True),
-            "orphan": add_run(s, "wanda", 0.5, {"piqa": 0.5}, model="m2"),
+            "orphan": add_run(s, "wanda", 0.5, {"piqa": 0.5}, model="m2", calibration="synthetic"),
         }
     return ids
 
@@ -165,6 +165,29 @@ def test_run_without_dense_baseline_is_flagged(seeded):
 ])
 def test_filters(seeded, filters, expected):
     assert set(get_board(filters).frame["job_id"]) == {seeded[n] for n in expected}
+
+
+def test_calibration_columns_say_what_data_a_run_used():
+    """A calibrated run without a calibration section used the default (marked); an empty section is
+    synthetic 8 x 128; runs whose method uses no calibration show none."""
+    with write_session() as s:
+        default = add_run(s, "shortgpt", 0.25, {"piqa": 0.5})
+        empty = add_run(s, "shortgpt", 0.25, {"piqa": 0.4}, config_hash="empty")
+        s.get(Job, empty).config_json = json.dumps({"model": "m", "pruning": {"method": "shortgpt", "sparsity": 0.25},
+                                                    "calibration": {}})
+        aligned = add_run(s, "shortgpt", 0.25, {"piqa": 0.3}, config_hash="aligned")
+        s.get(Job, aligned).config_json = json.dumps({
+            "model": "m", "pruning": {"method": "shortgpt", "sparsity": 0.25},
+            "calibration": {"source": "task-aligned", "task": "gsm8k", "num_samples": 16, "seq_len": 512}})
+        dense = add_run(s, "dense", 0.0, {"piqa": 0.8})
+    result = get_board()
+    assert "calibration_data" in result.meta_columns
+    assert row(result, default)["calibration"] == "text"
+    assert row(result, default)["calibration_data"] == "text wikitext2/valid.txt 32x256 seed 0 (default)"
+    assert row(result, empty)["calibration"] == "synthetic"
+    assert row(result, empty)["calibration_data"] == "synthetic 8x128 seed 0"
+    assert row(result, aligned)["calibration_data"] == "task-aligned gsm8k train 16x512 seed 0"
+    assert pd.isna(row(result, dense)["calibration"]) and pd.isna(row(result, dense)["calibration_data"])
 
 
 def test_filtered_out_dense_still_serves_as_baseline(seeded):

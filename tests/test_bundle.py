@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from backend.config import validate_config
+from backend.config import config_hash, validate_config
 from backend.result import RunResult, SampleRecord, ScoreRecord
 from db.schema import Job, Sample, Score, Trace
 from db.session import dispose_engines, init_db, read_session
@@ -190,6 +190,30 @@ def _rewrite(path: Path, out: Path, change) -> Path:
 def _counts() -> tuple[int, int, int]:
     with read_session() as session:
         return tuple(session.scalar(select(func.count()).select_from(t)) for t in (Job, Score, Sample))
+
+
+def test_bundle_written_under_older_defaults_is_pinned_on_import(seeded, tmp_path, monkeypatch):
+    """A v1 bundle's shortgpt config (no params, no calibration section) imports with the v1 values
+    written out: the last block compared raw, synthetic 8 x 128 calibration; its hash recomputed."""
+    old_document = {"model": MODEL, "pruning": {"method": "shortgpt", "sparsity": 0.25},
+                    "tasks": [{"name": "gsm8k", "limit": 4}, {"name": "piqa", "limit": 4}]}
+    good = tmp_path / "good.jsonl.gz"
+    bundle.export_bundle(good, job_ids=[seeded["shortgpt"]])
+
+    def as_version_1(lines):
+        lines[0]["defaults_version"] = 1
+        lines[1]["config"] = old_document
+        lines[1]["config_hash"] = bundle.document_hash(old_document)
+        lines[1]["record_sha256"] = bundle._record_hash(lines[1])
+
+    old = _rewrite(good, tmp_path / "v1.jsonl.gz", as_version_1)
+    _use_database(monkeypatch, tmp_path / "target")
+    assert bundle.import_bundle(old) == {"imported": 1, "skipped": 0}
+    with read_session() as session:
+        job = session.scalars(select(Job)).one()
+    stored = json.loads(job.config_json)
+    assert stored["pruning"]["params"] == {"last_block_output": "raw"} and stored["calibration"] == {}
+    assert job.config_hash == config_hash(validate_config(stored)) != bundle.document_hash(old_document)
 
 
 @pytest.mark.parametrize("damage, message", [

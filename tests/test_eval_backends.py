@@ -31,6 +31,30 @@ def test_config_fields_and_defaults_leave_the_canonical_form_alone():
             validate_config({**BASE, "evaluation": bad})
 
 
+@pytest.mark.parametrize("pruning, reason", [
+    ({"method": "flap", "sparsity": 0.2}, "different head counts and MLP widths"),
+    ({"method": "llm-pruner", "sparsity": 0.2, "params": {"scope": "global"}}, "different head counts"),
+    ({"method": "slicegpt", "sparsity": 0.2}, "shortcut matrices"),
+    ({"method": "dllm-style", "sparsity": 0.2}, "routers are not part of the saved weights"),
+    ({"method": "mod-style", "sparsity": 0.2}, "routers are not part of the saved weights"),
+])
+def test_vllm_refuses_shapes_it_cannot_load_at_submit(pruning, reason):
+    from backend.config import ConfigError
+
+    document = {**BASE, "pruning": pruning, "evaluation": {"backend": "vllm"}}
+    with pytest.raises(ConfigError, match=reason) as info:
+        validate_config(document)
+    message = str(info.value)
+    assert message.startswith("evaluation.backend: vllm cannot evaluate pruning.method") and "\n" not in message
+    assert validate_config({**document, "evaluation": {"backend": "hf"}}).pruning.method == pruning["method"]
+
+
+@pytest.mark.parametrize("pruning", [{"method": "wanda", "sparsity": 0.5}, {"method": "shortgpt", "sparsity": 0.25},
+                                     {"method": "magnitude", "sparsity": 0.5, "params": {"pattern": "2:4"}}])
+def test_vllm_takes_shapes_it_can_load(pruning):
+    assert validate_config({**BASE, "pruning": pruning, "evaluation": {"backend": "vllm"}}).evaluation.backend == "vllm"
+
+
 def test_batch_size_resolution():
     assert resolve_batch_size("auto", "cpu") == CPU_AUTO_BATCH_SIZE == 8
     assert resolve_batch_size("auto", "cuda") == "auto"

@@ -85,9 +85,9 @@ def test_study_cpu_is_the_full_grid_on_smollm2_in_both_paradigms():
     assert len(configs) == 74 and all(isinstance(c, JobConfig) for c in configs)
     assert {c.model for c in configs} == {SMOLLM2}
     assert Counter(c.paradigm for c in configs) == {"instruct": 37, "think": 37}
-    grid = Counter((c.paradigm, family(c), c.pruning.sparsity, c.calibration.source) for c in configs)
+    grid = Counter((c.paradigm, family(c), c.pruning.sparsity, c.calibration and c.calibration.source) for c in configs)
     for paradigm in ("instruct", "think"):
-        assert grid[(paradigm, "dense", 0.0, "synthetic")] == 1
+        assert grid[(paradigm, "dense", 0.0, None)] == 1  # dense names no calibration
         for fam in FAMILIES:
             for sparsity in (0.2, 0.4, 0.6):
                 for source in ("text", "task-aligned", "self-generated"):
@@ -124,7 +124,8 @@ def test_study_smoke_is_ci_sized():
         assert all(t.limit is not None and t.limit <= 10 for t in config.tasks)
         assert all(t.generation.max_new_tokens is not None and t.generation.max_new_tokens <= 128
                    for t in generate_tasks(config))
-        assert config.calibration.num_samples * config.calibration.seq_len <= 8 * 128
+        if family(config) != "dense":  # every pruned run names its (CI-sized) calibration
+            assert config.calibration.num_samples * config.calibration.seq_len <= 8 * 128
     assert {family(c) for c in configs} == {"dense", *FAMILIES}
     assert {c.calibration.source for c in configs if family(c) != "dense"} == {"text", "task-aligned"}
 
@@ -316,7 +317,7 @@ def test_seed001_tts_covers_two_methods_three_allocations_and_shortgpt_on_four_t
     configs = preset_configs("seed001-tts")
     covered = {(c.pruning.method, c.pruning.params.get("allocation", "uniform"), t.name)
                for c in configs if c.pruning.method != "dense" for t in c.tasks}
-    expected = {(m, a, t) for m in ("magnitude", "wanda") for a in ("uniform", "owl", "layer-influence")
+    expected = {(m, a, t) for m in ("magnitude", "wanda") for a in ("uniform", "owl", "reconstruction-sensitivity")
                 for t in SEED001_TASKS} | {("shortgpt", "uniform", t) for t in SEED001_TASKS}
     assert expected == covered
     parallel = [t for c in configs for t in c.tasks if t.generation.num_samples == 8]

@@ -157,11 +157,10 @@ def test_loss_stride_scores_every_kth_prediction_exactly(stride):
     assert n == 2 * len(positions) and nll == pytest.approx(expected, rel=1e-5)
 
 
-def test_sleb_defaults_to_stride_4_and_its_first_round_is_shortened_ppl():
+def test_sleb_scores_every_prediction_by_default_and_its_first_round_is_shortened_ppl():
     from backend.pruning.depth import PerplexityParams
-    from backend.pruning.sleb import SLEBParams
 
-    assert SLEBParams().loss_stride == 4 and PerplexityParams().loss_stride == 1
+    assert get_method("sleb").Params().loss_stride == 1 == get_method("shortened-ppl").Params().loss_stride
     for method in ("sleb", "shortened-ppl"):
         config = validate_config({"model": "builtin:tiny-llama", "tasks": ["synthetic-mc"],
                                   "pruning": {"method": method, "sparsity": 0.25, "params": {"loss_stride": 2}}})
@@ -170,7 +169,8 @@ def test_sleb_defaults_to_stride_4_and_its_first_round_is_shortened_ppl():
             validate_config({"model": "builtin:tiny-llama", "tasks": ["synthetic-mc"],
                              "pruning": {"method": method, "sparsity": 0.25, "params": {"loss_stride": 0}}})
     calib = _calibration()
-    sleb = _prune("sleb", _tiny().model, calibration=calib)
+    assert _prune("sleb", _tiny().model, calibration=calib).details["loss_stride"] == 1
+    sleb = _prune("sleb", _tiny().model, calibration=calib, params=PerplexityParams(loss_stride=4))
     ppl = _prune("shortened-ppl", _tiny().model, calibration=calib, params=PerplexityParams(loss_stride=4))
     assert sleb.details["loss_stride"] == ppl.details["loss_stride"] == 4
     assert sleb.details["scores"] == pytest.approx(ppl.details["scores"], rel=1e-6)
@@ -211,6 +211,26 @@ def test_sleb_is_greedy_and_re_measures_after_each_removal():
     kept = [i for i in range(8) if i not in (2, 5)]
     assert [rounds[2]["ppl_without"][str(i)] for i in kept] == pytest.approx(fresh, rel=1e-5)
     assert order[2] == kept[min(range(6), key=lambda k: (fresh[k], k))]
+
+
+def test_taylor_plus_never_removes_the_first_four_and_last_two_blocks():
+    from backend.pruning.shortened_taylor import TaylorParams
+
+    assert TaylorParams().aggregate == "weight"
+    assert (TaylorParams().keep_first_layers, TaylorParams().keep_last_layers) == (4, 2)
+    model = _tiny().model
+    for index in (0, 7):  # identity blocks the plain rule would remove first
+        _make_identity(model, index)
+    calib = _self_sampled(model)
+    plain = _prune("shortened-taylor", copy.deepcopy(model), sparsity=0.25, calibration=calib,
+                   params=TaylorParams(keep_first_layers=0, keep_last_layers=0))
+    assert plain.details["removed_layers"] == [0, 7]
+    plus = _prune("shortened-taylor", model, sparsity=0.25, calibration=calib)
+    assert plus.details["removed_layers"] == [4, 5]  # only blocks 4 and 5 may go in an 8-block model
+    assert plus.details["scores"] == pytest.approx(plain.details["scores"])  # every block still scored
+    assert (plus.details["keep_first_layers"], plus.details["keep_last_layers"]) == (4, 2)
+    with pytest.raises(ValueError, match="leave"):  # 3 blocks cannot come out of the 2 the rule leaves
+        _prune("shortened-taylor", _tiny().model, sparsity=0.375)
 
 
 def test_taylor_aggregates_and_leaves_gradients_off():

@@ -1,4 +1,8 @@
-"""Dynamic (router) pruning: routers reach their target, really skip, keep the KV cache right."""
+"""Dynamic (router) pruning: routers reach their target, really skip, keep the KV cache right.
+
+This file checks the causal-threshold routing whose skipped tokens keep writing their K/V (SkipGPT-style,
+D-LLM-style with `skipped_kv: keep`, MoD-style `causal-threshold`); D-LLM's K/V eviction and the
+seed study's MoD are checked against their references in tests/test_pruning_dynamic_faithful.py."""
 from __future__ import annotations
 
 import copy
@@ -17,6 +21,9 @@ from backend.pruning.dynamic.training import LoRALinear
 from backend.pruning.layers import get_decoder_layers
 
 METHODS = ["skipgpt-style", "dllm-style", "mod-style"]
+VARIANTS = {"skipgpt-style": ("skipgpt-style", {}), "dllm-style-keep": ("dllm-style", {"skipped_kv": "keep"}),
+            "mod-style-causal": ("mod-style", {"variant": "causal-threshold"})}
+"""Routing variants whose skipped tokens keep their K/V: name -> (method, params)."""
 MODELS = ["builtin:tiny-llama", "builtin:tiny-qwen3"]
 
 
@@ -41,7 +48,8 @@ def _routed(method, model_id="builtin:tiny-llama", sparsity=0.25, params=None):
 @pytest.fixture(scope="module")
 def routed_models():
     """One trained model per (method, tiny model), shared by the read-only tests below."""
-    return {(m, mid): _routed(m, mid) for m in METHODS for mid in MODELS}
+    return {(name, mid): _routed(method, mid, params=params) for name, (method, params) in VARIANTS.items()
+            for mid in MODELS}
 
 
 def test_registered_as_dynamic_methods_with_calibration():
@@ -94,7 +102,7 @@ def test_calibration_is_required():
 
 
 @pytest.mark.parametrize("model_id", MODELS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 def test_routers_reach_the_target_skip_ratio(routed_models, method, model_id):
     _, model, report = routed_models[(method, model_id)]
     assert report.achieved_sparsity == pytest.approx(0.25, abs=0.01)  # on the calibration tokens
@@ -106,7 +114,7 @@ def test_routers_reach_the_target_skip_ratio(routed_models, method, model_id):
         model(_tokens(32, 48, 7))  # calibration-like data the routers never saw
     ratios = skip_ratios(model)
     assert ratios["overall"] == pytest.approx(0.25, abs=0.05)
-    if method == "mod-style":  # one capacity per layer
+    if method == "mod-style-causal":  # one capacity per layer
         for row in report.details["calibration_skip"]["per_layer"]:
             assert row["block"] == pytest.approx(0.25, abs=0.01)
 
@@ -118,7 +126,7 @@ def test_other_targets_are_reached():
 
 
 @pytest.mark.parametrize("model_id", MODELS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 def test_run_everything_equals_the_dense_model(routed_models, method, model_id):
     dense, model, _ = routed_models[(method, model_id)]
     ids = _tokens(2, 24, 3)
@@ -164,7 +172,7 @@ def _force(model, masks):
 
 
 @pytest.mark.parametrize("model_id", MODELS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 def test_forced_skips_equal_the_model_without_those_modules_for_those_tokens(routed_models, method, model_id):
     dense, model, _ = routed_models[(method, model_id)]
     ids = _tokens(2, 16, 4)
@@ -202,7 +210,7 @@ def _record(model, on):
             gate.recorded = [] if on else None
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 def test_prefill_and_step_by_step_decoding_route_the_same(routed_models, method):
     _, model, _ = routed_models[(method, "builtin:tiny-qwen3")]
     ids = _tokens(1, 20, 5)
@@ -226,7 +234,7 @@ def test_prefill_and_step_by_step_decoding_route_the_same(routed_models, method)
 
 
 @pytest.mark.parametrize("model_id", MODELS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 def test_cached_greedy_generation_equals_full_recompute(routed_models, method, model_id):
     _, model, _ = routed_models[(method, model_id)]
     prompt = _tokens(1, 12, 6)
@@ -291,7 +299,7 @@ def test_pipeline_stores_the_skip_ratio_measured_on_the_evaluation():
     assert report["method"] == "dllm-style" and report["achieved_sparsity"] == pytest.approx(0.25, abs=0.02)
     skip = report["evaluation_skip"]
     assert skip["decisions"] > 0 and len(skip["per_layer"]) == 8 and 0 < skip["overall"] < 1
-    assert report["kv_cache"].startswith("a token that skips an attention still writes its K/V")
+    assert report["kv_cache"].startswith("a token that skips an attention computes no K/V")  # D-LLM's eviction
 
 
 def test_pipeline_refuses_to_keep_a_routed_model_before_loading_it():

@@ -93,15 +93,20 @@ def test_identity_block_has_zero_influence_and_goes_first():
 
 
 def test_scores_match_full_forward_hidden_states():
-    """Replaying blocks one by one sees exactly what the model's own forward computes."""
+    """Replaying blocks one by one sees exactly what the model's own forward computes; by default the
+    last block is compared with hidden_states[-1], the final norm's output, as the paper's script does."""
     model = _tiny("builtin:tiny-qwen3").model
+    with torch.no_grad():  # the tiny models' norms are all ones; a real norm rescales channels unevenly
+        model.model.norm.weight.copy_(torch.linspace(0.2, 3.0, model.model.norm.weight.numel()))
     calib = _calibration(num_samples=3)
     with torch.no_grad():
         hidden = model(calib.to(model.device), output_hidden_states=True).hidden_states
-    # hidden_states[-1] has the final norm applied, so compare the first blocks only
     expected = [1 - torch.nn.functional.cosine_similarity(hidden[i], hidden[i + 1], dim=-1).mean().item()
-                for i in range(7)]
-    assert block_influence(model, calib)[:7] == pytest.approx(expected, abs=1e-5)
+                for i in range(8)]
+    assert block_influence(model, calib) == pytest.approx(expected, abs=1e-5)
+    raw = block_influence(model, calib, last_block_output="raw")
+    assert raw[:7] == pytest.approx(expected[:7], abs=1e-5)
+    assert abs(raw[7] - expected[7]) > 1e-4  # the final norm changes the last block's score
 
 
 def test_batching_does_not_change_scores(monkeypatch):

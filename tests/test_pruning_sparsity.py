@@ -53,14 +53,31 @@ def test_largest_remainder_sums_exactly():
     assert sum(out) == 213 and all(abs(o - r) <= 1.5 for o, r in zip(out, [33 * 213 / 213.5, 150, 30.5]))
 
 
-def test_spread_is_bounded_and_mean_exact():
+def test_spread_minmax_spans_two_lambda_around_the_target():
+    """OWL's code: ratios min-max scaled to [0, 2 lambda], centred; sparsity = target - centred."""
     s = spread([0.1, 0.4, 0.2, 0.3], target=0.5, deviation=0.08)
+    assert max(s) - min(s) == pytest.approx(0.16)
+    assert sum(s) / 4 == pytest.approx(0.5)
+    assert s == pytest.approx([0.5 + 0.08, 0.5 - 0.08, 0.5 + 0.08 / 3, 0.5 - 0.08 / 3])
+    skewed = spread([0.0, 0.0, 0.0, 1.0], target=0.5, deviation=0.08)  # one outlier layer: more than lambda away
+    assert skewed == pytest.approx([0.54, 0.54, 0.54, 0.38])
+    assert spread([0.2, 0.2], 0.5, 0.08) == [0.5, 0.5]
+
+
+def test_spread_peak_is_bounded_by_lambda_and_mean_exact():
+    s = spread([0.1, 0.4, 0.2, 0.3], target=0.5, deviation=0.08, scaling="peak")
     assert max(abs(x - 0.5) for x in s) == pytest.approx(0.08)
     assert sum(s) / 4 == pytest.approx(0.5)
     assert s[1] < s[3] < s[2] < s[0]  # more outliers / more sensitive -> pruned less
-    weighted = spread([0.1, 0.4, 0.2], 0.5, 0.08, weights=[1.0, 3.0, 2.0])
+    skewed = spread([0.0, 0.0, 0.0, 1.0], target=0.5, deviation=0.08, scaling="peak")
+    assert max(abs(x - 0.5) for x in skewed) == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize("scaling", ["minmax", "peak"])
+def test_spread_weighted_mean_is_the_target(scaling):
+    weighted = spread([0.1, 0.4, 0.2], 0.5, 0.08, weights=[1.0, 3.0, 2.0], scaling=scaling)
     assert sum(w * x for w, x in zip([1, 3, 2], weighted)) / 6 == pytest.approx(0.5)
-    assert spread([0.2, 0.2], 0.5, 0.08) == [0.5, 0.5]
+    assert weighted[1] < weighted[2] < weighted[0]
 
 
 # --- methods on the tiny models ---------------------------------------------------------------
@@ -93,7 +110,7 @@ def test_nm_patterns_on_tiny_qwen3(method, pattern):
     assert report.details["pattern"] == pattern and report.achieved_sparsity == n / m
 
 
-@pytest.mark.parametrize("allocation", ["owl", "layer-influence"])
+@pytest.mark.parametrize("allocation", ["owl", "reconstruction-sensitivity"])
 @pytest.mark.parametrize("method", MASK_METHODS)
 def test_non_uniform_allocation_is_exact_globally(method, allocation):
     model = load_model("builtin:tiny-llama").model
@@ -102,10 +119,18 @@ def test_non_uniform_allocation_is_exact_globally(method, allocation):
     zeros, total = details["zero_weights"], details["prunable_weights"]
     assert zeros == round(0.6 * total) and report.achieved_sparsity == pytest.approx(0.6, abs=1 / total)
     layer = details["layer_sparsity"]
-    assert len(set(layer)) > 1 and max(abs(s - 0.6) for s in layer) <= 0.1 + 1e-3
+    assert len(set(layer)) > 1 and max(layer) - min(layer) <= 2 * 0.1 + 1e-3  # min-max: 2 lambda apart
+    assert max(layer) - min(layer) >= 2 * 0.1 - 1e-3
     assert layer == pytest.approx(details["layer_sparsity_planned"], abs=1e-3)
-    key = "outlier_ratio" if allocation == "owl" else "layer_influence"
-    assert len(details[key]) == 8
+    key = "outlier_ratio" if allocation == "owl" else "reconstruction_sensitivity"
+    assert len(details[key]) == 8 and details["allocation_scaling"] == "minmax"
+
+
+def test_peak_scaling_keeps_every_layer_within_lambda():
+    report = prune(load_model("builtin:tiny-llama").model, "wanda", 0.6, allocation="owl", deviation=0.1,
+                   allocation_scaling="peak")
+    layer = report.details["layer_sparsity"]
+    assert max(abs(s - 0.6) for s in layer) <= 0.1 + 1e-3 and max(abs(s - 0.6) for s in layer) >= 0.1 - 1e-3
 
 
 def test_allocations_are_method_independent_and_deterministic():
@@ -153,8 +178,13 @@ BAD_PRUNING = [
     ({"method": "wanda", "sparsity": 0.3, "params": {"pattern": "2:4"}}, "fixes the sparsity at 0.5"),
     ({"method": "wanda", "sparsity": 0.5, "params": {"pattern": "2:4", "allocation": "owl"}}, "uniform"),
     ({"method": "wanda", "sparsity": 0.05, "params": {"allocation": "owl"}}, "does not fit sparsity"),
-    ({"method": "sparsegpt", "sparsity": 0.95, "params": {"allocation": "layer-influence", "deviation": 0.05}},
-     "does not fit sparsity"),
+    ({"method": "wanda", "sparsity": 0.15, "params": {"allocation": "owl"}}, "2 x deviation"),  # minmax: 2 lambda
+    ({"method": "sparsegpt", "sparsity": 0.92,
+      "params": {"allocation": "reconstruction-sensitivity", "deviation": 0.05}}, "does not fit sparsity"),
+    ({"method": "wanda", "sparsity": 0.5, "params": {"allocation": "layer-influence"}},
+     "now called 'reconstruction-sensitivity'"),
+    ({"method": "wanda", "sparsity": 0.5, "params": {"allocation": "owl", "allocation_scaling": "clip"}},
+     "allocation_scaling"),
     ({"method": "wanda", "sparsity": 0.5, "params": {"allocation": "best"}}, "allocation"),
     ({"method": "wanda", "sparsity": 0.5, "params": {"owl_m": 0}}, "owl_m"),
     ({"method": "sparsegpt", "sparsity": 0.5, "params": {"percdamp": 0}}, "percdamp"),
@@ -177,6 +207,10 @@ def test_good_params_validate_and_default_params_drop_out():
     owl = validate_config({**BASE, "pruning": {"method": "wanda", "sparsity": 0.7,
                                                "params": {"allocation": "owl", "owl_m": 7}}})
     assert owl.pruning.method_params().owl_m == 7
+    assert owl.pruning.method_params().allocation_scaling == "minmax"
+    peak = validate_config({**BASE, "pruning": {"method": "wanda", "sparsity": 0.15,
+                                                "params": {"allocation": "owl", "allocation_scaling": "peak"}}})
+    assert peak.pruning.params == {"allocation": "owl", "allocation_scaling": "peak"}  # lambda fits: 0.15 - 0.08 >= 0
 
 
 def test_cli_submit_rejects_bad_pattern_with_exit_2(tmp_path, capsys):

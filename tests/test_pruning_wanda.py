@@ -58,7 +58,7 @@ def test_registered():
     method = get_method("wanda")
     assert method.family == "unstructured" and method.needs_calibration
     assert "per output row" in method.__doc__
-    assert set(method.Params.model_fields) == {"pattern", "allocation", "owl_m", "deviation"}
+    assert set(method.Params.model_fields) == {"pattern", "allocation", "owl_m", "deviation", "allocation_scaling"}
 
 
 @pytest.mark.slow

@@ -17,8 +17,11 @@ from backend.pruning.llm_pruner import LLMPrunerParams
 from backend.pruning.width import WIDTHS_KEY, block_params, geometry
 
 MODELS = ["builtin:tiny-llama", "builtin:tiny-qwen3"]
-CASES = [("llm-pruner", LLMPrunerParams(scope="per-layer")), ("llm-pruner", LLMPrunerParams(scope="global")),
-         ("flap", FlapParams())]
+EVERY_LAYER = {"keep_first_layers": 0, "keep_last_layers": 0}
+"""The tiny models have 8 layers: the LLaMA recipe's range (4 and 2 kept) leaves only 2 to prune."""
+CASES = [("llm-pruner", LLMPrunerParams(scope="per-layer", **EVERY_LAYER)),
+         ("llm-pruner", LLMPrunerParams(scope="global", **EVERY_LAYER)),
+         ("flap", FlapParams()), ("flap", FlapParams(standardize="per-module-type"))]
 
 
 def _tiny(model_id="builtin:tiny-llama"):
@@ -59,7 +62,8 @@ def test_registered_as_width_methods():
 
 
 @pytest.mark.parametrize("model_id", MODELS)
-@pytest.mark.parametrize("method, params", CASES, ids=["llm-pruner-per-layer", "llm-pruner-global", "flap"])
+@pytest.mark.parametrize("method, params", CASES, ids=["llm-pruner-per-layer", "llm-pruner-global", "flap",
+                                                     "flap-per-module-type"])
 def test_meets_the_parameter_target_and_still_generates(model_id, method, params):
     loaded = _tiny(model_id)
     model = loaded.model
@@ -97,8 +101,9 @@ def test_meets_the_parameter_target_and_still_generates(model_id, method, params
 def test_save_and_reload_gives_identical_logits(tmp_path, model_id, method):
     from backend.export import prune_only, save_pruned
 
+    params = {"keep_first_layers": 1, "keep_last_layers": 1} if method == "llm-pruner" else {}
     config = validate_config({"model": model_id, "tasks": ["synthetic-mc"], "seed": 0,
-                              "pruning": {"method": method, "sparsity": 0.3},
+                              "pruning": {"method": method, "sparsity": 0.3, "params": params},
                               "calibration": {"num_samples": 4, "seq_len": 32}})
     loaded, report, manifest = prune_only(config)
     out = save_pruned(loaded, report, manifest, tmp_path / "pruned")
@@ -127,15 +132,51 @@ def test_too_high_sparsity_fails_before_any_work(monkeypatch):
     model = _tiny().model
     before = count_parameters(model)
     with pytest.raises(ValueError, match="leaving it no heads"):
-        _prune(model, "llm-pruner", LLMPrunerParams(scope="per-layer"), sparsity=0.8)
+        _prune(model, "llm-pruner", LLMPrunerParams(scope="per-layer", **EVERY_LAYER), sparsity=0.8)
     with pytest.raises(ValueError, match="keeping one per layer"):
-        _prune(model, "llm-pruner", LLMPrunerParams(scope="global"), sparsity=0.95)
+        _prune(model, "llm-pruner", LLMPrunerParams(scope="global", **EVERY_LAYER), sparsity=0.95)
+    with pytest.raises(ValueError, match="of the 2 pruned layers"):  # 30 % of all blocks from layers 4 and 5
+        _prune(model, "llm-pruner", LLMPrunerParams(), sparsity=0.3)
+    with pytest.raises(ValueError, match="leave no layer to prune"):
+        _prune(model, "llm-pruner", LLMPrunerParams(keep_first_layers=6), sparsity=0.1)
     with pytest.raises(ValueError, match="more than keeping one head group"):
         _prune(model, "flap", FlapParams(), sparsity=0.995)
     for method, params in [("llm-pruner", LLMPrunerParams()), ("flap", FlapParams())]:
         with pytest.raises(ValueError, match="calibration"):
             get_method(method)().prune(model, 0.25, params, None, lambda f, t: None)
     assert count_parameters(model) == before
+
+
+def test_llm_pruner_leaves_the_kept_layers_whole_and_takes_the_target_from_the_others():
+    model = _tiny().model
+    dense = copy.deepcopy(model)
+    block_before = block_params(model)
+    report = _prune(model, "llm-pruner", LLMPrunerParams(keep_first_layers=3, keep_last_layers=2), sparsity=0.15)
+    assert report.details["pruned_layers"] == [3, 4, 5]
+    for i, (layer, dense_layer) in enumerate(zip(get_decoder_layers(model), get_decoder_layers(dense))):
+        same = all(torch.equal(a, b) for a, b in zip(layer.state_dict().values(), dense_layer.state_dict().values()))
+        assert same == (i not in (3, 4, 5)), i
+    geo = geometry(get_decoder_layers(dense)[0])
+    assert abs(block_before - block_params(model) - round(0.15 * block_before)) <= geo.channel_cost
+    assert report.details["importance"] == "element1"
+
+
+@pytest.mark.parametrize("importance", ["element1", "element2", "vector", "whole-group"])
+def test_llm_pruner_importances_rank_differently_but_all_prune_to_the_target(importance):
+    from backend.pruning.llm_pruner import taylor_importance
+
+    model = _tiny().model
+    heads, channels = taylor_importance(model, _calibration(), importance)
+    assert len(heads) == len(channels) == 8
+    assert all(h.shape == (2,) and c.shape == (128,) for h, c in zip(heads, channels))
+    assert all(float(c.min()) >= 0 for c in channels)
+    others = [taylor_importance(model, _calibration(), other)[1] for other in ("element1", "vector", "whole-group")
+              if other != importance]
+    assert all(not torch.allclose(channels[0], o[0]) for o in others)  # each variant is its own score
+    block_before = block_params(model)
+    _prune(model, "llm-pruner", LLMPrunerParams(importance=importance, **EVERY_LAYER), sparsity=0.25)
+    assert abs(block_before - block_params(model) - round(0.25 * block_before)) <= geometry(
+        get_decoder_layers(model)[0]).channel_cost
 
 
 def test_inconsistent_gqa_layout_is_a_clear_error():
@@ -172,7 +213,9 @@ def test_flap_bias_compensation_keeps_the_output_mean(monkeypatch, model_id):
         return real_apply(model_, groups, channels)
 
     monkeypatch.setattr(width, "apply_plan", spy)
-    _prune(model, "flap", FlapParams(), calibration=calib)
+    # per-module-type standardisation removes head groups of the tiny models at 25 % (per-layer removes
+    # MLP channels only there); the compensation is the same code either way
+    _prune(model, "flap", FlapParams(standardize="per-module-type"), calibration=calib)
     assert plans["groups"] and plans["channels"]
     geo = geometry(get_decoder_layers(dense)[0])
     checked = 0

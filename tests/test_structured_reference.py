@@ -1,10 +1,10 @@
 """The structured methods' exports pick what an independent reference implementation picks.
 
 `tests/reference_structured.py` re-derives each selection rule the slow, obvious way (full forwards,
-one autograd call, hooks). tiny-llama goes through the real `python -m jobs prune CONFIG --out DIR`
-(in-process `jobs.cli.main`) and the exported directory is read back: which original blocks, head
-groups and MLP channels survive is recovered by matching the saved weights to the dense ones, not
-from the report. SmolLM2 (slow) checks every method on a small WikiText-2 calibration in process and
+one autograd call, hooks), for the faithful defaults and for the earlier variants kept as params.
+tiny-llama goes through the real `python -m jobs prune CONFIG --out DIR` (in-process
+`jobs.cli.main`) and the exported directory is read back: which original blocks, head groups and MLP
+channels survive is recovered by matching the saved weights to the dense ones, not from the report. SmolLM2 (slow) checks every method on a small WikiText-2 calibration in process and
 one example config through the CLI. Scores computed in another order (batched vs one batch) may
 differ in the last float bits, so a pick may differ from the reference only among units whose
 reference scores tie with the boundary to 1e-4 relative.
@@ -98,27 +98,35 @@ def dense_tiny():
 
 
 def check_depth(method: str, dense, pruned, calib: torch.Tensor, count: int, details: dict, params: dict) -> None:
+    """`params` as in the config: a missing one is at the faithful default."""
     removed = sorted(set(range(len(dense.model.layers))) - set(surviving_blocks(dense, pruned)))
     assert removed == details["removed_layers"] and len(removed) == count
     if method == "shortgpt":
-        assert_same_pick(removed, ref.shortgpt_scores(dense, calib), count, method)
+        scores = ref.shortgpt_scores(dense, calib, params.get("last_block_output", "final-norm"))
+        assert details["scores"] == pytest.approx(scores, rel=1e-4, abs=1e-7)
+        assert_same_pick(removed, scores, count, method)
     elif method == "shortened-ppl":
         scores = ref.ppl_without_each(dense, calib, params.get("loss_stride", 1))
         assert details["scores"] == pytest.approx(scores, rel=1e-4)
         assert_same_pick(removed, scores, count, method)
     elif method == "sleb":
-        order = ref.sleb_order(dense, calib, count, params.get("loss_stride", 4))
+        order = ref.sleb_order(dense, calib, count, params.get("loss_stride", 1))
         assert details["removal_order"] == order
     elif method == "shortened-taylor":
-        scores = ref.taylor_block_scores(dense, calib, params.get("aggregate", "block"))
+        scores = ref.taylor_block_scores(dense, calib, params.get("aggregate", "weight"))
         assert details["scores"] == pytest.approx(scores, rel=1e-3, abs=1e-9)
-        assert_same_pick(removed, scores, count, method)
+        keep = (params.get("keep_first_layers", 4), params.get("keep_last_layers", 2))
+        expected = ref.taylor_plus_removed(scores, count, *keep)
+        if removed != expected:  # a near-tie at the boundary, among the blocks the rule leaves
+            candidates = [i for i in range(len(scores)) if keep[0] <= i < len(scores) - keep[1]]
+            assert set(removed) <= set(candidates), f"{method}: removed a kept block ({removed})"
+            assert_same_pick([candidates.index(i) for i in removed], [scores[i] for i in candidates], count, method)
     else:
         raise AssertionError(method)
 
 
-def check_flap(dense, pruned, calib: torch.Tensor, sparsity: float) -> None:
-    plan = ref.flap_plan(dense, calib, sparsity)
+def check_flap(dense, pruned, calib: torch.Tensor, sparsity: float, standardize: str = "per-layer") -> None:
+    plan = ref.flap_plan(dense, calib, sparsity, standardize=standardize)
     groups, channels = width_removals(dense, pruned)
     assert {i: g for i, g in groups.items() if g} == plan["groups"]
     assert {i: c for i, c in channels.items() if c} == plan["channels"]
@@ -131,19 +139,28 @@ def check_flap(dense, pruned, calib: torch.Tensor, sparsity: float) -> None:
                 torch.testing.assert_close(module.bias.double(), expected, rtol=1e-4, atol=1e-5)
 
 
-def check_llm_pruner(dense, pruned, calib: torch.Tensor, sparsity: float) -> None:
-    heads, channels = ref.llm_pruner_importance(dense, calib)
-    head_count, channel_counts = ref.llm_pruner_per_layer_counts(dense, sparsity)
+def check_llm_pruner(dense, pruned, calib: torch.Tensor, sparsity: float, params: dict) -> None:
+    """Per-layer scope; `params` as in the config (missing: the faithful defaults, element1 and the
+    LLaMA recipe's layer range, first 4 and last 2 kept)."""
+    total = len(dense.model.layers)
+    layers = list(range(params.get("keep_first_layers", 4), total - params.get("keep_last_layers", 2)))
+    heads, channels = ref.llm_pruner_importance(dense, calib, params.get("importance", "element1"), layers)
+    head_count, channel_counts = ref.llm_pruner_per_layer_counts(dense, sparsity, len(layers))
     groups, removed_channels = width_removals(dense, pruned)
-    for i in range(len(dense.model.layers)):
-        assert_same_pick(groups[i], heads[i], head_count, f"llm-pruner layer {i} head groups")
-        assert_same_pick(removed_channels[i], channels[i], channel_counts[i], f"llm-pruner layer {i} channels")
+    for i in range(total):
+        if i not in layers:
+            assert groups[i] == [] and removed_channels[i] == [], f"llm-pruner pruned kept layer {i}"
+            continue
+        k = layers.index(i)
+        assert_same_pick(groups[i], heads[k], head_count, f"llm-pruner layer {i} head groups")
+        assert_same_pick(removed_channels[i], channels[k], channel_counts[k], f"llm-pruner layer {i} channels")
 
 
-def check_llm_pruner_global(dense, pruned, calib: torch.Tensor, sparsity: float) -> None:
-    """Global scope: the lowest head groups / channels across all layers, each layer's most important one
-    kept, and the removed parameters within half an MLP channel of round(sparsity x block parameters)."""
-    heads, channels = ref.llm_pruner_importance(dense, calib)
+def check_llm_pruner_global(dense, pruned, calib: torch.Tensor, sparsity: float, importance: str) -> None:
+    """Global scope over every layer: the lowest head groups / channels across all layers, each layer's most
+    important one kept, and the removed parameters within half an MLP channel of round(sparsity x block
+    parameters)."""
+    heads, channels = ref.llm_pruner_importance(dense, calib, importance)
     head_total, channel_total = ref.llm_pruner_global_counts(dense, sparsity)
     groups, removed_channels = width_removals(dense, pruned)
     for what, scores, removed, total in (("head groups", heads, groups, head_total),
@@ -174,9 +191,13 @@ def check_slicegpt(dense, pruned, calib: torch.Tensor, sparsity: float, probe: t
 # --- tiny-llama, through `python -m jobs prune` ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, params", [("shortgpt", {}), ("sleb", {}), ("sleb", {"loss_stride": 1}),
-                                            ("shortened-ppl", {}), ("shortened-ppl", {"loss_stride": 3}),
-                                            ("shortened-taylor", {}), ("shortened-taylor", {"aggregate": "weight"})])
+@pytest.mark.parametrize("method, params", [
+    ("shortgpt", {}), ("shortgpt", {"last_block_output": "raw"}),
+    ("sleb", {}), ("sleb", {"loss_stride": 4}),
+    ("shortened-ppl", {}), ("shortened-ppl", {"loss_stride": 3}),
+    ("shortened-taylor", {"keep_first_layers": 2, "keep_last_layers": 1}),  # Taylor+'s 4 and 2 leave 2 of 8 blocks
+    ("shortened-taylor", {"aggregate": "block", "keep_first_layers": 0, "keep_last_layers": 0}),
+])
 def test_tiny_depth_export_matches_reference(method, params, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -188,32 +209,42 @@ def test_tiny_depth_export_matches_reference(method, params, tmp_path):
     check_depth(method, dense.model, pruned, calib, 3, manifest["prune_report"], params)
 
 
-def test_tiny_flap_export_matches_reference(tmp_path):
+@pytest.mark.parametrize("standardize", ["per-layer", "per-module-type"])
+def test_tiny_flap_export_matches_reference(standardize, tmp_path):
     from backend.models import load_pruned
 
-    config = tiny_config("flap", 0.3)
+    config = tiny_config("flap", 0.3, standardize=standardize)
     out, manifest = export(tmp_path, config)
     dense = dense_tiny()
-    check_flap(dense.model, load_pruned(out), calibration_of(config, dense, manifest), 0.3)
+    check_flap(dense.model, load_pruned(out), calibration_of(config, dense, manifest), 0.3, standardize)
 
 
-def test_tiny_llm_pruner_export_matches_reference(tmp_path):
+@pytest.mark.parametrize("params", [
+    {"keep_first_layers": 2, "keep_last_layers": 1},  # element1; the recipe's 4 and 2 leave 2 of 8 layers
+    {"keep_first_layers": 2, "keep_last_layers": 1, "importance": "element2"},
+    {"keep_first_layers": 0, "keep_last_layers": 0, "importance": "vector"},
+    {"keep_first_layers": 0, "keep_last_layers": 0, "importance": "whole-group"},
+])
+def test_tiny_llm_pruner_export_matches_reference(params, tmp_path):
     from backend.models import load_pruned
 
-    config = tiny_config("llm-pruner", 0.3)
+    sparsity = 0.2 if params["keep_first_layers"] else 0.3
+    config = tiny_config("llm-pruner", sparsity, **params)
     out, manifest = export(tmp_path, config)
     dense = dense_tiny()
-    check_llm_pruner(dense.model, load_pruned(out), calibration_of(config, dense, manifest), 0.3)
+    check_llm_pruner(dense.model, load_pruned(out), calibration_of(config, dense, manifest), sparsity, params)
 
 
-def test_tiny_llm_pruner_global_export_matches_reference(tmp_path):
+@pytest.mark.parametrize("importance", ["element1", "whole-group"])
+def test_tiny_llm_pruner_global_export_matches_reference(importance, tmp_path):
     from backend.models import load_pruned
 
-    config = tiny_config("llm-pruner", 0.3, scope="global")
+    config = tiny_config("llm-pruner", 0.3, scope="global", importance=importance, keep_first_layers=0,
+                         keep_last_layers=0)
     out, manifest = export(tmp_path, config)
     dense = dense_tiny()
     calib = calibration_of(config, dense, manifest)
-    heads, _ = ref.llm_pruner_importance(dense.model, calib)
+    heads, _ = ref.llm_pruner_importance(dense.model, calib, importance)
     reported = [x for row in manifest["prune_report"]["head_importance"] for x in row]
     assert reported == pytest.approx([x for row in heads for x in row], rel=1e-3, abs=1e-8)
     # the per-layer minimum must matter here: unconstrained, the lowest head groups would empty a layer
@@ -221,7 +252,7 @@ def test_tiny_llm_pruner_global_export_matches_reference(tmp_path):
     flat = [(layer, g) for layer, row in enumerate(heads) for g in range(len(row))]
     unconstrained = [flat[n] for n in ref.lowest([heads[layer][g] for layer, g in flat], head_total)]
     assert any(sum(layer == i for layer, _ in unconstrained) == len(heads[i]) for i in range(len(heads)))
-    check_llm_pruner_global(dense.model, load_pruned(out), calib, 0.3)
+    check_llm_pruner_global(dense.model, load_pruned(out), calib, 0.3, importance)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.25])
@@ -255,6 +286,8 @@ def smollm2_calibration(smollm2, shared_data):
 @pytest.mark.parametrize("method, sparsity", [("shortgpt", 0.25), ("shortened-ppl", 0.25), ("sleb", 0.1),
                                               ("shortened-taylor", 0.25)])
 def test_smollm2_depth_matches_reference(method, sparsity, smollm2, smollm2_calibration):
+    """The faithful defaults (ShortGPT's last block after the final norm, SLEB on every prediction,
+    Taylor+) at CI size; bench/fidelity_smollm2.py runs the study's calibration size."""
     pruned = copy.deepcopy(smollm2.model)
     report = get_method(method)().prune(pruned, sparsity, None, smollm2_calibration, lambda f, t: None)
     check_depth(method, smollm2.model, pruned, smollm2_calibration, round(sparsity * 30), report.details, {})
@@ -271,7 +304,7 @@ def test_smollm2_flap_matches_reference(smollm2, smollm2_calibration):
 def test_smollm2_llm_pruner_matches_reference(smollm2, smollm2_calibration):
     pruned = copy.deepcopy(smollm2.model)
     get_method("llm-pruner")().prune(pruned, 0.25, None, smollm2_calibration, lambda f, t: None)
-    check_llm_pruner(smollm2.model, pruned, smollm2_calibration, 0.25)
+    check_llm_pruner(smollm2.model, pruned, smollm2_calibration, 0.25, {})
 
 
 @pytest.mark.slow
@@ -295,4 +328,5 @@ def test_smollm2_shortgpt_example_export_matches_reference(smollm2, tmp_path):
     out, manifest = export(tmp_path, config)
     calib = calibration_of(config, smollm2, manifest)
     pruned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    check_depth("shortgpt", smollm2.model, pruned, calib, 8, manifest["prune_report"], {})
+    check_depth("shortgpt", smollm2.model, pruned, calib, 8, manifest["prune_report"],
+                config["pruning"].get("params", {}))

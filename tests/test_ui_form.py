@@ -36,11 +36,12 @@ def test_param_fields_follow_each_methods_params_model():
     wanda = {f.name: f for f in forms.param_fields("wanda")}
     assert wanda["pattern"].kind == "text" and wanda["pattern"].default == "unstructured"
     assert wanda["allocation"].kind == "choice"
-    assert set(wanda["allocation"].choices) == {"uniform", "owl", "layer-influence"}
+    assert set(wanda["allocation"].choices) == {"uniform", "owl", "reconstruction-sensitivity"}
     assert wanda["owl_m"].kind == "number" and not wanda["owl_m"].integer and "> 0.0" in wanda["owl_m"].info
     sparsegpt = {f.name: f for f in forms.param_fields("sparsegpt")}
     assert sparsegpt["blocksize"].integer
-    assert [(f.name, f.kind) for f in forms.param_fields("flap")] == [("bias_compensation", "bool")]
+    assert [(f.name, f.kind) for f in forms.param_fields("flap")] == [("bias_compensation", "bool"),
+                                                                      ("standardize", "choice")]
     assert forms.param_fields("dense") == []
     # The pool of generic inputs is large enough for every method.
     counts = forms.slot_counts()
@@ -52,8 +53,9 @@ def test_param_fields_follow_each_methods_params_model():
 @pytest.mark.parametrize("method, params", [
     ("wanda", {"pattern": "2:4", "allocation": "owl", "owl_m": 7.0}),
     ("sparsegpt", {"blocksize": 64, "percdamp": 0.05}),
-    ("flap", {"bias_compensation": False}),
-    ("llm-pruner", {"scope": "global"}),
+    ("flap", {"bias_compensation": False, "standardize": "per-module-type"}),
+    ("llm-pruner", {"scope": "global", "importance": "vector", "keep_first_layers": 0}),
+    ("mod-style", {"variant": "causal-threshold", "steps": 5}),
 ])
 def test_slots_round_trip_method_params(method, params):
     layout = forms.param_slots(method)

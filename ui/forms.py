@@ -300,7 +300,7 @@ def config_to_form(config: JobConfig | dict[str, Any]) -> tuple[dict[str, Any], 
         config = validate_config(config)
     notes: list[str] = []
     form = dict(DEFAULT_FORM)
-    pruning, calib = config.pruning, config.calibration
+    pruning, calib = config.pruning, config.effective_calibration()
     form.update(model=config.model, paradigm=config.paradigm, method=pruning.method, sparsity=pruning.sparsity,
                 params=dict(pruning.params), seed=config.seed, tasks=[t.name for t in config.tasks],
                 batch_size=config.evaluation.batch_size)

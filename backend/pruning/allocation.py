@@ -5,18 +5,26 @@
   Per layer, the outlier ratio is the share of Wanda scores |W_ij| x ||X_j|| above `owl_m` x the
   layer's mean score (all its linears together), measured on the dense model's calibration
   activations. Layers with more outliers are pruned less.
-* `layer-influence`: per-layer sensitivity measured on calibration data: the share of the block's
-  own contribution (out - in) that is lost when that block alone is pruned at the target sparsity
-  (Wanda masks, per output row): ||B(x) - B~(x)||^2 / ||B(x) - x||^2 summed over calibration tokens.
-  More sensitive layers are pruned less. (A local stand-in for "calibration loss increase": one
-  pass instead of one full forward per layer.)
+* `reconstruction-sensitivity`: per-layer sensitivity measured on calibration data: the share of
+  the block's own contribution (out - in) that is lost when that block alone is pruned at the
+  target sparsity (Wanda masks, per output row): ||B(x) - B~(x)||^2 / ||B(x) - x||^2 summed over
+  calibration tokens. More sensitive layers are pruned less. PruneBoard's own cheap measure (one
+  pass), not LayerIF's influence-function scores; it was called `layer-influence` before.
 
-Scores map to sparsities with `spread`: s_i = target - lambda x c_i / max|c|, c the centred scores,
-so no layer deviates more than lambda (`deviation`) from the target. Deviation from the OWL paper,
-which min-max scales ratios to [0, 2 lambda] before centring: here the bound is exactly lambda.
-The parameter-weighted mean is then made exact: zero budgets per linear are integers summing to
+Scores map to sparsities by `allocation_scaling` (`spread`), lambda = `deviation`:
+
+* `minmax` (default; OWL's code, luuyin/OWL `lib/prune_all.py`): the scores are min-max scaled to
+  [0, 2 lambda], centred on their mean, and subtracted from the target, s_i = target - (c_i - mean c).
+  Layers are 2 lambda apart at most; one layer can lie up to 2 lambda (less 2 lambda / L) from the target.
+* `peak`: s_i = target - lambda x c_i / max|c|, c the centred scores, so no layer deviates more
+  than lambda from the target (PruneBoard's earlier rule).
+
+The parameter-weighted mean is then made exact (a shift, which is zero when all layers have the
+same size, as in OWL's Llama setting): zero budgets per linear are integers summing to
 round(target x prunable weights) (largest remainder), so the achieved global sparsity equals the
-target up to one weight.
+target up to one weight. Remaining deviations from OWL's code: a layer sparsity is clamped to [0, 1]
+(OWL raises a sparsity <= 0 to 0.01), the budgets are exact integers (OWL rounds per row), and
+equal outlier ratios in every layer give the uniform allocation (OWL divides by zero).
 """
 from __future__ import annotations
 
@@ -31,13 +39,22 @@ if TYPE_CHECKING:
 __all__ = ["allocate", "matrix_budgets", "outlier_ratio", "spread"]
 
 
-def spread(scores: list[float], target: float, deviation: float, weights: list[float] | None = None) -> list[float]:
-    """Per-layer sparsities: higher score -> lower sparsity, |s_i - target| <= deviation (before the
-    weighted-mean correction, which only matters when layers differ in size)."""
-    mean = sum(scores) / len(scores)
-    centred = [s - mean for s in scores]
-    peak = max(abs(c) for c in centred)
-    sparsities = [target - (deviation * c / peak if peak > 0 else 0.0) for c in centred]
+def spread(scores: list[float], target: float, deviation: float, weights: list[float] | None = None,
+           scaling: str = "minmax") -> list[float]:
+    """Per-layer sparsities: higher score -> lower sparsity (see the module docstring for `scaling`);
+    `weights` (layer sizes) make the weighted mean exactly the target."""
+    if scaling not in ("minmax", "peak"):
+        raise ValueError(f"allocation scaling must be 'minmax' or 'peak', got {scaling!r}")
+    low, high = min(scores), max(scores)
+    if scaling == "minmax":
+        scaled = [(s - low) / (high - low) * 2 * deviation if high > low else 0.0 for s in scores]
+        mean = sum(scaled) / len(scaled)
+        sparsities = [target - (s - mean) for s in scaled]
+    else:
+        mean = sum(scores) / len(scores)
+        centred = [s - mean for s in scores]
+        peak = max(abs(c) for c in centred)
+        sparsities = [target - (deviation * c / peak if peak > 0 else 0.0) for c in centred]
     if weights is not None:
         total = sum(weights)
         shift = sum(w * s for w, s in zip(weights, sparsities)) / total - target
@@ -93,11 +110,11 @@ def allocate(
         return matrix_budgets(linears, sparsity, target, exact_global=False), sparsity, {}
     if calibration is None:
         raise ValueError(f"allocation {params.allocation!r} needs calibration data")
-    measure = _owl_scores if params.allocation == "owl" else _influence_scores
+    measure = _owl_scores if params.allocation == "owl" else _reconstruction_sensitivity
     scores = measure(model, calibration, target, params, progress, device, on_move)
     weights = [float(sum(lin.weight.numel() for lin in group.values())) for group in linears]
-    sparsity = spread(scores, target, params.deviation, weights)
-    key = "outlier_ratio" if params.allocation == "owl" else "layer_influence"
+    sparsity = spread(scores, target, params.deviation, weights, params.allocation_scaling)
+    key = "outlier_ratio" if params.allocation == "owl" else "reconstruction_sensitivity"
     details = {key: [round(s, 8) for s in scores], "deviation": params.deviation}
     if params.allocation == "owl":
         details["owl_m"] = params.owl_m
@@ -120,14 +137,14 @@ def _owl_scores(model, calibration, target, params, progress, device, on_move) -
     return ratios
 
 
-def _influence_scores(model, calibration, target, params, progress, device, on_move) -> list[float]:
+def _reconstruction_sensitivity(model, calibration, target, params, progress, device, on_move) -> list[float]:
     import torch
 
     from backend.pruning.masks import row_mask, wanda_score
     from backend.pruning.sequential import InputNormStats, replay_layers
     from backend.pruning.sparsity import row_budgets
 
-    influence: list[float] = []
+    sensitivity: list[float] = []
 
     def measure(ctx) -> bool:
         saved = {name: lin.weight.detach().clone() for name, lin in ctx.linears.items()}
@@ -141,9 +158,9 @@ def _influence_scores(model, calibration, target, params, progress, device, on_m
                 lin.weight.copy_(saved[name])
         lost = sum(float((p.float() - d.float()).pow(2).sum()) for p, d in zip(pruned, ctx.outputs))
         own = sum(float((d.float() - x.float()).pow(2).sum()) for d, x in zip(ctx.outputs, ctx.inputs))
-        influence.append(lost / own if own > 0 else 0.0)
+        sensitivity.append(lost / own if own > 0 else 0.0)
         return False
 
     replay_layers(model, calibration, lambda lin: InputNormStats(lin.in_features, lin.weight.device), measure,
-                  device=device, on_move=on_move, progress=lambda f, t: progress(f, f"layer-influence: {t}"))
-    return influence
+                  device=device, on_move=on_move, progress=lambda f, t: progress(f, f"reconstruction-sensitivity: {t}"))
+    return sensitivity

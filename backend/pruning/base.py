@@ -5,7 +5,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.registry import Registry
 
@@ -17,6 +17,26 @@ class NoParams(BaseModel):
     """Methods without knobs besides `sparsity`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeepEdgeLayers(BaseModel):
+    """Decoder layers at both ends that a method leaves alone (the papers' "keep the first and last
+    blocks" rules): `keep_first_layers` from the start, `keep_last_layers` from the end. The default,
+    4 and 2, is the rule of Shortened LLaMA's Taylor+ and of LLM-Pruner's LLaMA recipe (blocks 4-29
+    of 32 pruned)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_first_layers: int = Field(4, ge=0, le=10_000)
+    keep_last_layers: int = Field(2, ge=0, le=10_000)
+
+    def prunable_layers(self, total: int, method: str) -> list[int]:
+        """Indices of the layers the method may prune; ValueError when none is left."""
+        layers = list(range(self.keep_first_layers, total - self.keep_last_layers))
+        if not layers:
+            raise ValueError(f"{method}: keep_first_layers {self.keep_first_layers} + keep_last_layers "
+                             f"{self.keep_last_layers} leave no layer to prune in a {total}-layer model")
+        return layers
 
 
 @dataclass
@@ -53,6 +73,12 @@ class PruningMethod(abc.ABC):
     @classmethod
     def check_params(cls, sparsity: float, params: BaseModel) -> None:
         """Raise ValueError when the sparsity and the validated params contradict each other."""
+
+    @classmethod
+    def vllm_unsupported(cls, params: BaseModel) -> str | None:
+        """Why vLLM cannot evaluate what this method produces with these params (None: it can). Asked
+        when a config is validated, so such a config is refused before any work."""
+        return None
 
     @classmethod
     def uses_calibration(cls, params: BaseModel) -> bool:

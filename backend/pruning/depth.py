@@ -10,8 +10,8 @@
   sequence is scored (predictions k, 2k, 3k, ... counted from the first): the blocks still run on every
   token (each scored prediction sees its whole prefix), only the lm_head and the softmax shrink k-fold.
   The lm_head is the single most expensive layer of a small model (SmolLM2-135M: 576 x 49152, as
-  much compute per token as 8 of its 30 blocks), so SLEB, which runs it once per candidate per round,
-  defaults to k = 4 (`PerplexityParams`);
+  much compute per token as 8 of its 30 blocks), so k = 4 makes SLEB, which runs it once per
+  candidate per round, much faster; the default is k = 1 (every prediction, as the papers score);
 * `replay(model, cache, b, start, skip)`: the hidden states of batch b entering every cached block
   from `start` on (one left out), then the final output: what SLEB's next round starts from;
 * `depth_report(...)`: the report every depth method writes, with the same `details` keys:
@@ -47,7 +47,8 @@ BATCH_SIZE = 4
 class PerplexityParams(BaseModel):
     """Knobs of the perplexity-scored depth methods (`shortened-ppl`, `sleb`).
 
-    `loss_stride`: score every k-th next-token prediction of each calibration sequence (1 = all).
+    `loss_stride`: score every k-th next-token prediction of each calibration sequence (1 = all,
+    the papers' setting; larger is a faster approximation).
     Exact on the positions it keeps: every block still sees every token; only the lm_head/softmax
     work shrinks k-fold.
     """

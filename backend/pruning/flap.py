@@ -1,22 +1,37 @@
 """`flap`: FLuctuation-based Adaptive Structured Pruning (An et al. 2024, https://arxiv.org/abs/2312.11983),
 retraining-free width pruning.
 
-Metric: for an input channel j of o_proj (attention) or down_proj (MLP), the fluctuation
+Metric (WIFV): for an input channel j of o_proj (attention) or down_proj (MLP), the fluctuation
 F_j = Var_t(x_j) x ||W[:, j]||^2, with x_j the channel's input over all calibration tokens (one pass of
-the dense model). A head group (one KV head with its query heads: whole KV groups keep GQA
-consistent, see `backend.pruning.width`) scores the sum of F_j over its o_proj columns; an MLP
-channel scores its own F_j.
+the dense model). Units are head groups (one KV head with its query heads: whole KV groups keep GQA
+consistent, see `backend.pruning.width`) and MLP channels.
 
-Adaptive structure: scores are standardised per module type (all attention groups together, all MLP
-channels together: z = (s - mean) / std), then ranked globally; units are removed lowest first,
-each costing its real parameter count, until `sparsity` x decoder-block parameters are gone (a unit
-that would overshoot by more than half its size is skipped; every layer keeps at least one head
-group and one MLP channel). So layers and module types get different widths.
+Adaptive structure, `standardize`:
+
+* `per-layer` (default; the official code, CASIA-IVA-Lab/FLAP `lib/prune.py`, `--structure AL-AM
+  --metrics WIFV`): the attention metric is squared (F_j^2), then each layer's o_proj columns are
+  standardised over that layer's columns, z = (s - mean) / std, and a head group scores the mean of
+  its columns' z; each layer's MLP channels are standardised over that layer's channels. All units
+  of all layers are then ranked together (attention and MLP alike).
+* `per-module-type` (PruneBoard's earlier rule): a head group scores the sum of its columns' F_j;
+  all head groups of all layers are standardised together, and all MLP channels together.
+
+Units are removed lowest first, each costing its real parameter count, until `sparsity` x
+decoder-block parameters are gone (a unit that would overshoot by more than half its size is
+skipped; every layer keeps at least one head group and one MLP channel). So layers and module types
+get different widths.
 
 Bias compensation (`bias_compensation: true`, default): the removed channels' mean contribution is
 folded into a bias, b += W[:, pruned] @ mean(x[pruned]); Llama/Qwen linears have no bias, so o_proj /
 down_proj get one (recorded in `pruneboard_layer_widths`, reload with `load_pruned`). On the
 calibration inputs, the pruned module's output mean then equals the dense one's. No retraining.
+
+Remaining deviations from the official code: Var is the exact population variance over the
+calibration tokens (the official running update skips the first sample's share); the removal walk
+stops at the parameter target, counting real unit sizes and the new bias vectors (the official
+picks the global threshold whose retained weight is nearest 1 - ratio, weighting a head 512/3 MLP
+channels, LLaMA-7B's ratio); every layer keeps one head group and one channel (the official may
+empty a layer's attention); heads are whole GQA groups (the official supports no GQA).
 
 Example config:
     pruning: {method: flap, sparsity: 0.25}
@@ -24,7 +39,7 @@ Example config:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,18 +50,20 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["ChannelMoments", "Flap", "FlapParams", "input_moments"]
+__all__ = ["ChannelMoments", "Flap", "FlapParams", "input_moments", "unit_scores"]
 
 BATCH_SIZE = 4
 """Calibration sequences per forward (bounds memory; does not change the statistics)."""
 
 
 class FlapParams(BaseModel):
-    """`bias_compensation`: fold the pruned channels' mean input into a bias (the paper's default)."""
+    """`bias_compensation`: fold the pruned channels' mean input into a bias (the paper's default).
+    `standardize`: `per-layer` (the official code) or `per-module-type`; see the module docstring."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bias_compensation: bool = True
+    standardize: Literal["per-layer", "per-module-type"] = "per-layer"
 
 
 class ChannelMoments:
@@ -102,12 +119,27 @@ def input_moments(
 
 
 def _standardise(scores: list["torch.Tensor"]) -> list["torch.Tensor"]:
+    """z-scores of all entries of `scores` together (unbiased std, as torch.std; 1 when it is 0)."""
     import torch
 
     flat = torch.cat(scores)
     std = flat.std() if flat.numel() > 1 else torch.tensor(1.0, dtype=flat.dtype)
     std = std if std > 0 else torch.tensor(1.0, dtype=flat.dtype)
     return [(s - flat.mean()) / std for s in scores]
+
+
+def unit_scores(layers, geos, attn_stats, mlp_stats, standardize: str) -> tuple[list, list]:
+    """Per layer: head-group scores (groups,) and MLP-channel scores (channels,), standardised as
+    `standardize` says (module docstring)."""
+    attn_cols, mlp_cols = [], []
+    for layer, a, m in zip(layers, attn_stats, mlp_stats):
+        attn_cols.append(a.var() * layer.self_attn.o_proj.weight.detach().double().cpu().pow(2).sum(0))
+        mlp_cols.append(m.var() * layer.mlp.down_proj.weight.detach().double().cpu().pow(2).sum(0))
+    if standardize == "per-layer":
+        attn = [_standardise([cols.pow(2)])[0].reshape(geo.groups, -1).mean(1) for cols, geo in zip(attn_cols, geos)]
+        return attn, [_standardise([cols])[0] for cols in mlp_cols]
+    attn = [cols.reshape(geo.groups, -1).sum(1) for cols, geo in zip(attn_cols, geos)]
+    return _standardise(attn), _standardise(mlp_cols)
 
 
 @register_method
@@ -131,14 +163,8 @@ class Flap(WidthPruningMethod):
 
         layers = get_decoder_layers(model)
         attn_stats, mlp_stats = input_moments(model, calibration, lambda f, t: progress(0.8 * f, t))
-        attn_scores, mlp_scores = [], []
         with torch.no_grad():
-            for layer, geo, a, m in zip(layers, geos, attn_stats, mlp_stats):
-                o_cols = layer.self_attn.o_proj.weight.double().cpu().pow(2).sum(0)
-                attn_scores.append((a.var() * o_cols).reshape(geo.groups, -1).sum(1))
-                d_cols = layer.mlp.down_proj.weight.double().cpu().pow(2).sum(0)
-                mlp_scores.append(m.var() * d_cols)
-        z_attn, z_mlp = _standardise(attn_scores), _standardise(mlp_scores)
+            z_attn, z_mlp = unit_scores(layers, geos, attn_stats, mlp_stats, params.standardize)
 
         units: list[tuple[str, int, int]] = []
         costs: list[int] = []
@@ -188,8 +214,13 @@ class Flap(WidthPruningMethod):
                     if drop_channels.get(i):
                         cols = torch.tensor(sorted(drop_channels[i]), dtype=torch.long)
                         _compensate(layer.mlp.down_proj, cols, mlp_stats[i].mean(), add_bias)
+        metric = {"per-layer": "Var(x_j) x ||W[:, j]||^2 (squared for attention), standardised per layer, "
+                               "head = mean of its columns, ranked globally",
+                  "per-module-type": "Var(x_j) x ||W[:, j]||^2, head = sum of its columns, standardised per "
+                                     "module type, ranked globally"}[params.standardize]
         return WidthChoice(drop_groups, drop_channels, {
-            "metric": "Var(x_j) x ||W[:, j]||^2, standardised per module type, ranked globally",
+            "metric": metric,
+            "standardize": params.standardize,
             "bias_compensation": params.bias_compensation,
             "bias_params_added": added,
         })

@@ -5,7 +5,7 @@ The baseline of Han et al. 2015 (https://arxiv.org/abs/1506.02626) as used in th
 weights of smallest |W| are set to zero. Embeddings and lm_head are never pruned.
 
 Comparison group: per matrix (unstructured); with an N:M pattern, each group of M consecutive input
-weights of a row loses its N smallest |W|. Non-uniform allocations (`owl`, `layer-influence`, see
+weights of a row loses its N smallest |W|. Non-uniform allocations (`owl`, `reconstruction-sensitivity`, see
 `backend.pruning.allocation`) need calibration data to measure the layers; the pruning itself never
 does, so the uniform default runs without the layer-by-layer driver.
 
@@ -30,7 +30,7 @@ __all__ = ["Magnitude", "MagnitudeParams", "magnitude_mask"]
 
 
 class MagnitudeParams(SparsityParams):
-    """`pattern`, `allocation`, `owl_m`, `deviation` (see `SparsityParams`)."""
+    """`pattern`, `allocation`, `owl_m`, `deviation`, `allocation_scaling` (see `SparsityParams`)."""
 
 
 def magnitude_mask(weight: "torch.Tensor", sparsity: float) -> "torch.Tensor":

@@ -1,30 +1,41 @@
 """`shortened-taylor`: one-shot depth pruning by first-order Taylor importance (Kim et al. 2024,
-Shortened LLaMA, https://arxiv.org/abs/2402.02834, Taylor criterion).
+Shortened LLaMA, https://arxiv.org/abs/2402.02834, Taylor+ criterion).
 
 The calibration loss L is the mean next-token NLL over the calibration tokens; its gradient is
 accumulated over batches. The importance of block i is the first-order estimate of the loss change
 when the block's weights are zeroed (which turns a pre-norm residual block into the identity):
 
-* `aggregate: block` (default): I_i = |sum over the block's parameters w of w * dL/dw|;
-* `aggregate: weight` (the paper's per-weight form): I_i = sum over w of |w * dL/dw|.
+* `aggregate: weight` (default; the official code, Nota-NetsPresso/shortened-llm
+  `anal_block_sensitivity_taylor.py` with its defaults norm_power 1 and sum reductions):
+  I_i = sum over the block's parameters w of |w * dL/dw|;
+* `aggregate: block`: I_i = |sum over w of w * dL/dw| (PruneBoard's earlier default).
 
 "The block's parameters" are every parameter inside the decoder block (attention and MLP linears and
-the block's norms); embeddings, the final norm and lm_head get no gradient. The n = round(sparsity x L)
-blocks with the lowest importance are removed for real; ties go to the lower index.
+the block's norms, as the official code's `weight` tensors; biases too, for models that have them);
+embeddings, the final norm and lm_head get no gradient. The n = round(sparsity x L) blocks with the
+lowest importance are removed for real; ties go to the lower index.
+
+The "+" rule (`keep_first_layers: 4`, `keep_last_layers: 2`, the official `block_prune.py` unless
+`--no_plus_heuristic`): the first four and the last two blocks are never removed, whatever their
+score; set both to 0 for plain Taylor. Their scores are still reported.
 
 Gradients are only taken for block parameters, then dropped (`.grad = None`) and the original
 `requires_grad` flags restored, so the model comes back as it was except for the removed blocks.
 
-`details`: `removed_layers`, `scores` (importance per block), `aggregate`, `calibration_loss`.
+Remaining deviation from the official code: the calibration set is the config's (the official: 10
+BookCorpus samples of 128 tokens), and the gradient is that of the mean loss over all calibration
+tokens (the official sums the gradients of per-batch mean losses: the same up to a constant factor
+when batches are equal).
+
+`details`: `removed_layers`, `scores` (importance per block), `aggregate`, `keep_first_layers`,
+`keep_last_layers`, `calibration_loss`.
 Example config: `pruning: {method: shortened-taylor, sparsity: 0.25}` with a `calibration:` section.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from backend.pruning.base import register_method
+from backend.pruning.base import KeepEdgeLayers, register_method
 from backend.pruning.depth import BlockChoice, DepthPruningMethod, lowest
 
 if TYPE_CHECKING:
@@ -36,18 +47,17 @@ BATCH_SIZE = 4
 """Calibration sequences per forward/backward: bounds activation memory; does not change the scores."""
 
 
-class TaylorParams(BaseModel):
-    """`aggregate`: `block` = |sum w * dL/dw| per block; `weight` = sum |w * dL/dw| (the paper's)."""
+class TaylorParams(KeepEdgeLayers):
+    """`aggregate`: `weight` = sum |w * dL/dw| per block (the official code's); `block` = |sum w * dL/dw|.
+    `keep_first_layers`, `keep_last_layers`: blocks never removed (Taylor+: 4 and 2; 0 and 0: plain Taylor)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    aggregate: Literal["block", "weight"] = "block"
+    aggregate: Literal["block", "weight"] = "weight"
 
 
 def taylor_importance(
     model: "torch.nn.Module",
     calibration: "torch.Tensor",
-    aggregate: str = "block",
+    aggregate: str = "weight",
     progress: Callable[[float, str], None] = lambda fraction, text: None,
 ) -> tuple[list[float], float]:
     """(importance per decoder block, mean calibration loss); see the module docstring."""
@@ -96,12 +106,23 @@ class ShortenedTaylor(DepthPruningMethod):
     """Remove the decoder blocks with the lowest first-order Taylor importance on calibration data."""
 
     name = "shortened-taylor"
-    description = "one-shot block removal by first-order Taylor importance |w * dL/dw| (Shortened LLaMA, Kim et al. 2024)"
+    description = ("one-shot block removal by first-order Taylor importance sum |w * dL/dw|, first 4 and last 2 "
+                   "blocks kept (Shortened LLaMA Taylor+, Kim et al. 2024)")
     Params = TaylorParams
     score_name = "taylor_importance"
+    score_rule = "lowest removed, except the kept first and last blocks"
 
     def choose_blocks(self, model: "torch.nn.Module", calibration: "torch.Tensor", count: int,
                       params: TaylorParams, progress: Callable[[float, str], None]) -> BlockChoice:
+        from backend.pruning.layers import get_decoder_layers
+
+        candidates = params.prunable_layers(len(get_decoder_layers(model)), self.name)
+        if count > len(candidates):
+            raise ValueError(f"{self.name}: removing {count} blocks needs more than the {len(candidates)} that "
+                             f"keep_first_layers {params.keep_first_layers} and keep_last_layers "
+                             f"{params.keep_last_layers} leave")
         scores, loss = taylor_importance(model, calibration, params.aggregate, progress)
-        return BlockChoice(lowest(scores, count), scores,
-                           {"aggregate": params.aggregate, "calibration_loss": round(loss, 6)})
+        chosen = lowest([scores[i] for i in candidates], count)
+        return BlockChoice([candidates[i] for i in chosen], scores,
+                           {"aggregate": params.aggregate, "keep_first_layers": params.keep_first_layers,
+                            "keep_last_layers": params.keep_last_layers, "calibration_loss": round(loss, 6)})

@@ -5,18 +5,26 @@ h_out are the hidden states entering and leaving block i. Blocks that barely cha
 (low BI) are redundant; the n = round(sparsity x L) lowest-BI blocks are removed for real, so the
 pruned model is smaller and faster. Ties go to the lower index (removed first).
 
-Unlike the paper's script, which compares `output_hidden_states` (whose last entry has the final norm
-applied), h_out here is the block's own output, so the last block is scored like the others.
+The last block: the paper publishes no code; the reproduction its readers use (sramshetty/ShortGPT
+`short_hf.py`) scores block i on consecutive entries of Hugging Face's `output_hidden_states`,
+whose last entry is the final norm's output, so the last block's h_out is norm(block output).
+That is the default, `last_block_output: final-norm`; `raw` compares the last block's own output,
+like every other block's (PruneBoard's earlier choice). The final RMSNorm rescales each channel by its weight,
+so the two can rank the last block differently.
 
-Example config: `pruning: {method: shortgpt, sparsity: 0.25}` with a `calibration:` section.
+Remaining deviations from the script: calibration comes as fixed windows (`calibration:`), not its
+sliding 1024-token windows with stride 256 over padded prompts; cosines are accumulated in float64.
+
+Example config: `pruning: {method: shortgpt, sparsity: 0.25, params: {last_block_output: final-norm}}`
+with a `calibration:` section.
 Lifecycle: per calibration batch, replay the blocks one by one and accumulate cosines -> rank ->
 `remove_layers` -> measure parameters.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from backend.pruning.base import register_method
 from backend.pruning.depth import BlockChoice, DepthPruningMethod
@@ -24,10 +32,19 @@ from backend.pruning.depth import BlockChoice, DepthPruningMethod
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ShortGPT", "block_influence", "layers_to_remove"]
+__all__ = ["ShortGPT", "ShortGPTParams", "block_influence", "layers_to_remove"]
 
 BATCH_SIZE = 4
 """Calibration sequences per forward: bounds activation memory; does not change the scores."""
+
+
+class ShortGPTParams(BaseModel):
+    """`last_block_output`: what the last block's input is compared with: `final-norm` (its output
+    after the model's final norm, as the paper's script compares) or `raw` (its own output)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    last_block_output: Literal["final-norm", "raw"] = "final-norm"
 
 
 def layers_to_remove(scores: list[float], count: int) -> list[int]:
@@ -41,6 +58,7 @@ def block_influence(
     model: "torch.nn.Module",
     calibration: "torch.Tensor",
     progress: Callable[[float, str], None] = lambda fraction, text: None,
+    last_block_output: str = "final-norm",
 ) -> list[float]:
     """BI of every decoder block over the calibration tokens (see the module docstring)."""
     import torch
@@ -63,7 +81,10 @@ def block_influence(
             hidden = inputs.hidden
             for i, layer in enumerate(layers):
                 out = run_layer(layer, hidden, inputs.kwargs)
-                cos = F.cosine_similarity(hidden.float(), out.float(), dim=-1)
+                compared = out
+                if i == len(layers) - 1 and last_block_output == "final-norm":
+                    compared = model.model.norm(out)
+                cos = F.cosine_similarity(hidden.float(), compared.float(), dim=-1)
                 cos_sums[i] += cos.double().sum().cpu()
                 hidden = out
             tokens += batch.numel()
@@ -78,10 +99,13 @@ class ShortGPT(DepthPruningMethod):
     name = "shortgpt"
     description = "remove the decoder layers with the lowest Block Influence (Men et al. 2024)"
     score_name = "block_influence"
+    Params = ShortGPTParams
 
     def choose_blocks(self, model: "torch.nn.Module", calibration: "torch.Tensor", count: int,
-                      params: BaseModel, progress: Callable[[float, str], None]) -> BlockChoice:
-        scores = block_influence(model, calibration, lambda f, text: progress(0.95 * f, text))
+                      params: ShortGPTParams, progress: Callable[[float, str], None]) -> BlockChoice:
+        scores = block_influence(model, calibration, lambda f, text: progress(0.95 * f, text),
+                                 params.last_block_output)
         # the details keys every depth method shares (backend.pruning.depth), plus `block_influence`
         return BlockChoice(layers_to_remove(scores, count), scores,
-                           {"block_influence": [round(s, 8) for s in scores]})
+                           {"block_influence": [round(s, 8) for s in scores],
+                            "last_block_output": params.last_block_output})

@@ -432,6 +432,10 @@ class SliceGPT(PruningMethod):
     needs_calibration = True
     sparsity_meaning = "fraction of the hidden dimension sliced away (d = D - round(sparsity x D))"
 
+    @classmethod
+    def vllm_unsupported(cls, params: BaseModel) -> str | None:
+        return "its blocks carry shortcut matrices on the residual path, which vLLM's model classes do not have"
+
     def prune(
         self,
         model: "torch.nn.Module",

@@ -41,9 +41,9 @@ MAX_DAMP_RETRIES = 4
 
 
 class SparseGPTParams(SparsityParams):
-    """`pattern`, `allocation`, `owl_m`, `deviation` (see `SparsityParams`), plus `blocksize`
-    (input columns per lazy-update block, a multiple of M for N:M) and `percdamp` (damping as a
-    fraction of mean diag H)."""
+    """`pattern`, `allocation`, `owl_m`, `deviation`, `allocation_scaling` (see `SparsityParams`),
+    plus `blocksize` (input columns per lazy-update block, a multiple of M for N:M) and `percdamp`
+    (damping as a fraction of mean diag H)."""
 
     blocksize: int = Field(128, ge=1, le=65536)
     percdamp: float = Field(0.01, gt=0.0, le=10.0)

@@ -49,23 +49,31 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m
 
 
+ALLOCATIONS = ("uniform", "owl", "reconstruction-sensitivity")
+RENAMED_ALLOCATIONS = {"layer-influence": "reconstruction-sensitivity"}
+"""Allocation names no longer accepted, with what they are called now (the old name suggested LayerIF)."""
+
+
 class SparsityParams(BaseModel):
     """Knobs shared by every mask method.
 
     `pattern`: `unstructured` or `"N:M"` (N zeros per M consecutive input weights; sparsity must be N/M).
     `allocation`: how the target is spread over decoder layers: `uniform`, `owl` (outlier-weighted,
-    Yin et al. 2023) or `layer-influence` (per-layer sensitivity on calibration data); see
+    Yin et al. 2023) or `reconstruction-sensitivity` (how much of each block's own contribution its
+    pruning loses on calibration data; PruneBoard's own measure, not LayerIF); see
     `backend.pruning.allocation`. `owl_m`: OWL's outlier threshold M (score > M x layer mean).
-    `deviation`: OWL's lambda, the largest per-layer deviation from the target for both non-uniform
-    allocations.
+    `deviation`: OWL's lambda. `allocation_scaling`: how layer scores become sparsities for both
+    non-uniform allocations: `minmax` (OWL's code: scores min-max scaled to [0, 2 lambda], centred on
+    the target) or `peak` (centred scores scaled so the largest deviation is exactly lambda).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pattern: str = "unstructured"
-    allocation: Literal["uniform", "owl", "layer-influence"] = "uniform"
+    allocation: Literal["uniform", "owl", "reconstruction-sensitivity"] = "uniform"
     owl_m: float = Field(5.0, gt=0.0, le=1000.0)
     deviation: float = Field(0.08, ge=0.0, lt=0.5)
+    allocation_scaling: Literal["minmax", "peak"] = "minmax"
 
     @field_validator("pattern")
     @classmethod
@@ -73,8 +81,21 @@ class SparsityParams(BaseModel):
         parse_pattern(pattern)
         return pattern
 
+    @field_validator("allocation", mode="before")
+    @classmethod
+    def _renamed_allocation(cls, allocation: Any) -> Any:
+        if allocation in RENAMED_ALLOCATIONS:
+            raise ValueError(f"allocation {allocation!r} is now called {RENAMED_ALLOCATIONS[allocation]!r} "
+                             "(a reconstruction-sensitivity measure, not LayerIF's influence scores)")
+        return allocation
+
     def nm(self) -> tuple[int, int] | None:
         return parse_pattern(self.pattern)
+
+    def largest_deviation(self) -> float:
+        """The farthest a layer's sparsity can lie from the target: 2 lambda with min-max scaling
+        (one extreme layer against all others), lambda with peak scaling."""
+        return 2 * self.deviation if self.allocation_scaling == "minmax" else self.deviation
 
 
 def check_sparsity_params(sparsity: float, params: SparsityParams) -> None:
@@ -87,11 +108,12 @@ def check_sparsity_params(sparsity: float, params: SparsityParams) -> None:
         if params.allocation != "uniform":
             raise ValueError(f"pattern {params.pattern} needs allocation 'uniform' (every layer is N/M sparse)")
     if params.allocation != "uniform":
-        lam = params.deviation
-        if sparsity - lam < 0 or sparsity + lam >= 1:
+        reach = params.largest_deviation()
+        if sparsity - reach < 0 or sparsity + reach >= 1:
+            bound = "2 x deviation" if params.allocation_scaling == "minmax" else "deviation"
             raise ValueError(
-                f"allocation {params.allocation}: deviation {lam} does not fit sparsity {sparsity} "
-                f"(need sparsity - deviation >= 0 and sparsity + deviation < 1)"
+                f"allocation {params.allocation}: deviation {params.deviation} ({params.allocation_scaling} scaling) "
+                f"does not fit sparsity {sparsity} (need sparsity - {bound} >= 0 and sparsity + {bound} < 1)"
             )
 
 
@@ -232,6 +254,7 @@ class PrunedStats:
             details={
                 "pattern": params.pattern,
                 "allocation": params.allocation,
+                **({"allocation_scaling": params.allocation_scaling} if params.allocation != "uniform" else {}),
                 "comparison_group": comparison_group,
                 "layer_sparsity_planned": [round(s, 6) for s in planned],
                 "layer_sparsity": per_layer,

@@ -32,7 +32,7 @@ __all__ = ["Wanda", "WandaParams", "wanda_mask"]
 
 
 class WandaParams(SparsityParams):
-    """`pattern`, `allocation`, `owl_m`, `deviation` (see `SparsityParams`)."""
+    """`pattern`, `allocation`, `owl_m`, `deviation`, `allocation_scaling` (see `SparsityParams`)."""
 
 
 def wanda_mask(weight: "torch.Tensor", input_norm: "torch.Tensor", zeros: int,

@@ -375,6 +375,11 @@ class WidthPruningMethod(PruningMethod):
         if sparsity <= 0:
             raise ValueError(f"{cls.name} needs a sparsity > 0 (the fraction of decoder-block parameters to remove)")
 
+    @classmethod
+    def vllm_unsupported(cls, params: BaseModel) -> str | None:
+        return ("its layers get different head counts and MLP widths, which a vLLM model config (one width for "
+                "every layer) cannot describe")
+
     @abc.abstractmethod
     def choose_units(self, model: "nn.Module", calibration: "torch.Tensor", geos: list[Geometry], sparsity: float,
                      target: int, params: BaseModel, progress: ProgressFn) -> WidthChoice:

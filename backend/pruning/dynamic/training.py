@@ -2,12 +2,14 @@
 
 * `train_routers`: the model's weights are frozen; only the routers learn, from the next-token loss
   on the calibration batches plus a method term: the squared gap between the soft skip ratio and the
-  target (`gumbel_gate`: skipgpt-style, dllm-style) or the MoD auxiliary loss that teaches the causal
-  score to predict top-k membership (`topk_gate`: mod-style).
-* `calibrate_thresholds`: after training, shift the thresholds so the hard, causal decisions skip the
-  target share of the calibration tokens: one shift for all gates (the routers keep their learnt
-  allocation across layers) or one per gate (mod-style: every layer at capacity). Later layers see
-  the effect of earlier shifts, so this repeats a few rounds.
+  target (`gumbel_gate`: skipgpt-style, dllm-style), the MoD auxiliary loss that teaches the causal
+  score to predict top-k membership (`topk_gate`: mod-style causal-threshold), or none (MoD's
+  router-weighted top-k, `weighted_topk_gate`: mod-style seed).
+* `calibrate_thresholds`: after training (threshold routers only), shift the thresholds so the
+  hard, causal decisions skip the target share of the calibration tokens: one shift for all gates
+  (the routers keep their learnt allocation across layers) or one per gate (mod-style
+  causal-threshold: every layer at capacity). Later layers see the effect of earlier shifts, so
+  this repeats a few rounds.
 * `lora_restore`: LoRA adapters on the routed modules' linears, trained with the real routing, then
   merged into the weights (no adapter left at inference).
 """
@@ -19,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.pruning.dynamic.routing import Gate, reset_counters, routing_layers, skip_ratios
+from backend.pruning.dynamic.routing import Gate, reset_counters, routing_layers, skip_ratios, top_k_tokens
 from backend.pruning.layers import get_decoder_layers
 
-__all__ = ["calibrate_thresholds", "gumbel_gate", "lm_loss", "lora_restore", "topk_gate", "train_routers"]
+__all__ = ["calibrate_thresholds", "gumbel_gate", "lm_loss", "lora_restore", "measure_skip", "topk_gate",
+           "train_routers", "weighted_topk_gate"]
 
 Progress = Callable[[float, str], None]
 
@@ -59,6 +62,19 @@ def topk_gate(stats: dict[str, list], capacity: float):
             chosen.scatter_(1, score.topk(k, dim=1).indices, 1.0)
         stats["aux"].append(F.binary_cross_entropy_with_logits(score, chosen))
         return chosen * (1 + score - score.detach())
+
+    return gate
+
+
+def weighted_topk_gate(stats: dict[str, list], capacity: float):
+    """Mixture-of-Depths as the seed study runs it: the top `capacity` share of each sequence's tokens
+    run, their output scaled by sigmoid(score), which puts the router on the gradient path (the same
+    selection and weight as at evaluation, `routing.RoutingPolicy` top-k)."""
+
+    def gate(g: Gate, x: torch.Tensor) -> torch.Tensor:
+        score = g.score(x)
+        chosen = top_k_tokens(score.detach(), capacity)
+        return chosen.to(score.dtype) * torch.sigmoid(score)
 
     return gate
 
@@ -121,6 +137,15 @@ def _run(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> None:
             model(input_ids=ids.to(device), use_cache=False)
 
 
+def measure_skip(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    """`skip_ratios` of one pass over the calibration tokens (counters reset before and after)."""
+    reset_counters(model)
+    _run(model, calibration, batch_size)
+    ratios = skip_ratios(model)
+    reset_counters(model)
+    return ratios
+
+
 def calibrate_thresholds(model: nn.Module, calibration: torch.Tensor, target: float, per_gate: bool,
                          batch_size: int, rounds: int, progress: Progress, tolerance: float = 0.005) -> dict[str, Any]:
     """Set the gate thresholds so the calibration skip ratio is `target`; returns `skip_ratios`.
@@ -134,11 +159,7 @@ def calibrate_thresholds(model: nn.Module, calibration: torch.Tensor, target: fl
         _per_gate_thresholds(model, calibration, target, batch_size, progress)
     else:
         _global_shift(model, calibration, target, batch_size, rounds, progress, tolerance)
-    reset_counters(model)
-    _run(model, calibration, batch_size)
-    ratios = skip_ratios(model)
-    reset_counters(model)
-    return ratios
+    return measure_skip(model, calibration, batch_size)
 
 
 def _per_gate_thresholds(model, calibration, target, batch_size, progress) -> None:
