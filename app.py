@@ -83,10 +83,12 @@ SNAPSHOT = ROOT / "results" / "snapshot.jsonl.gz"
 """The shipped results (results/README.md): an empty database starts with them."""
 
 
-def seed_results(snapshot: Path = SNAPSHOT) -> dict | None:
-    """Import the shipped snapshot into an empty, never-seeded database (one transaction, before the
-    first request is answered); off with PRUNEBOARD_SEED_RESULTS=0."""
+def seed_results(snapshot: Path | None = None) -> dict | None:
+    """Import the shipped snapshot (default `SNAPSHOT`) into an empty, never-seeded database (one
+    transaction, before the first request is answered); off with PRUNEBOARD_SEED_RESULTS=0."""
     from jobs.bundle import BundleError, seed_empty_database
+
+    snapshot = snapshot or SNAPSHOT
 
     if not settings.seed_results():
         return None

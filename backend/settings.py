@@ -90,14 +90,22 @@ def results_repo() -> str | None:
 
 
 def hub_token() -> str | None:
-    """HF_TOKEN: the Hugging Face token (writes the results repo; reads gated data and models)."""
-    return os.environ.get("HF_TOKEN") or None
+    """HF_TOKEN, else the token `hf auth login` saved (huggingface_hub's order); None without either.
+    Writes the results repo and pushed models; reads gated data and models."""
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    from huggingface_hub import get_token  # only when no token is in the environment
+
+    return get_token()
 
 
-def hub_endpoint() -> str | None:
-    """HF_ENDPOINT: where the Hub is (None: huggingface_hub's default); read when asked, so a process
-    that imported huggingface_hub earlier still follows it (tests point it at a loopback server)."""
-    return os.environ.get("HF_ENDPOINT") or None
+HUB_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT (default the Hub), read when asked: huggingface_hub reads it once, at import, so a
+    process that imported it earlier still follows a change (tests point it at a loopback server)."""
+    return (os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT).rstrip("/")
 
 
 def public_url() -> str | None:

@@ -42,7 +42,7 @@ def configured() -> bool:
 def _api():
     from huggingface_hub import HfApi
 
-    return HfApi(token=settings.hub_token())
+    return HfApi(endpoint=settings.hub_endpoint(), token=settings.hub_token())
 
 
 def results_state() -> tuple[int, int, int]:
@@ -82,7 +82,7 @@ def restore_results() -> dict[str, int] | None:
     with tempfile.TemporaryDirectory(prefix="pruneboard-restore-") as workdir:
         try:
             path = hf_hub_download(repo, RESULTS_FILE, repo_type="dataset", token=settings.hub_token(),
-                                   local_dir=workdir)
+                                   local_dir=workdir, endpoint=settings.hub_endpoint())
         except (EntryNotFoundError, RepositoryNotFoundError):
             logger.info("the results repo %s holds no results yet", repo)
             return None

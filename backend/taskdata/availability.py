@@ -39,9 +39,7 @@ def _fetchable(task: str) -> bool:
         return False
     if source.gated is None:
         return True
-    from backend.taskdata.fetch import hub_token
-
-    return hub_token() is not None
+    return settings.hub_token() is not None
 
 
 def missing_task_data(task_names: Iterable[str], data_dir: Path) -> list[str]:

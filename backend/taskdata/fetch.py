@@ -40,13 +40,11 @@ from backend.taskdata.sources import SOURCES, HubSource, get_source
 from backend.tasks import get_task
 
 __all__ = ["DataFetchError", "UnknownDataTask", "TokenRequired", "DownloadFailed", "FetchOutcome", "FetchReport",
-           "fetch_task", "fetch_tasks", "resolve_task_names", "check_tokens", "manifest_name", "manifest_path",
-           "hub_endpoint", "hub_token"]
+           "fetch_task", "fetch_tasks", "resolve_task_names", "check_tokens", "manifest_name", "manifest_path"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
-DEFAULT_ENDPOINT = "https://huggingface.co"
 _CHUNK = 1 << 20
 
 Log = Callable[[str], None]
@@ -87,21 +85,6 @@ class FetchOutcome:
     manifest: dict[str, Any] | None = field(default=None, compare=False)
 
 
-# --- settings --------------------------------------------------------------------------------------
-
-
-def hub_endpoint() -> str:
-    """HF_ENDPOINT, read at call time (huggingface_hub reads it once, at import)."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def hub_token() -> str | None:
-    """HF_TOKEN, else the token `hf auth login` saved (huggingface_hub's order); None without either."""
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
 def manifest_name(source: HubSource) -> str:
     """Beside the task's first file, relative to the data dir: e.g. `piqa/piqa.manifest.json`."""
     return (Path(source.outputs[0]).parent / f"{source.task}.manifest.json").as_posix()
@@ -140,7 +123,7 @@ def check_tokens(names: Iterable[str]) -> None:
     is downloaded."""
     for name in names:
         source = get_source(name)
-        if source is not None and source.gated and hub_token() is None:
+        if source is not None and source.gated and settings.hub_token() is None:
             raise TokenRequired(
                 f"{name}: {source.repo_id} is gated: accept {source.gated}, then set HF_TOKEN to a token "
                 "of that account (or log in with `hf auth login`) and run the fetch again")
@@ -258,7 +241,7 @@ def _download(source: HubSource, folder: Path, log: Log) -> tuple[str, dict[str,
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import GatedRepoError
 
-    endpoint, token = hub_endpoint(), hub_token()
+    endpoint, token = settings.hub_endpoint(), settings.hub_token()
     try:
         api = HfApi(endpoint=endpoint, token=token)
         commit = api.dataset_info(source.repo_id, revision=source.revision).sha
