@@ -9,7 +9,8 @@ It answers the endpoints huggingface_hub 2.4 calls to download and to upload:
   the sha256 of LFS files, then also `X-Linked-Etag` and `X-Linked-Size`), `Content-Length`, and
   byte ranges; errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound,
   EntryNotFound, GatedRepo: 401 without a token, 403 with one that was not granted);
-* uploads: `POST /api/repos/create`, `POST .../preupload/{rev}` (every file "regular", so its
+* uploads: `POST /api/repos/create`, `POST /api/validate-yaml` (a model card's front matter),
+  `POST .../preupload/{rev}` (every file "regular", so its
   content comes inline) and `POST .../commit/{rev}` (NDJSON: header, file, deletedFile,
   deletedFolder), each a new commit on the branch; `files_at` reads back what was committed.
 
@@ -50,6 +51,7 @@ class _Repo:
     repo_type: str
     repo_id: str
     gated: bool = False
+    private: bool = False
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     lfs: set[str] = field(default_factory=set)
@@ -226,6 +228,8 @@ class FakeHub:
             return _json({"type": "user", "name": self.user, "auth": {"accessToken": {"role": "write"}}})
         if parts == ["repos", "create"] and method == "POST":
             return self._create_repo(json.loads(body or b"{}"), token)
+        if parts == ["validate-yaml"] and method == "POST":  # a model card's front matter, before its commit
+            return self._validate_yaml(json.loads(body or b"{}"))
         if len(parts) < 3 or not parts[0].endswith("s"):
             raise _HubError(404, None, f"no such endpoint: /api/{'/'.join(parts)}")
         repo_type, repo_id, rest = parts[0][:-1], f"{parts[1]}/{parts[2]}", parts[3:]
@@ -270,7 +274,30 @@ class FakeHub:
             raise _HubError(409, None, f"You already created this {repo_type} repo: {url}")
         self.add_repo(repo_id, {".gitattributes": b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"},
                       repo_type=repo_type)
+        # huggingface_hub 2.x sends `visibility`; older clients sent `private`
+        self._repos[(repo_type, repo_id)].private = payload.get("visibility") == "private" or bool(payload.get("private"))
         return _json({"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
+
+    @staticmethod
+    def _validate_yaml(payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        """400 with `errors` when a README's front matter is not a YAML mapping (as the Hub refuses it)."""
+        import yaml
+
+        content = payload.get("content") or ""
+        if content.startswith("---"):
+            try:
+                if not isinstance(yaml.safe_load(content.split("---", 2)[1]) or {}, dict):
+                    raise yaml.YAMLError("not a mapping")
+            except yaml.YAMLError:
+                return _json({"errors": [{"message": "invalid YAML front matter"}], "warnings": []}, status=400)
+        return _json({"errors": [], "warnings": []})
+
+    def repo_ids(self, repo_type: str = "model") -> set[str]:
+        """Ids of the repos of one type that exist (created by uploads or `add_repo`)."""
+        return {repo_id for kind, repo_id in self._repos if kind == repo_type}
+
+    def is_private(self, repo_id: str, repo_type: str = "model") -> bool:
+        return self._repo(repo_type, repo_id).private
 
     def _commit(self, repo: _Repo, revision: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]

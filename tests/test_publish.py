@@ -1,5 +1,5 @@
 """Publishing pruned models to the Hub (`python -m jobs prune --push-to-hub`, the run detail's
-"Publish"), against a loopback server answering like the Hub (tests/hub_upload_server.py): what
+"Publish"), against a loopback server answering like the Hub (tests/hub_server.py): what
 arrives there loads as its model card says, the card carries the manifest's facts, and refusals
 happen before any work."""
 from __future__ import annotations
@@ -16,22 +16,21 @@ from transformers import AutoModelForCausalLM
 from backend.config import validate_config
 from backend.model_card import load_format, model_card
 from db.session import dispose_engines
-from hub_upload_server import HubUploadServer
+from hub_server import TEST_TOKEN, FakeHub
 from jobs import access, queue
 from jobs.cli import main
 from jobs.worker import Worker
 from ui import run_actions
 
-TOKEN = "hf_loopback_test_token"
+TOKEN = TEST_TOKEN
 PROBE = [[5, 17, 42, 99, 3, 64, 8]]
 
 
 @pytest.fixture()
-def hub(monkeypatch):
-    with HubUploadServer(token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield server
+def hub(hub, monkeypatch):
+    """The loopback Hub (tests/conftest.py) with a token that may write to it."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return hub
 
 
 @pytest.fixture(autouse=True)
@@ -40,16 +39,21 @@ def _close_engines():
     dispose_engines()
 
 
+TINY_PARAMS = {"llm-pruner": {"keep_first_layers": 1, "keep_last_layers": 1}}
+"""tiny-llama has 8 layers: the LLaMA recipe's 4 + 2 kept layers would leave too few to prune."""
+
+
 def write_config(tmp_path: Path, method: str, sparsity: float) -> Path:
     path = tmp_path / f"{method}.yaml"
+    pruning = {"method": method, "sparsity": sparsity, "params": TINY_PARAMS.get(method, {})}
     path.write_text(yaml.safe_dump({"model": "builtin:tiny-llama", "tasks": ["synthetic-mc"], "seed": 0,
-                                    "pruning": {"method": method, "sparsity": sparsity}}))
+                                    "pruning": pruning}))
     return path
 
 
-def download(hub: HubUploadServer, repo_id: str, folder: Path) -> Path:
+def download(hub: FakeHub, repo_id: str, folder: Path) -> Path:
     """The repo's files as they arrived on the Hub, written to `folder`."""
-    for name, content in hub.files(repo_id).items():
+    for name, content in hub.files_at(repo_id, repo_type="model").items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content)
     return folder
@@ -67,7 +71,7 @@ def test_prune_pushes_a_loadable_model_with_its_card(hub, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["prune", str(write_config(tmp_path, "shortgpt", 0.25)), "--out", str(out),
                  "--push-to-hub", "alice/tiny-shortgpt"]) == 0
-    files = hub.files("alice/tiny-shortgpt")
+    files = hub.files_at("alice/tiny-shortgpt", repo_type="model")
     assert {"model.safetensors", "config.json", "pruneboard_manifest.json", "README.md"} <= set(files)
     assert "pushed to" in capsys.readouterr().err
 
@@ -90,7 +94,7 @@ def test_a_width_pruned_model_card_says_how_to_load_it(hub, tmp_path):
     out = tmp_path / "out"
     assert main(["prune", str(write_config(tmp_path, "llm-pruner", 0.3)), "--out", str(out),
                  "--push-to-hub", "alice/tiny-llm-pruner", "--private"]) == 0
-    assert hub.repos["model:alice/tiny-llm-pruner"]["private"] is True
+    assert hub.is_private("alice/tiny-llm-pruner") is True
     pulled = download(hub, "alice/tiny-llm-pruner", tmp_path / "pulled")
     card = ModelCard((pulled / "README.md").read_text())
     assert "load_pruned(snapshot_download(\"alice/tiny-llm-pruner\"))" in card.text
@@ -139,7 +143,7 @@ def test_a_token_the_hub_rejects_exits_2_and_keeps_the_model(hub, tmp_path, monk
                  "--push-to-hub", "alice/m"]) == 2
     err = capsys.readouterr().err
     assert "could not push to alice/m" in err and "401" in err and str(out) in err
-    assert (out / "model.safetensors").is_file() and hub.repos == {}
+    assert (out / "model.safetensors").is_file() and hub.repo_ids() == set()
 
 
 # --- "Publish" in the run detail -----------------------------------------------------------------
@@ -164,7 +168,7 @@ def test_publish_a_kept_run_from_the_run_detail(hub, tmp_path, monkeypatch):
     assert "Not published" in refused and "only its submitter or an admin" in refused
     assert run_actions.publish(job_id, "not a repo", alice).startswith("**Not published.** Give the Hub repo")
     message = run_actions.publish(job_id, "alice/tiny-magnitude", alice)
-    assert message.startswith("Published job") and set(hub.repos) == {"model:alice/tiny-magnitude"}
+    assert message.startswith("Published job") and hub.repo_ids() == {"alice/tiny-magnitude"}
 
     pulled = download(hub, "alice/tiny-magnitude", tmp_path / "pulled")
     card = ModelCard((pulled / "README.md").read_text())
@@ -190,7 +194,7 @@ def test_publish_a_kept_run_from_the_run_detail(hub, tmp_path, monkeypatch):
 def test_publish_explains_what_a_run_without_a_kept_model_needs(hub, monkeypatch):
     job_id = kept_run("alice", keep_model=False)
     message = run_actions.publish(job_id, "alice/m", access.User.named("alice")).replace("\\", "")  # unescaped
-    assert "did not keep its pruned model" in message and "keep_model: true" in message and hub.repos == {}
+    assert "did not keep its pruned model" in message and "keep_model: true" in message and hub.repo_ids() == set()
     monkeypatch.delenv("HF_TOKEN")
     other = kept_run("alice")
     assert "HF_TOKEN" in run_actions.publish(other, "alice/m", access.User.named("alice")).replace("\\", "")
