@@ -21,6 +21,7 @@ from backend.config import JobConfig, canonical_json, config_hash
 from backend.result import RunResult, SampleRecord
 from backend.scoring import SCORER_VERSION
 from backend.trace_stats import trace_stats
+from db import results_version
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
 from jobs.resources import Capabilities, claim_filter, job_requirements
@@ -293,6 +294,7 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
             return False
         write_results(session, job_id, result.scores, result.samples)
         session.execute(delete(SampleCheckpoint).where(SampleCheckpoint.job_id == job_id))
+        results_version.bump(session)
     logger.info("job %d succeeded (%d scores, %d samples)", job_id, len(result.scores), len(result.samples))
     return True
 

@@ -1,9 +1,11 @@
-"""Findings tab: each seed finding, whether the stored results support it, and the numbers behind it."""
+"""Findings tab: each seed finding, whether the stored results support it, and the numbers behind it
+(answered from the view cache, `ui.view_cache`: the verdicts' bootstraps run once per results state)."""
 from __future__ import annotations
 
 import gradio as gr
 
 from ui import services
+from ui.view_cache import cached
 
 
 def build(shared) -> None:
@@ -29,7 +31,9 @@ def build(shared) -> None:
 
 
 def _view(model, paradigm):
-    return services.findings_html(model, paradigm), gr.update(choices=services.findings_models())
+    text, models = cached(("findings", model, paradigm),
+                          lambda: (services.findings_html(model, paradigm), tuple(services.findings_models())))
+    return text, gr.update(choices=list(models))
 
 
 def wire(shared, demo) -> None:
