@@ -163,10 +163,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
 
         report.details["evaluation_skip"] = evaluation_skip_report(loaded.model)
     reporter.stage("efficiency", "measuring parameters and throughput")
-    from backend.efficiency import measure_efficiency
-
-    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device,
-                                    params_before=report.params_before)
+    efficiency = _efficiency(config, loaded, report.params_before, method_cls.family == "dense", reporter)
     reporter.update(1.0, "done")
     stage_seconds = reporter.finish()
 
@@ -199,6 +196,25 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         stage_seconds=stage_seconds,
         trace_stats=_trace_stats(evaluation.samples),
     )
+
+
+def _efficiency(config: JobConfig, loaded, params_before: int, dense: bool, reporter: _Reporter) -> dict:
+    """The pruned model's efficiency; for a pruned run also the dense model's speed, measured in this
+    process right after (`backend.efficiency.with_dense_reference`). The dense weights are loaded
+    again rather than copied before pruning: a copy would double the memory through pruning and
+    evaluation, a reload only briefly (the pruned model is released first; it is not needed after
+    this stage)."""
+    from backend.efficiency import measure_efficiency, measure_speed, with_dense_reference
+
+    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device, params_before=params_before)
+    if dense or not settings.efficiency_dense_reference():
+        return efficiency
+    reporter.update(0.5, "measuring the dense model side by side")
+    from backend.models import load_model
+
+    loaded.model = None
+    reference = load_model(config.model, config.hf_args())
+    return with_dense_reference(efficiency, measure_speed(reference.model, reference.tokenizer, reference.device))
 
 
 def prune_cache_key(config: JobConfig, fingerprint: str) -> str:

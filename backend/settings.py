@@ -77,6 +77,43 @@ def prune_cache_enabled() -> bool:
     return os.environ.get("PRUNEBOARD_PRUNE_CACHE") == "1"
 
 
+DEFAULT_EFFICIENCY_ITERATIONS = 10
+"""Timed iterations per efficiency figure at least (LLM-Perf's minimum)."""
+DEFAULT_EFFICIENCY_MIN_SECONDS = 10.0
+"""Seconds per efficiency figure at least: iterations go on until both minimums are met."""
+DEFAULT_EFFICIENCY_PROMPT_TOKENS = 256
+DEFAULT_EFFICIENCY_NEW_TOKENS = 64
+
+
+def efficiency_iterations() -> int:
+    """PRUNEBOARD_EFFICIENCY_ITERATIONS (default 10): timed iterations per figure at least."""
+    return max(_int_env("PRUNEBOARD_EFFICIENCY_ITERATIONS", DEFAULT_EFFICIENCY_ITERATIONS), 1)
+
+
+def efficiency_min_seconds() -> float:
+    """PRUNEBOARD_EFFICIENCY_MIN_SECONDS (default 10): seconds of timed iterations per figure at least."""
+    value = os.environ.get("PRUNEBOARD_EFFICIENCY_MIN_SECONDS")
+    return max(float(value), 0.0) if value not in (None, "") else DEFAULT_EFFICIENCY_MIN_SECONDS
+
+
+def efficiency_prompt_tokens() -> int:
+    """PRUNEBOARD_EFFICIENCY_PROMPT_TOKENS (default 256): the probe prompt's length (batch 1)."""
+    return max(_int_env("PRUNEBOARD_EFFICIENCY_PROMPT_TOKENS", DEFAULT_EFFICIENCY_PROMPT_TOKENS), 1)
+
+
+def efficiency_new_tokens() -> int:
+    """PRUNEBOARD_EFFICIENCY_NEW_TOKENS (default 64): greedy tokens decoded per timed decode."""
+    return max(_int_env("PRUNEBOARD_EFFICIENCY_NEW_TOKENS", DEFAULT_EFFICIENCY_NEW_TOKENS), 1)
+
+
+def efficiency_dense_reference() -> bool:
+    """PRUNEBOARD_EFFICIENCY_DENSE (default 1): a pruned run also measures the dense model, loaded
+    again in the same process after the pruned one, so its measured speed-up is a ratio of two
+    figures taken side by side; 0 skips it (the leaderboard then divides by the dense run's own
+    figure, from another process or machine)."""
+    return os.environ.get("PRUNEBOARD_EFFICIENCY_DENSE", "1") != "0"
+
+
 def seed_results() -> bool:
     """PRUNEBOARD_SEED_RESULTS (default 1): an empty database imports the shipped results snapshot
     (results/snapshot.jsonl.gz) when the app starts; 0 leaves it empty."""

@@ -25,6 +25,7 @@ from db import leaderboard as lb
 from db import plot_data, queries
 from db.session import read_session
 from ui import plots
+from ui.efficiency_view import efficiency_markdown
 from ui.services import escape
 from ui.view_cache import cached
 
@@ -332,6 +333,7 @@ def run_detail(job_id: float | int | None) -> RunDetail:
         lines += ["", "| task | metric | value | stderr |", "|---|---|---|---|"]
         lines += [f"| {escape(s['task'])} | {escape(s['metric'])} | {_fmt(s['value'])} | {_fmt(s['stderr'])} |"
                   for s in primary]
+    lines += efficiency_markdown(detail["efficiency"])
     report = detail["prune_report"] or {}
     details = report.get("details") if isinstance(report.get("details"), dict) else {}
     chosen = {key: details[key] for key in _CHOSEN_KEYS if key in details}
@@ -398,16 +400,20 @@ class PlotData:
     delta: lb.Board
     thinking: pd.DataFrame
     scaling: pd.DataFrame
+    speedup_ranges: pd.DataFrame
+    """`db.plot_data.speedup_ranges` of the raw board's runs (error bars of the measured speed-up)."""
 
 
 def plot_data_for(model: str | None = None, paradigm: str | None = None, scaling_by: str = "k") -> PlotData:
     filters = make_filters(model, paradigm)
     with read_session() as session:
+        raw = lb.board(session, filters, "raw")
         return PlotData(
-            raw=lb.board(session, filters, "raw"),
+            raw=raw,
             delta=lb.board(session, filters, "delta"),
             thinking=plot_data.thinking_points(session, filters.model, filters.paradigm),
             scaling=plot_data.scaling_points(session, scaling_by, filters.model, filters.paradigm),
+            speedup_ranges=plot_data.speedup_ranges(session, [int(i) for i in raw.frame["job_id"]]),
         )
 
 
@@ -450,7 +456,8 @@ def plot_figures(model: str | None = None, paradigm: str | None = None, score_co
     sparsity = plots.sparsity_figure(_labelled(raw) if not raw.empty else raw, column,
                                      data.raw.higher_is_better.get(column, True))
     pareto_y = column if data.raw.higher_is_better.get(column, True) else "average"
-    pareto = plots.pareto_figure(_labelled(raw) if not raw.empty else raw, pareto_x, pareto_y)
+    with_ranges = raw.merge(data.speedup_ranges, on="job_id", how="left") if not raw.empty else raw
+    pareto = plots.pareto_figure(_labelled(with_ranges) if not raw.empty else raw, pareto_x, pareto_y)
     # perplexity deltas are in other units (and often far larger): they would wash out the colour scale
     tasks = [c for name, cols in data.delta.column_groups.items() if name not in ("overall", "efficiency", "perplexity")
              for c in cols if not c.endswith(" avg")]
