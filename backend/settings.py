@@ -114,6 +114,16 @@ def efficiency_dense_reference() -> bool:
     return os.environ.get("PRUNEBOARD_EFFICIENCY_DENSE", "1") != "0"
 
 
+def offload() -> str:
+    """PRUNEBOARD_OFFLOAD: auto (default) | always | never. Where a run's weights live while it is
+    pruned and evaluated (`backend.placement`): `auto` holds a model larger than the GPU on CPU,
+    prunes it one block at a time on the GPU and spreads it over the GPUs for evaluation."""
+    value = (os.environ.get("PRUNEBOARD_OFFLOAD") or "auto").strip().lower()
+    if value not in ("auto", "always", "never"):
+        raise ValueError(f"PRUNEBOARD_OFFLOAD must be auto, always or never, got {value!r}")
+    return value
+
+
 def seed_results() -> bool:
     """PRUNEBOARD_SEED_RESULTS (default 1): an empty database imports the shipped results snapshot
     (results/snapshot.jsonl.gz) when the app starts; 0 leaves it empty."""
