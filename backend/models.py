@@ -187,9 +187,7 @@ def _announcer(log: Callable[[str], None] | None) -> Callable[..., None]:
 
 
 def _device_and_dtype(requested: str) -> tuple[str, str]:
-    import torch
-
-    if torch.cuda.is_available():
+    if settings.use_cuda():
         return "cuda", ("bfloat16" if requested == "auto" else requested)
     return "cpu", ("float32" if requested == "auto" else requested)
 

@@ -68,7 +68,7 @@ def plan(config: "JobConfig", method_cls: type) -> Placement:
     if mode == "auto":
         import torch
 
-        if not torch.cuda.is_available():
+        if not settings.use_cuda():
             return Placement(mode, False, "no CUDA device")
         size = weight_bytes(config.model, config.hf_args().revision)
         free = torch.cuda.mem_get_info()[0]

@@ -114,6 +114,15 @@ def efficiency_dense_reference() -> bool:
     return os.environ.get("PRUNEBOARD_EFFICIENCY_DENSE", "1") != "0"
 
 
+def use_cuda() -> bool:
+    """Whether models are loaded and pruned on CUDA: when torch sees a CUDA device, unless
+    PRUNEBOARD_WORKER_DEVICE=cpu (a worker advertised as a CPU computes on its CPU, so a job that
+    asked for a CPU runs on one; tests compare CUDA runs with CPU runs in one process this way)."""
+    import torch
+
+    return os.environ.get("PRUNEBOARD_WORKER_DEVICE", "").strip().lower() != "cpu" and torch.cuda.is_available()
+
+
 def offload() -> str:
     """PRUNEBOARD_OFFLOAD: auto (default) | always | never. Where a run's weights live while it is
     pruned and evaluated (`backend.placement`): `auto` holds a model larger than the GPU on CPU,
