@@ -117,3 +117,17 @@ def test_forced_offload_equals_the_in_memory_run(monkeypatch, model, method, par
     record = offloaded.manifest["placement"]
     assert record["offload"] and record["evaluation_device_map"] == {"": "cpu"} and "one decoder block" in record["pruning"]
     assert offloaded.efficiency["params"] == whole.efficiency["params"] and "dense_reference" in offloaded.efficiency
+
+
+def test_a_worker_set_to_cpu_computes_on_cpu_even_beside_a_gpu(monkeypatch):
+    import torch
+
+    from backend import settings
+    from backend.models import _device_and_dtype
+    from backend.pruning.sequential import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert settings.use_cuda() and _device_and_dtype("auto") == ("cuda", "bfloat16")
+    monkeypatch.setenv("PRUNEBOARD_WORKER_DEVICE", "cpu")
+    assert not settings.use_cuda() and _device_and_dtype("auto") == ("cpu", "float32")
+    assert default_device(torch.nn.Linear(2, 2)).type == "cpu"
