@@ -54,7 +54,8 @@ class Placement:
         """The manifest's `placement`: the plan and, for an offloaded run, the evaluation device map."""
         record: dict[str, Any] = {"mode": self.mode, "offload": self.offload, "reason": self.reason}
         if self.offload:
-            record["pruning"] = "weights on cpu; one decoder block and its calibration activations at a time on the device"
+            record["pruning"] = ("weights on cpu; one decoder block and its calibration activations at a time on "
+                                 "the device")
             record["evaluation_device_map"] = device_map
         return record
 
@@ -74,7 +75,8 @@ def plan(config: "JobConfig", method_cls: type) -> Placement:
         free = torch.cuda.mem_get_info()[0]
         if size is None or size <= FIT_FRACTION * free:
             return Placement(mode, False, "the weights fit on the GPU")
-        reason = f"weight files of {size / 2**30:.1f} GiB exceed {FIT_FRACTION:.0%} of the GPU's free {free / 2**30:.1f} GiB"
+        reason = (f"weight files of {size / 2**30:.1f} GiB exceed {FIT_FRACTION:.0%} of the GPU's free "
+                  f"{free / 2**30:.1f} GiB")
     else:
         reason = "PRUNEBOARD_OFFLOAD=always"
     obstacle = _obstacle(config, method_cls)

@@ -139,7 +139,8 @@ def machine() -> dict[str, Any]:
     if smi:
         query = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
                                text=True)
-        info["driver"] = query.stdout.strip().splitlines()[0] if query.returncode == 0 and query.stdout.strip() else None
+        lines = query.stdout.strip().splitlines() if query.returncode == 0 else []
+        info["driver"] = lines[0] if lines else None
     return info
 
 

@@ -188,7 +188,8 @@ async def measure(url: str, args: argparse.Namespace, seeded: list[int]) -> dict
                                     args.closed_seconds)
     for problem in sorted(set(main.problems + floor.problems))[:5]:
         print(f"error: {problem}")
-    p50, p99, floor_p50 = percentile(main.latencies, 50), percentile(main.latencies, 99), percentile(floor.latencies, 50)
+    p50, p99 = percentile(main.latencies, 50), percentile(main.latencies, 99)
+    floor_p50 = percentile(floor.latencies, 50)
     result = {
         "view": args.view, "visitors": args.visitors, "interval_s": args.interval, "rate_rps": round(rate, 2),
         "seconds": args.seconds, "requests": main.requests, "errors": len(main.problems),

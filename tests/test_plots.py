@@ -143,7 +143,8 @@ def test_message_figure_escapes_its_text():
 # --- db.plot_data on a seeded database ---------------------------------------------------------
 
 
-def seed(config: dict, scores: list[ScoreRecord], samples: list[SampleRecord] = (), efficiency: dict | None = None) -> int:
+def seed(config: dict, scores: list[ScoreRecord], samples: list[SampleRecord] = (),
+         efficiency: dict | None = None) -> int:
     job, _ = queue.submit(validate_config(config))
     claimed = queue.claim_next("test-worker")
     assert claimed is not None and claimed.id == job.id
@@ -257,7 +258,8 @@ def test_pareto_from_the_board_has_error_bars_for_runs_measured_side_by_side():
     seed(config, [ScoreRecord("synthetic-mc", "acc", 0.8, None, True, True, "k")],
          efficiency={"decode_tokens_per_s": 10.0, "device_name": "cpu"})
     seed({**config, "pruning": {"method": "magnitude", "sparsity": 0.5}},
-         [ScoreRecord("synthetic-mc", "acc", 0.6, None, True, True, "k")], efficiency=pruned("magnitude", 1.5, [1.4, 1.7]))
+         [ScoreRecord("synthetic-mc", "acc", 0.6, None, True, True, "k")],
+         efficiency=pruned("magnitude", 1.5, [1.4, 1.7]))
     seed({**config, "pruning": {"method": "wanda", "sparsity": 0.5}},  # the older probe: no spread
          [ScoreRecord("synthetic-mc", "acc", 0.5, None, True, True, "k")], efficiency=pruned("wanda", 1.2, None))
     _, pareto, *_ = board.plot_figures(score_column="synthetic-mc")

@@ -241,3 +241,29 @@ def test_download_route_builds_the_shown_table_on_request():
     records = client.get("/export/leaderboard.json").json()
     assert [r["job_id"] for r in records] == [dense, pruned]
     assert client.get("/export/leaderboard.xml").status_code == 404
+
+
+def test_the_compare_endpoint_serves_a_shared_link_from_the_cache(monkeypatch):
+    from backend.result import SampleRecord
+    from ui import compare_view
+    from ui.tabs.compare import compare_page
+
+    def run(method: str, sparsity: float, correct: list[bool]) -> int:
+        config = validate_config({"model": "builtin:tiny-llama", "tasks": ["synthetic-arith"],
+                                  "pruning": {"method": method, "sparsity": sparsity}})
+        job, _ = queue.submit(config)
+        claimed = queue.claim_next("w")
+        samples = [SampleRecord("synthetic-arith", i, f"q{i}", "a", "a", "a", ok, 3, 1, {"exact_match": float(ok)},
+                                finish_reason="stop") for i, ok in enumerate(correct)]
+        scores = [ScoreRecord("synthetic-arith", "exact_match", sum(correct) / len(correct), None, True, True, "k")]
+        assert queue.complete(job.id, claimed.attempts, RunResult(scores, samples, {}, {}, {}))
+        return job.id
+
+    a, b = run("dense", 0.0, [True, True, False]), run("magnitude", 0.5, [True, False, False])
+    built = []
+    real = compare_view.build_view
+    monkeypatch.setattr(compare_view, "build_view", lambda *args: built.append(args) or real(*args))
+    page = compare_page(f"{a},{b}", "synthetic-arith", "only-a")
+    assert page["runs"] == [a, b] and [s["doc"] for s in page["samples"]] == [1]
+    assert "outcome=only-a" in page["link"] and compare_page(f"{a},{b}", "synthetic-arith", "only-a") == page
+    assert len(built) == 1
