@@ -55,16 +55,19 @@ def start_local_workers(count: int) -> list[subprocess.Popen]:
 
 
 def create_app():
-    """The FastAPI app: worker API, /healthz, and the Gradio UI at "/"."""
+    """The FastAPI app: worker API, /healthz, leaderboard downloads (`ui.exports`) and the Gradio UI at "/"."""
     import gradio as gr
 
     from jobs.api import create_api
+    from ui.exports import register_export_route
     from ui.layout import build_demo
 
     demo = build_demo()
     demo.queue(default_concurrency_limit=8)
+    api = create_api()
+    register_export_route(api)  # before the UI is mounted at "/", which would take the path
     return gr.mount_gradio_app(
-        create_api(), demo, path="/",
+        api, demo, path="/",
         css_paths=[ROOT / "static" / "style.css"],
         allowed_paths=[str(ROOT / "static")],
         max_file_size=UPLOAD_LIMIT,

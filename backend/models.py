@@ -99,9 +99,13 @@ class LoadedModel:
 
 
 def load_model(
-    model_id: str, args: HFModelArgs | None = None, log: Callable[[str], None] | None = None
+    model_id: str, args: HFModelArgs | None = None, log: Callable[[str], None] | None = None,
+    offload: bool = False,
 ) -> LoadedModel:
-    """Load `model_id` in eval mode on CUDA + bfloat16 when available, else CPU + float32."""
+    """Load `model_id` in eval mode on CUDA + bfloat16 when available, else CPU + float32.
+
+    `offload`: the weights stay on CPU (in the device's dtype; `device` still names where they are
+    computed): layer-at-a-time pruning then moves one block at a time (`backend.placement`)."""
     import torch
 
     if model_id == NOOP_MODEL:
@@ -110,15 +114,16 @@ def load_model(
     say = _announcer(log)
     device, dtype_name = _device_and_dtype(args.dtype)
     dtype = getattr(torch, dtype_name)
+    home = "cpu" if offload else device
 
     if model_id == SMOLLM2_ID:
-        model, tokenizer, fingerprint, files = _load_smollm2(dtype, device, say)
+        model, tokenizer, fingerprint, files = _load_smollm2(dtype, home, say)
     elif model_id in TINY_RECIPES:
         model, tokenizer, fingerprint, files = _build_tiny(model_id, dtype)
     elif model_id.startswith("builtin:"):
         raise ValueError(f"unknown builtin model {model_id!r}")
     else:
-        model, tokenizer, fingerprint, files = _load_pretrained(model_id, args.revision, dtype, device, say)
+        model, tokenizer, fingerprint, files = _load_pretrained(model_id, args.revision, dtype, home, say)
 
     if model_id.startswith("builtin:"):
         _ensure_chat_template(tokenizer)
@@ -127,9 +132,10 @@ def load_model(
     context = getattr(model.config, "max_position_embeddings", None)
     if context and not 0 < getattr(tokenizer, "model_max_length", 0) < 10**9:
         tokenizer.model_max_length = int(context)  # so callers holding only the tokenizer know the limit
-    model.to(device)
+    model.to(home)
     model.eval()
-    say(f"loaded {model_id} on {device} ({dtype_name}, {count_parameters(model) / 1e6:.1f}M params)")
+    where = f"{device}, weights held on cpu" if offload else device
+    say(f"loaded {model_id} on {where} ({dtype_name}, {count_parameters(model) / 1e6:.1f}M params)")
     return LoadedModel(model, tokenizer, model_id, device, dtype_name, fingerprint, files)
 
 
@@ -181,9 +187,7 @@ def _announcer(log: Callable[[str], None] | None) -> Callable[..., None]:
 
 
 def _device_and_dtype(requested: str) -> tuple[str, str]:
-    import torch
-
-    if torch.cuda.is_available():
+    if settings.use_cuda():
         return "cuda", ("bfloat16" if requested == "auto" else requested)
     return "cpu", ("float32" if requested == "auto" else requested)
 

@@ -85,9 +85,12 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     _seed_everything(config.seed)
 
     reporter.stage("load", f"loading {config.model}")
+    from backend import placement
     from backend.models import load_model
 
-    loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg))
+    placed = placement.plan(config, method_cls)
+    loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg),
+                        offload=placed.offload)
 
     cache_key = prune_cache_key(config, loaded.fingerprint)
     cached = _PRUNE_CACHE.get(cache_key) if settings.prune_cache_enabled() else None
@@ -136,6 +139,8 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     reporter.stage("evaluate", f"evaluating {len(config.tasks)} task(s)")
     from backend.evaluation import evaluate
 
+    device_map = placement.spread(loaded.model, loaded.device) if placed.offload else None
+
     if method_cls.family == "dynamic":  # routers count their decisions during the evaluation only
         from backend.pruning.dynamic import reset_skip_counters
 
@@ -163,10 +168,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
 
         report.details["evaluation_skip"] = evaluation_skip_report(loaded.model)
     reporter.stage("efficiency", "measuring parameters and throughput")
-    from backend.efficiency import measure_efficiency
-
-    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device,
-                                    params_before=report.params_before)
+    efficiency = _efficiency(config, loaded, report.params_before, method_cls.family == "dense", placed, reporter)
     reporter.update(1.0, "done")
     stage_seconds = reporter.finish()
 
@@ -189,6 +191,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         "saved_model": saved_model,
         "resumed_samples": len(completed),
         "pruned_model_reused": cached is not None,
+        "placement": placed.record(device_map),
         **({"recovery": recovery} if recovery is not None else {}),
     }
     return RunResult(
@@ -200,6 +203,28 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         stage_seconds=stage_seconds,
         trace_stats=_trace_stats(evaluation.samples),
     )
+
+
+def _efficiency(config: JobConfig, loaded, params_before: int, dense: bool, placed, reporter: _Reporter) -> dict:
+    """The pruned model's efficiency; for a pruned run also the dense model's speed, measured in this
+    process right after (`backend.efficiency.with_dense_reference`), placed as the pruned one was.
+    The dense weights are loaded again rather than copied before pruning: a copy would double the
+    memory through pruning and evaluation, a reload only briefly (the pruned model is released
+    first; it is not needed after this stage)."""
+    from backend import placement
+    from backend.efficiency import measure_efficiency, measure_speed, with_dense_reference
+
+    efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device, params_before=params_before)
+    if dense or not settings.efficiency_dense_reference():
+        return efficiency
+    reporter.update(0.5, "measuring the dense model side by side")
+    from backend.models import load_model
+
+    loaded.model = None
+    reference = load_model(config.model, config.hf_args(), offload=placed.offload)
+    if placed.offload:
+        placement.spread(reference.model, reference.device)
+    return with_dense_reference(efficiency, measure_speed(reference.model, reference.tokenizer, reference.device))
 
 
 def prune_cache_key(config: JobConfig, fingerprint: str) -> str:

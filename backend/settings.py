@@ -77,6 +77,62 @@ def prune_cache_enabled() -> bool:
     return os.environ.get("PRUNEBOARD_PRUNE_CACHE") == "1"
 
 
+DEFAULT_EFFICIENCY_ITERATIONS = 10
+"""Timed iterations per efficiency figure at least (LLM-Perf's minimum)."""
+DEFAULT_EFFICIENCY_MIN_SECONDS = 10.0
+"""Seconds per efficiency figure at least: iterations go on until both minimums are met."""
+DEFAULT_EFFICIENCY_PROMPT_TOKENS = 256
+DEFAULT_EFFICIENCY_NEW_TOKENS = 64
+
+
+def efficiency_iterations() -> int:
+    """PRUNEBOARD_EFFICIENCY_ITERATIONS (default 10): timed iterations per figure at least."""
+    return max(_int_env("PRUNEBOARD_EFFICIENCY_ITERATIONS", DEFAULT_EFFICIENCY_ITERATIONS), 1)
+
+
+def efficiency_min_seconds() -> float:
+    """PRUNEBOARD_EFFICIENCY_MIN_SECONDS (default 10): seconds of timed iterations per figure at least."""
+    value = os.environ.get("PRUNEBOARD_EFFICIENCY_MIN_SECONDS")
+    return max(float(value), 0.0) if value not in (None, "") else DEFAULT_EFFICIENCY_MIN_SECONDS
+
+
+def efficiency_prompt_tokens() -> int:
+    """PRUNEBOARD_EFFICIENCY_PROMPT_TOKENS (default 256): the probe prompt's length (batch 1)."""
+    return max(_int_env("PRUNEBOARD_EFFICIENCY_PROMPT_TOKENS", DEFAULT_EFFICIENCY_PROMPT_TOKENS), 1)
+
+
+def efficiency_new_tokens() -> int:
+    """PRUNEBOARD_EFFICIENCY_NEW_TOKENS (default 64): greedy tokens decoded per timed decode."""
+    return max(_int_env("PRUNEBOARD_EFFICIENCY_NEW_TOKENS", DEFAULT_EFFICIENCY_NEW_TOKENS), 1)
+
+
+def efficiency_dense_reference() -> bool:
+    """PRUNEBOARD_EFFICIENCY_DENSE (default 1): a pruned run also measures the dense model, loaded
+    again in the same process after the pruned one, so its measured speed-up is a ratio of two
+    figures taken side by side; 0 skips it (the leaderboard then divides by the dense run's own
+    figure, from another process or machine)."""
+    return os.environ.get("PRUNEBOARD_EFFICIENCY_DENSE", "1") != "0"
+
+
+def use_cuda() -> bool:
+    """Whether models are loaded and pruned on CUDA: when torch sees a CUDA device, unless
+    PRUNEBOARD_WORKER_DEVICE=cpu (a worker advertised as a CPU computes on its CPU, so a job that
+    asked for a CPU runs on one; tests compare CUDA runs with CPU runs in one process this way)."""
+    import torch
+
+    return os.environ.get("PRUNEBOARD_WORKER_DEVICE", "").strip().lower() != "cpu" and torch.cuda.is_available()
+
+
+def offload() -> str:
+    """PRUNEBOARD_OFFLOAD: auto (default) | always | never. Where a run's weights live while it is
+    pruned and evaluated (`backend.placement`): `auto` holds a model larger than the GPU on CPU,
+    prunes it one block at a time on the GPU and spreads it over the GPUs for evaluation."""
+    value = (os.environ.get("PRUNEBOARD_OFFLOAD") or "auto").strip().lower()
+    if value not in ("auto", "always", "never"):
+        raise ValueError(f"PRUNEBOARD_OFFLOAD must be auto, always or never, got {value!r}")
+    return value
+
+
 def seed_results() -> bool:
     """PRUNEBOARD_SEED_RESULTS (default 1): an empty database imports the shipped results snapshot
     (results/snapshot.jsonl.gz) when the app starts; 0 leaves it empty."""

@@ -48,7 +48,7 @@ from jobs.states import JobState
 
 __all__ = [
     "FAMILIES", "VIEWS", "CATEGORIES", "META_COLUMNS", "EFFICIENCY_COLUMNS", "BoardFilters", "Board",
-    "filter_options", "board", "export_board",
+    "filter_options", "board", "export_board", "pending_dense",
 ]
 
 FAMILIES = ("dense", "unstructured", "depth", "width", "dynamic")
@@ -132,7 +132,7 @@ def board(session: Session, filters: BoardFilters = BoardFilters(), view: str = 
     shown = [run for run in runs if _matches(run, filters)]
     by_id = {run.job_id: run for run in runs}
     with_dense = {(run.model, run.paradigm) for run in runs if run.family == "dense"}
-    pending = _pending_dense(session, filters.model, filters.paradigm)
+    pending = pending_dense(session, filters.model, filters.paradigm)
 
     tasks_by_group = _column_layout(categories)
     hib_tasks = [t for name, tasks in tasks_by_group.items() if name != "perplexity" for t in tasks]
@@ -395,7 +395,8 @@ def _flag(run: _Run, matched: dict[str, _Run], with_dense: set[tuple[str, str]],
     return ""
 
 
-def _pending_dense(session: Session, model: str | None, paradigm: str | None) -> dict[tuple[str, str], tuple[int, str]]:
+def pending_dense(session: Session, model: str | None = None,
+                  paradigm: str | None = None) -> dict[tuple[str, str], tuple[int, str]]:
     """(model, paradigm) -> (id, state) of the oldest queued or running dense job (baselines on their way)."""
     from backend.pruning import list_methods
 

@@ -7,6 +7,7 @@ DataFrames ready for `ui.plots`:
   from `jobs.trace_stats_json` (computed from the stored samples for runs finished before it existed).
 * `scaling_points`: scores of test-time-scaling tasks against k (`generation.num_samples`: `pass@1`,
   `pass@k`, `maj@k`) or against `generation.thinking_budget` (the primary metric; `pass@1` when k > 1).
+* `speedup_ranges`: the spread of each run's measured speed-up (error bars of the Pareto plot).
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from db.queries import job_trace_stats
 from db.schema import Job, Score
 from jobs.states import JobState
 
-__all__ = ["latest_runs", "thinking_points", "scaling_points", "THINKING_COLUMNS", "SCALING_COLUMNS", "SCALING_AXES"]
+__all__ = ["latest_runs", "thinking_points", "scaling_points", "speedup_ranges", "THINKING_COLUMNS", "SCALING_COLUMNS",
+           "SCALING_AXES", "SPEEDUP_RANGE_COLUMNS"]
 
 THINKING_COLUMNS = ["job_id", "model", "paradigm", "method", "sparsity", "task", "samples",
                     "mean_thinking_tokens", "mean_output_tokens", "accuracy"]
 SCALING_COLUMNS = ["job_id", "model", "paradigm", "method", "sparsity", "task", "metric", "k",
                    "thinking_budget", "value", "series"]
 SCALING_AXES = ("k", "thinking_budget")
+SPEEDUP_RANGE_COLUMNS = ["job_id", "speedup_measured_low", "speedup_measured_high"]
 _AT_K = re.compile(r"^(pass|maj)@(\d+)$")
 
 
@@ -126,6 +129,19 @@ def scaling_points(session: Session, by: str = "k", model: str | None = None,
     first = frame.groupby(keys, sort=True, dropna=False).first().reset_index()
     first["value"] = frame.groupby(keys, sort=True, dropna=False)["value"].mean().values
     return first[SCALING_COLUMNS]
+
+
+def speedup_ranges(session: Session, job_ids: list[int]) -> pd.DataFrame:
+    """Per run of `job_ids` that stored one, the quartile range of its measured decode speed-up
+    (`measured_speedup_range`: probe version 2 with the dense model measured side by side;
+    `SPEEDUP_RANGE_COLUMNS`). Runs of the older one-run probe have no spread and are left out."""
+    rows = []
+    if job_ids:
+        for job_id, efficiency in session.execute(select(Job.id, Job.efficiency_json).where(Job.id.in_(job_ids))):
+            span = (efficiency or {}).get("measured_speedup_range")
+            if isinstance(span, list) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span):
+                rows.append({"job_id": job_id, "speedup_measured_low": span[0], "speedup_measured_high": span[1]})
+    return _frame(rows, SPEEDUP_RANGE_COLUMNS, SPEEDUP_RANGE_COLUMNS[1:])
 
 
 def _task_generation(job: Job, task: str) -> dict[str, Any]:

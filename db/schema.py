@@ -37,7 +37,7 @@ from jobs.states import JobState
 
 __all__ = [
     "Base", "Job", "Score", "Sample", "SampleCheckpoint", "Trace", "utcnow", "JOB_STATE_TYPE",
-    "SAMPLE_PREVIEW_CHARS", "Deployment", "WorkerToken", "WorkerRecord", "AuditEntry",
+    "SAMPLE_PREVIEW_CHARS", "Deployment", "WorkerToken", "WorkerRecord", "AuditEntry", "ResultsVersion",
 ]
 
 SAMPLE_PREVIEW_CHARS = 2000
@@ -289,3 +289,13 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any] | None]
 
     __table_args__ = (Index("ix_audit_log_actor_action_at", "actor", "action", "at"),)  # daily quota counts
+
+
+class ResultsVersion(Base):
+    """One row (id 1): a counter bumped with every change to the stored results (`db.results_version`)."""
+
+    __tablename__ = "results_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -39,6 +39,7 @@ from sqlalchemy import func, or_, select
 
 from backend import settings
 from backend.config import JobConfig, config_hash
+from db import results_version
 from db.schema import AuditEntry, Job, utcnow
 from db.session import read_session, write_session
 from jobs import queue
@@ -245,6 +246,7 @@ def delete_run(admin: User, job_id: int, reason: str) -> dict[str, Any]:
                    "method": job.method, "sparsity": job.sparsity, "config_hash": job.config_hash,
                    "submitter": job.submitter}
         session.delete(job)  # scores, samples, traces and checkpoints go with it (ON DELETE CASCADE)
+        results_version.bump(session)
         session.add(AuditEntry(at=utcnow(), actor=admin.submitter, action="delete", job_id=job_id, detail=summary))
     return summary
 
@@ -374,6 +376,7 @@ def _set_hidden(admin: User, job_id: int, reason: str, hidden: bool) -> None:
         if job is None:
             raise JobNotFound(job_id)
         job.hidden = hidden
+        results_version.bump(session)
         session.add(AuditEntry(at=utcnow(), actor=admin.submitter, action="hide" if hidden else "unhide",
                                job_id=job_id, detail={"reason": reason}))
 

@@ -44,6 +44,7 @@ from sqlalchemy import select
 
 from backend.defaults import DEFAULTS_VERSION, pin_changed_defaults
 from backend.result import SampleRecord, ScoreRecord
+from db import results_version
 from db.schema import Deployment, Job, Sample, Score, Trace, utcnow
 from jobs.states import JobState
 
@@ -549,4 +550,6 @@ def _import_prepared(session, prepared: list[_Prepared]) -> dict[str, int]:
         write_results(session, job.id, [], item.samples)
         present.add(item.run.origin_id)
         imported += 1
+    if imported:
+        results_version.bump(session)
     return {"imported": imported, "skipped": skipped}

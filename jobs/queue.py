@@ -22,6 +22,7 @@ from backend.result import RunResult, SampleRecord
 from backend.scoring import SCORER_VERSION
 from backend.taskdata.availability import check_submission
 from backend.trace_stats import trace_stats
+from db import results_version
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
 from jobs.resources import Capabilities, claim_filter, job_requirements
@@ -302,6 +303,7 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
             return False
         write_results(session, job_id, result.scores, result.samples)
         session.execute(delete(SampleCheckpoint).where(SampleCheckpoint.job_id == job_id))
+        results_version.bump(session)
     logger.info("job %d succeeded (%d scores, %d samples)", job_id, len(result.scores), len(result.samples))
     from jobs.run_files import log_finished_run  # optional W&B / Trackio logging; nothing when unset
 

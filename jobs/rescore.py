@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 
 from backend.result import SampleRecord
+from db import results_version
 from db.schema import Job, Sample, Score, Trace
 from db.session import write_session
 from jobs.states import InvalidTransition, JobNotFound, JobState
@@ -80,6 +81,7 @@ def rescore(job_id: int) -> dict[str, Any]:
             job.manifest_json = {**manifest, "tasks": task_manifests}
         session.flush()
         job.trace_stats_json = job_trace_stats(session, job_id)
+        results_version.bump(session)
     changed = sum(r.get("changed", 0) for r in reports)
     logger.info("job %d rescored with scorer %s (%d sample(s) changed)", job_id, scoring.SCORER_VERSION, changed)
     return {"id": job_id, "scorer_version": scoring.SCORER_VERSION, "tasks": reports}

@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # Models are cached across tests and runs (downloads and conversions are slow); never committed.
 TEST_MODEL_CACHE = ROOT / "var" / "test-cache"
+SHORT_EFFICIENCY_PROBE = {"PRUNEBOARD_EFFICIENCY_ITERATIONS": "2", "PRUNEBOARD_EFFICIENCY_MIN_SECONDS": "0",
+                          "PRUNEBOARD_EFFICIENCY_PROMPT_TOKENS": "32", "PRUNEBOARD_EFFICIENCY_NEW_TOKENS": "8"}
+"""Every run's efficiency probe in tests: 2 iterations, no minimum time (the defaults time each figure
+for at least 10 iterations and 10 s)."""
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +34,8 @@ def isolated_home(tmp_path, monkeypatch, request):
     monkeypatch.setenv("PRUNEBOARD_SEED_RESULTS", "0")  # likewise: the shipped snapshot stays out
     for logger_setting in ("WANDB_API_KEY", "PRUNEBOARD_TRACKIO_PROJECT"):  # no test logs to a real tracker
         monkeypatch.delenv(logger_setting, raising=False)
+    for name, value in SHORT_EFFICIENCY_PROBE.items():
+        monkeypatch.setenv(name, value)
     if SHARED_DATA.is_dir():
         monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(SHARED_DATA))
     return home

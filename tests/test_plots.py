@@ -60,6 +60,17 @@ def test_pareto_figure_highlights_the_front():
     assert by_params.layout.xaxis.title.text == "Parameters (millions)"
 
 
+def test_pareto_error_bars_show_the_measured_spread_where_known():
+    frame = board_frame().assign(speedup_measured_low=[None, 1.3, 1.1, None],
+                                 speedup_measured_high=[None, 1.6, 1.25, None])
+    runs, front = plots.pareto_figure(frame, "speedup_measured", "acc").data
+    assert list(runs.error_x.array) == [None, pytest.approx(0.2), pytest.approx(0.05), None]
+    assert list(runs.error_x.arrayminus) == [None, pytest.approx(0.1), pytest.approx(0.1), None]
+    assert runs.error_x.symmetric is False
+    assert list(front.x) == [1.0, 1.2, 1.3, 1.4] and list(front.error_x.arrayminus)[1] == pytest.approx(0.1)
+    assert plots.pareto_figure(board_frame(), "speedup_measured", "acc").data[0].error_x.array is None
+
+
 def test_heatmap_is_method_by_task_without_dense_rows():
     frame = pd.DataFrame([
         {"method": "dense", "family": "dense", "sparsity": 0.0, "a": 0.0, "b": 0.0},
@@ -132,11 +143,13 @@ def test_message_figure_escapes_its_text():
 # --- db.plot_data on a seeded database ---------------------------------------------------------
 
 
-def seed(config: dict, scores: list[ScoreRecord], samples: list[SampleRecord] = ()) -> int:
+def seed(config: dict, scores: list[ScoreRecord], samples: list[SampleRecord] = (),
+         efficiency: dict | None = None) -> int:
     job, _ = queue.submit(validate_config(config))
     claimed = queue.claim_next("test-worker")
     assert claimed is not None and claimed.id == job.id
-    result = RunResult(scores=scores, samples=list(samples), efficiency={}, prune_report={}, manifest={})
+    result = RunResult(scores=scores, samples=list(samples), efficiency=efficiency or {}, prune_report={},
+                       manifest={})
     assert queue.complete(job.id, claimed.attempts, result)
     return job.id
 
@@ -230,3 +243,27 @@ def test_plot_figures_from_the_board():
     assert plots.is_message_figure(pareto)  # no efficiency figures were stored
     assert list(heatmap.data[0].y) == ["magnitude @ 50%"] and math.isclose(heatmap.data[0].z[0][0], -0.2)
     assert plots.is_message_figure(thinking) and plots.is_message_figure(scaling)
+
+
+def test_pareto_from_the_board_has_error_bars_for_runs_measured_side_by_side():
+    from ui import board
+
+    def pruned(method: str, speedup: float, span: list[float] | None) -> dict:
+        efficiency = {"decode_tokens_per_s": 10.0 * speedup, "measured_speedup": speedup, "device_name": "cpu"}
+        if span is not None:
+            efficiency.update(probe_version=2, measured_speedup_range=span)
+        return efficiency
+
+    config = {"model": "builtin:tiny-llama", "tasks": ["synthetic-mc"]}
+    seed(config, [ScoreRecord("synthetic-mc", "acc", 0.8, None, True, True, "k")],
+         efficiency={"decode_tokens_per_s": 10.0, "device_name": "cpu"})
+    seed({**config, "pruning": {"method": "magnitude", "sparsity": 0.5}},
+         [ScoreRecord("synthetic-mc", "acc", 0.6, None, True, True, "k")],
+         efficiency=pruned("magnitude", 1.5, [1.4, 1.7]))
+    seed({**config, "pruning": {"method": "wanda", "sparsity": 0.5}},  # the older probe: no spread
+         [ScoreRecord("synthetic-mc", "acc", 0.5, None, True, True, "k")], efficiency=pruned("wanda", 1.2, None))
+    _, pareto, *_ = board.plot_figures(score_column="synthetic-mc")
+    runs = pareto.data[0]
+    by_x = {x: (plus, minus) for x, plus, minus in zip(runs.x, runs.error_x.array, runs.error_x.arrayminus)}
+    assert by_x[1.5] == (pytest.approx(0.2), pytest.approx(0.1))
+    assert by_x[1.2] == (None, None) and by_x[1.0] == (None, None)

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -86,20 +83,56 @@ def test_sort_keeps_the_dense_baseline_pinned(runs):
     assert "synthetic-mc" in view.sort_choices
 
 
+def _export(fmt: str, *widgets) -> tuple[str, str]:
+    """The download the links of `board_view(*widgets)` point at, fetched as a browser would."""
+    from urllib.parse import parse_qs
+
+    from ui.exports import export_file, export_query
+
+    params = {name: values[-1] for name, values in parse_qs(export_query(*widgets)).items()}
+    params["families"] = parse_qs(export_query(*widgets)).get("families", [])
+    return export_file(fmt, params)
+
+
 def test_exports_equal_the_shown_table(runs):
     import gradio as gr
 
-    view = board.board_view(families=["dense", "unstructured"], sort_by="synthetic-mc", view="delta")
+    widgets = (None, None, ["dense", "unstructured"], 0.0, 1.0, None, "any", "", "delta", "synthetic-mc",
+               "best first")
+    view = board.board_view(*widgets)
     shown = gr.Dataframe(interactive=False).postprocess(view.table)
-    exported = pd.read_csv(view.csv_path)
+    name, text = _export("csv", *widgets)
+    assert name == "pruneboard-leaderboard-delta.csv"
+    exported = pd.read_csv(io.StringIO(text))
     assert list(exported.columns) == shown.headers
     assert exported["job_id"].tolist() == [row[shown.headers.index("job_id")] for row in shown.data]
+    assert set(exported["family"]) == {"dense", "unstructured"}
     column = shown.headers.index("synthetic-mc")
     for row, value in zip(shown.data, exported["synthetic-mc"]):
         assert (pd.isna(value) and row[column] is None) or row[column] == pytest.approx(value)
-    records = json.loads(Path(view.json_path).read_text(encoding="utf-8"))
+    records = json.loads(_export("json", *widgets)[1])
     assert [r["job_id"] for r in records] == exported["job_id"].tolist()
     assert records[1]["synthetic-mc"] == pytest.approx(exported["synthetic-mc"][1])
+
+
+def test_export_links_carry_the_widget_values_escaped():
+    from ui.exports import export_links
+
+    links = export_links("m<x>", None, ["depth", "width"], 0.1, 0.5, None, "any", 'a"b&c', "raw", None, None)
+    assert 'id="pb-board-csv"' in links and 'id="pb-board-json"' in links
+    assert "families=depth&amp;families=width" in links and "<x>" not in links and 'a"b' not in links
+    assert 'href="export/leaderboard.csv?model=m%3Cx%3E' in links
+
+
+def test_a_refresh_writes_no_files(runs, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    board.board_view()
+    board.board_view(view="delta")
+    assert list(scratch.iterdir()) == []
 
 
 def test_styled_table_colours_better_cells_greener(runs):
@@ -174,13 +207,6 @@ def test_make_filters_maps_widget_values():
     assert filters.calibration is None and filters.recovery is False and filters.search == "x"
 
 
-def test_written_exports_are_readable(tmp_path, runs):
-    shown = board.board_view().board
-    csv_path, json_path = board.write_exports(shown, "raw", tmp_path)
-    assert pd.read_csv(io.StringIO(Path(csv_path).read_text()))["job_id"].tolist() == shown.frame["job_id"].tolist()
-    assert len(json.loads(Path(json_path).read_text())) == len(shown.frame)
-
-
 def test_job_at_row_prefers_the_clicked_row_values(runs):
     frame = board.board_view().board.frame
     clicked = frame.iloc[2].tolist()
@@ -202,74 +228,6 @@ def test_fork_without_a_run_says_what_to_do(runs):
     assert "Open a run first" in message
     text, selected, _ = _fork(runs["dense"])
     assert "model: builtin:tiny-llama" in text and selected.selected == "submit"
-
-
-def test_threads_exporting_the_same_board_at_once_all_succeed(tmp_path, runs):
-    """The app serves several requests per process: simultaneous writes of one export must not collide."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Barrier
-
-    shown = board.board_view().board
-    threads = 8
-    for attempt in range(5):
-        folder = tmp_path / str(attempt)  # a fresh folder: every thread finds the files missing
-        barrier = Barrier(threads)
-
-        def export(_):
-            barrier.wait()
-            return board.write_exports(shown, "raw", folder)
-
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(export, range(threads)))
-        assert len(set(results)) == 1
-        assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in results[0])
-
-
-def test_writing_exports_removes_only_its_own_stale_files(tmp_path, runs):
-    shown = board.board_view().board
-    folder = tmp_path / "exports"
-    folder.mkdir()
-    long_ago = time.time() - board.EXPORT_RETENTION_S - 60
-    stale = folder / "pruneboard-leaderboard-delta-0123456789ab.csv"
-    stale_part = folder / "pruneboard-leaderboard-raw-0123456789ab.jsonk3_x9.part"  # an interrupted write
-    fresh = folder / "pruneboard-leaderboard-retained-abcdef012345.json"
-    foreign = folder / "notes.csv"  # old, but not ours
-    for path in (stale, stale_part, fresh, foreign):
-        path.write_text("x")
-    for path in (stale, stale_part, foreign):
-        os.utime(path, (long_ago, long_ago))
-
-    written = board.write_exports(shown, "raw", folder)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([fresh.name, foreign.name, *(Path(p).name for p in written)])
-
-
-def test_reused_exports_are_renewed_so_cleanup_keeps_them(tmp_path, runs):
-    """An unchanged board reuses its files; reuse renews them, else another request's cleanup could
-    delete a file just handed out for download."""
-    shown = board.board_view().board
-    first = board.write_exports(shown, "raw", tmp_path)
-    nearly_stale = time.time() - board.EXPORT_RETENTION_S + 60
-    for path in first:
-        os.utime(path, (nearly_stale, nearly_stale))
-    before = time.time()
-    assert board.write_exports(shown, "raw", tmp_path) == first
-    assert all(Path(p).stat().st_mtime >= before - 1 for p in first)
-    assert board.remove_stale_exports(tmp_path, max_age_s=30) == 0
-
-
-def test_stale_export_cleanup_tolerates_files_removed_meanwhile(tmp_path, monkeypatch):
-    stale = tmp_path / "pruneboard-leaderboard-raw-0123456789ab.csv"
-    stale.write_text("x")
-    os.utime(stale, (0, 0))
-    real_unlink = os.unlink
-
-    def racing_unlink(path):  # another process deletes the file first
-        real_unlink(path)
-        real_unlink(path)
-
-    monkeypatch.setattr(os, "unlink", racing_unlink)
-    assert board.remove_stale_exports(tmp_path) == 0 and not stale.exists()
-    assert board.remove_stale_exports(tmp_path / "missing") == 0
 
 
 def test_random_test_models_are_labelled_wherever_their_results_show(runs):

@@ -2,23 +2,18 @@
 chosen filters and view, sort and colour it, export exactly the shown table, open a run's detail,
 fork its config, and read the data behind each plot.
 
-The table shown is `Board.frame` after `sort_board`; the CSV/JSON exports are `export_board` of that
-same Board, written on every refresh, so a download is always what is on screen. Text that came from
-users or models reaches Markdown only through `ui.services.escape`; JSON and YAML go to code boxes.
+The table shown is `Board.frame` after `sort_board`; the CSV/JSON exports (`ui.exports`) are
+`export_board` of the Board the same widget values give, built when a download is asked for, so a
+download is always what is on screen. Text that came from users or models reaches Markdown only
+through `ui.services.escape`; JSON and YAML go to code boxes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import re
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,12 +27,13 @@ from db.session import read_session
 from jobs import access
 from jobs.access import ANONYMOUS, User
 from ui import plots
+from ui.efficiency_view import efficiency_markdown
 from ui.services import escape
+from ui.view_cache import cached
 
 __all__ = [
     "ALL", "RECOVERY_CHOICES", "VIEW_CHOICES", "ORDER_CHOICES", "PINNED_ORDER", "make_filters", "load_board",
-    "sort_choices", "sort_board", "arrange_columns", "styled", "summary_markdown", "legend_markdown", "write_exports",
-    "EXPORT_RETENTION_S", "remove_stale_exports",
+    "sort_choices", "sort_board", "arrange_columns", "styled", "summary_markdown", "legend_markdown",
     "BoardView", "board_view", "RunDetail", "run_detail", "fork_config", "job_at_row", "PlotData",
     "plot_data_for", "plot_figures", "score_columns", "busiest_setting", "filter_choices",
 ]
@@ -211,77 +207,6 @@ def legend_markdown(board: lb.Board) -> str:
     return "\n".join(lines)
 
 
-EXPORT_RETENTION_S = 3600.0
-"""Exports older than this are deleted on the next write: Gradio copies a file into its own cache as
-soon as the event returns it, so ours are only needed briefly, and a long-running Space must not
-fill its disk with one file per distinct board shown."""
-
-_EXPORT_PREFIX = "pruneboard-leaderboard-"
-_EXPORT_NAME = re.compile(re.escape(_EXPORT_PREFIX) + r".*-[0-9a-f]{12}\.(?:csv|json)(?:\w*\.part)?")
-"""Names `write_exports` creates: finished exports and `.part` files left by an interrupted write."""
-
-
-def remove_stale_exports(folder: str | Path, max_age_s: float = EXPORT_RETENTION_S) -> int:
-    """Delete this module's export files in `folder` last modified more than `max_age_s` ago.
-
-    Other files are never touched. Another thread or process may clean the same folder at once, so a
-    file that vanishes meanwhile is skipped. Returns how many files this call removed.
-    """
-    cutoff = time.time() - max_age_s
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        if not _EXPORT_NAME.fullmatch(entry.name):
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                continue
-            os.unlink(entry.path)
-            removed += 1
-        except FileNotFoundError:
-            continue  # removed by a concurrent cleanup
-        except OSError as error:  # a cleanup failure must not break the board refresh
-            logger.warning("could not remove stale export %s: %s", entry.path, error)
-    return removed
-
-
-def write_exports(board: lb.Board, view: str, directory: str | Path | None = None) -> tuple[str, str]:
-    """(csv path, json path) of `export_board(board, ...)` under the temporary directory.
-
-    Names carry a hash of the content: concurrent refreshes with other filters never overwrite a file
-    another user is about to download, and refreshing an unchanged board writes nothing new (the
-    existing file's time is renewed so cleanup keeps it). Each call first removes exports older than
-    `EXPORT_RETENTION_S` (`remove_stale_exports`)."""
-    folder = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / "pruneboard-exports"
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_exports(folder)
-    paths = []
-    for fmt in ("csv", "json"):
-        text = lb.export_board(board, fmt)
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        path = folder / f"{_EXPORT_PREFIX}{view}-{digest}.{fmt}"
-        if not _renew(path):
-            # a unique temporary name per write: threads of one process may export the same board at once
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".part")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)  # atomic: a reader never sees a half-written file
-        paths.append(str(path))
-    return paths[0], paths[1]
-
-
-def _renew(path: Path) -> bool:
-    """Mark an existing export as just used (its mtime is now); False when there is none."""
-    try:
-        os.utime(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 @dataclass
 class BoardView:
     """Everything the Leaderboard tab shows for one set of widget values."""
@@ -291,8 +216,6 @@ class BoardView:
     """`styled(board)`, or the bare (empty) frame when there are no rows."""
     summary: str
     legend: str
-    csv_path: str
-    json_path: str
     sort_choices: list[str]
 
 
@@ -301,11 +224,9 @@ def board_view(model=None, paradigm=None, families=None, sparsity_min=None, spar
     view = view if view in lb.VIEWS else "raw"
     filters = make_filters(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search)
     board = arrange_columns(with_references(sort_board(load_board(filters, view), sort_by, order)))
-    csv_path, json_path = write_exports(board, view)
     table = styled(board, view) if len(board.frame) else board.frame
     return BoardView(board=board, table=table, summary=summary_markdown(board, filters, view),
-                     legend=legend_markdown(board), csv_path=csv_path, json_path=json_path,
-                     sort_choices=sort_choices(board))
+                     legend=legend_markdown(board), sort_choices=sort_choices(board))
 
 
 def with_references(board: lb.Board) -> lb.Board:
@@ -324,7 +245,12 @@ def with_references(board: lb.Board) -> lb.Board:
 
 
 def filter_choices() -> dict[str, Any]:
-    """`db.leaderboard.filter_options` with "(all)" first in the dropdown lists."""
+    """`db.leaderboard.filter_options` with "(all)" first in the dropdown lists (cached per results state)."""
+    options = cached(("filter_choices",), _filter_choices)
+    return {key: list(value) if isinstance(value, list) else value for key, value in options.items()}  # own lists
+
+
+def _filter_choices() -> dict[str, Any]:
     with read_session() as session:
         options = lb.filter_options(session)
     return {**options, "models": [ALL, *options["models"]], "paradigms": [ALL, *options["paradigms"]],
@@ -333,7 +259,12 @@ def filter_choices() -> dict[str, Any]:
 
 def busiest_setting() -> tuple[str, str]:
     """(model, paradigm) with the most runs on the board, or ("(all)", "(all)") when it is empty: the
-    plots' default, since curves of different models or paradigms do not belong on one axis."""
+    plots' default, since curves of different models or paradigms do not belong on one axis (cached
+    per results state)."""
+    return cached(("busiest_setting",), _busiest_setting)
+
+
+def _busiest_setting() -> tuple[str, str]:
     with read_session() as session:
         frame = lb.board(session).frame
     if frame.empty:
@@ -404,6 +335,7 @@ def run_detail(job_id: float | int | None, user: User = ANONYMOUS) -> RunDetail:
         lines += ["", "| task | metric | value | stderr |", "|---|---|---|---|"]
         lines += [f"| {escape(s['task'])} | {escape(s['metric'])} | {_fmt(s['value'])} | {_fmt(s['stderr'])} |"
                   for s in primary]
+    lines += efficiency_markdown(detail["efficiency"])
     report = detail["prune_report"] or {}
     details = report.get("details") if isinstance(report.get("details"), dict) else {}
     chosen = {key: details[key] for key in _CHOSEN_KEYS if key in details}
@@ -469,16 +401,20 @@ class PlotData:
     delta: lb.Board
     thinking: pd.DataFrame
     scaling: pd.DataFrame
+    speedup_ranges: pd.DataFrame
+    """`db.plot_data.speedup_ranges` of the raw board's runs (error bars of the measured speed-up)."""
 
 
 def plot_data_for(model: str | None = None, paradigm: str | None = None, scaling_by: str = "k") -> PlotData:
     filters = make_filters(model, paradigm)
     with read_session() as session:
+        raw = lb.board(session, filters, "raw")
         return PlotData(
-            raw=lb.board(session, filters, "raw"),
+            raw=raw,
             delta=lb.board(session, filters, "delta"),
             thinking=plot_data.thinking_points(session, filters.model, filters.paradigm),
             scaling=plot_data.scaling_points(session, scaling_by, filters.model, filters.paradigm),
+            speedup_ranges=plot_data.speedup_ranges(session, [int(i) for i in raw.frame["job_id"]]),
         )
 
 
@@ -521,7 +457,8 @@ def plot_figures(model: str | None = None, paradigm: str | None = None, score_co
     sparsity = plots.sparsity_figure(_labelled(raw) if not raw.empty else raw, column,
                                      data.raw.higher_is_better.get(column, True))
     pareto_y = column if data.raw.higher_is_better.get(column, True) else "average"
-    pareto = plots.pareto_figure(_labelled(raw) if not raw.empty else raw, pareto_x, pareto_y)
+    with_ranges = raw.merge(data.speedup_ranges, on="job_id", how="left") if not raw.empty else raw
+    pareto = plots.pareto_figure(_labelled(with_ranges) if not raw.empty else raw, pareto_x, pareto_y)
     # perplexity deltas are in other units (and often far larger): they would wash out the colour scale
     tasks = [c for name, cols in data.delta.column_groups.items() if name not in ("overall", "efficiency", "perplexity")
              for c in cols if not c.endswith(" avg")]

@@ -97,7 +97,10 @@ def sparsity_figure(frame: pd.DataFrame, column: str, higher_is_better: bool = T
 
 
 def pareto_figure(frame: pd.DataFrame, x_column: str, y_column: str) -> go.Figure:
-    """Score vs speed-up or parameter count; the Pareto-optimal runs joined by a highlighted line."""
+    """Score vs speed-up or parameter count; the Pareto-optimal runs joined by a highlighted line.
+
+    Where `frame` has `<x_column>_low` and `<x_column>_high` (the measured speed-up's quartile range),
+    points carry them as horizontal error bars; runs without them (the older one-run probe) have none."""
     title, x_up = PARETO_AXES.get(x_column, (x_column, True))
     if frame.empty or not {x_column, y_column} <= set(frame.columns):
         return message_figure(f"No runs with both {title.lower()} and {y_column} yet: "
@@ -108,24 +111,49 @@ def pareto_figure(frame: pd.DataFrame, x_column: str, y_column: str) -> go.Figur
                               "finished runs report efficiency figures; refresh when some have.")
     labels = [run_label(m, s) for m, s in zip(data["method"], data["sparsity"])]
     front = pareto_front(data[x_column].tolist(), data[y_column].tolist(), maximize_x=x_up)
+    bars = _ErrorBars(data, x_column)
     figure = go.Figure()
     figure.add_trace(go.Scatter(
         x=data[x_column], y=data[y_column], mode="markers", name="runs", text=labels,
-        marker=dict(size=9, color="#9aa5b1"),
+        marker=dict(size=9, color="#9aa5b1"), error_x=bars(range(len(data)), "#9aa5b1"),
         hovertemplate="%{text}<br>x %{x:.4g}<br>y %{y:.4g}<extra></extra>",
     ))
     figure.add_trace(go.Scatter(
         x=data.loc[front, x_column], y=data.loc[front, y_column], mode="lines+markers+text", name="Pareto front",
         text=[labels[i] for i in front], textposition="top center", cliponaxis=False,
         marker=dict(size=12, color="#d1495b", line=dict(width=1, color="#222")), line=dict(color="#d1495b"),
+        error_x=bars(front, "#d1495b"),
         hovertemplate="%{text}<br>x %{x:.4g}<br>y %{y:.4g}<extra>Pareto front</extra>",
     ))
     low, high = float(data[x_column].min()), float(data[x_column].max())
+    if bars.known:
+        low, high = min(low, float(data[f"{x_column}_low"].min())), max(high, float(data[f"{x_column}_high"].max()))
     pad = 0.12 * (high - low) or 0.1 * abs(high) or 1.0  # room for the labels at both ends
     figure.update_layout(**_LAYOUT, title=f"{_escape(y_column)} vs {title.lower()}",
                          xaxis=dict(title=title, range=[low - pad, high + pad]), yaxis=dict(title=_escape(y_column)))
     figure.layout.meta = {"front": [int(i) for i in front]}
     return figure
+
+
+class _ErrorBars:
+    """Plotly `error_x` of chosen rows from `<column>_low` / `<column>_high` (None where unknown)."""
+
+    def __init__(self, data: pd.DataFrame, column: str):
+        present = {f"{column}_low", f"{column}_high"} <= set(data.columns)
+        self.plus = (data[f"{column}_high"] - data[column]).tolist() if present else []
+        self.minus = (data[column] - data[f"{column}_low"]).tolist() if present else []
+        self.known = present and data[f"{column}_low"].notna().any()
+
+    def __call__(self, rows, colour: str) -> dict | None:
+        if not self.known:
+            return None
+        rows = list(rows)
+        return dict(type="data", symmetric=False, color=colour, thickness=1.2, width=4,
+                    array=[_or_none(self.plus[i]) for i in rows], arrayminus=[_or_none(self.minus[i]) for i in rows])
+
+
+def _or_none(value) -> float | None:
+    return float(value) if _finite(value) else None
 
 
 def heatmap_figure(frame: pd.DataFrame, columns: Sequence[str]) -> go.Figure:

@@ -56,7 +56,7 @@ class PruningMethod(abc.ABC):
     """A pruning method: `prune` changes the model in place and reports what it did.
 
     Class attributes: `name` (registry key), `family` (dense | unstructured | depth | width | dynamic),
-    `Params` (pydantic model of method-specific knobs), `needs_calibration`, `description`.
+    `Params` (pydantic model of method-specific knobs), `needs_calibration`, `description`, `layerwise`.
     """
 
     name: ClassVar[str]
@@ -65,6 +65,9 @@ class PruningMethod(abc.ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     needs_calibration: ClassVar[bool] = False
     sparsity_meaning: ClassVar[str] = "fraction of weights set to zero"
+    layerwise: ClassVar[bool] = False
+    """Prunes one decoder block at a time (`backend.pruning.sequential.replay_layers`) and runs nothing
+    else on the accelerator, so the model's weights may stay on CPU (`backend.placement`: offload)."""
 
     @classmethod
     def check_sparsity(cls, sparsity: float) -> None:

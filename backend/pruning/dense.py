@@ -24,6 +24,7 @@ class Dense(PruningMethod):
     family = "dense"
     description = "no pruning: the baseline"
     sparsity_meaning = "none (must be 0)"
+    layerwise = True  # nothing to do on any device
 
     @classmethod
     def check_sparsity(cls, sparsity: float) -> None:

@@ -62,6 +62,7 @@ class Magnitude(PruningMethod):
     family = "unstructured"
     description = "unstructured or N:M magnitude pruning, per-matrix threshold (Han et al. 2015)"
     Params = MagnitudeParams
+    layerwise = True  # masks each matrix where it lies; allocations replay one block at a time
 
     @classmethod
     def check_params(cls, sparsity: float, params: BaseModel) -> None:

@@ -112,10 +112,13 @@ def _to(obj: Any, device: "torch.device") -> Any:
 
 
 def default_device(model: "nn.Module") -> "torch.device":
-    """CUDA when present (one block at a time goes there), else where the model is."""
+    """CUDA when the worker computes on it (`settings.use_cuda`: one block at a time goes there), else
+    where the model is."""
     import torch
 
-    if torch.cuda.is_available():
+    from backend import settings
+
+    if settings.use_cuda():
         return torch.device("cuda")
     return next(model.parameters()).device
 

@@ -151,6 +151,7 @@ class MaskPruningMethod(PruningMethod):
 
     family = "unstructured"
     needs_calibration = True
+    layerwise = True
     Params = SparsityParams
     comparison_group: str = ""
 

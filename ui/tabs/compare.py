@@ -2,13 +2,15 @@
 (`?tab=compare&runs=1,2&task=gsm8k&outcome=only-a&doc=3`). Rendering lives in `ui.compare_view`.
 
 One callback (`_render`) turns the whole state into every output, so each event only says what it
-changes; user events use `.input` (programmatic updates do not re-trigger them)."""
+changes; user events use `.input` (programmatic updates do not re-trigger them). Views are answered
+from the view cache (`ui.view_cache`), so a page others are reading costs no queries or bootstrap."""
 from __future__ import annotations
 
 import gradio as gr
 
 from ui import compare_view
 from ui.compare_view import CompareQuery
+from ui.view_cache import cached
 
 
 def build(shared) -> None:
@@ -58,7 +60,7 @@ def _render(runs, task, outcome, search, page, doc, pair) -> list:
     query = CompareQuery(runs=[int(r) for r in (runs or [])][:compare_view.MAX_RUNS], task=task,
                          outcome=outcome or "all", search=(search or "").strip(), page=int(page or 1),
                          doc=None if doc is None else int(doc))
-    view = compare_view.build_view(query, pair)
+    view = _view(query, pair)
     q = view.query
     pair_value = pair if pair in view.pairs else (view.pairs[0] if view.pairs else None)
     has_rows = len(view.rows) > 0
@@ -73,6 +75,23 @@ def _render(runs, task, outcome, search, page, doc, pair) -> list:
         view.prev_doc, view.next_doc,
         _link(q) if len(q.runs) >= 2 and has_rows else "",
     ]
+
+
+def _view(query: CompareQuery, pair: str | None) -> compare_view.CompareView:
+    key = ("compare", tuple(query.runs), query.task, query.outcome, query.search, query.page, query.doc, pair)
+    return cached(key, lambda: compare_view.build_view(query, pair))
+
+
+def compare_page(runs: str, task: str = "", outcome: str = "all", page: int = 1, doc: int | None = None) -> dict:
+    """The compare view a shared link (`?tab=compare&runs=3,7&task=gsm8k&outcome=all&page=1&doc=12`)
+    opens, for scripts: header and sample HTML, the listed samples and the link. Served from the
+    same cache as the tab (API name `compare`)."""
+    params = {"runs": runs, "task": task, "outcome": outcome, "page": page, "doc": doc}
+    query = compare_view.parse_query({k: v for k, v in params.items() if v not in (None, "")})
+    view = _view(query, None)
+    return {"runs": view.query.runs, "task": view.query.task, "page": view.query.page, "pages": view.pages,
+            "header": view.header, "samples": view.rows.to_dict(orient="records"), "sample": view.sample,
+            "link": compare_view.query_string(view.query)}
 
 
 def _link(query: CompareQuery) -> str:
@@ -107,6 +126,7 @@ def wire(shared, demo) -> None:
           trigger_mode="always_last")
     shared.compare_refresh.click(same, [*state, shared.compare_page, shared.compare_doc, shared.compare_pair],
                                  outputs, api_name=False)
+    gr.api(compare_page, api_name="compare")
     shared.compare_page_prev.click(lambda r, t, o, s, p, pair: _render(r, t, o, s, int(p) - 1, None, pair),
                                    [*state, shared.compare_page, shared.compare_pair], outputs, api_name=False)
     shared.compare_page_next.click(lambda r, t, o, s, p, pair: _render(r, t, o, s, int(p) + 1, None, pair),

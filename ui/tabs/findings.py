@@ -1,10 +1,12 @@
-"""Findings tab: each seed finding, whether the stored results support it, and the numbers behind it."""
+"""Findings tab: each seed finding, whether the stored results support it, and the numbers behind it
+(answered from the view cache, `ui.view_cache`: the verdicts' bootstraps run once per results state)."""
 from __future__ import annotations
 
 import gradio as gr
 
 from ui import services
 from ui.equal_cost import MEASURE_CHOICES
+from ui.view_cache import cached
 
 
 PAIRING_CHOICES = [("Each finding's measured cost", "auto"), *MEASURE_CHOICES,
@@ -39,7 +41,9 @@ def build(shared) -> None:
 
 
 def _view(model, paradigm, pairing):
-    return services.findings_html(model, paradigm, pairing), gr.update(choices=services.findings_models())
+    text, models = cached(("findings", model, paradigm, pairing),
+                          lambda: (services.findings_html(model, paradigm, pairing), tuple(services.findings_models())))
+    return text, gr.update(choices=list(models))
 
 
 def wire(shared, demo) -> None:

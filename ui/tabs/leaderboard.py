@@ -1,7 +1,13 @@
 """Leaderboard tab: filters, view, sort, the coloured method x task table, exports, a run's detail,
 "rerun / fork this config", its lm-eval files and "publish to the Hub" (logic in `ui.board` and
-`ui.run_actions`)."""
+`ui.run_actions`, downloads in `ui.exports`).
+
+A refresh is answered from the view cache (`ui.view_cache`): the table is kept as the value Gradio
+sends (cells, display strings and styles), so a cached answer costs neither the board's queries
+nor rendering the styled table again."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -9,6 +15,8 @@ from db.leaderboard import FAMILIES
 from ui import board as svc
 from ui import run_actions
 from ui.auth import user_from
+from ui.exports import export_links
+from ui.view_cache import cached
 
 
 def build(shared) -> None:
@@ -38,9 +46,7 @@ def build(shared) -> None:
     shared.board_note = gr.Markdown(elem_id="pb-board-summary")
     shared.board = gr.Dataframe(label="Method x task (dense baseline first in each group; green = better)",
                                 interactive=False, wrap=False, max_height=560, pinned_columns=3, elem_id="pb-board")
-    with gr.Row():
-        shared.board_csv = gr.DownloadButton("Export CSV (as shown)", elem_id="pb-board-csv", size="sm")
-        shared.board_json = gr.DownloadButton("Export JSON (as shown)", elem_id="pb-board-json", size="sm")
+    shared.board_exports = gr.HTML(elem_id="pb-board-exports", elem_classes=["pb-downloads"])
     with gr.Accordion("Column groups", open=False):
         shared.board_legend = gr.Markdown(elem_id="pb-board-legend")
     with gr.Column(elem_id="pb-board-detail", elem_classes=["pb-board-detail"]):
@@ -71,13 +77,37 @@ def build(shared) -> None:
         shared.board_detail_log = gr.Code(label="Log tail", language=None, interactive=False, lines=8, visible=False)
 
 
-def _refresh(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search, view, sort_by,
-             order):
-    shown = svc.board_view(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search,
-                           view, sort_by, order)
-    sort_value = sort_by if sort_by in shown.sort_choices else svc.PINNED_ORDER
-    return (shown.table, shown.summary, shown.legend, shown.csv_path, shown.json_path,
-            gr.update(choices=shown.sort_choices, value=sort_value))
+@dataclass(frozen=True)
+class _Shown:
+    """What a refresh sends, as plain values (Gradio consumes `gr.update` dicts, so they are built per request)."""
+
+    table: dict
+    summary: str
+    legend: str
+    exports: str
+    sort_choices: tuple[str, ...]
+
+
+def refresh_for(table: gr.Dataframe):
+    """The refresh callback of the board `table` (its `postprocess` renders the cached table once;
+    components cannot be made inside a callback, where Gradio reads them as updates)."""
+
+    def refresh(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search, view, sort_by,
+                order):
+        widgets = (model, paradigm, tuple(families or ()), sparsity_min, sparsity_max, calibration, recovery, search,
+                   view, sort_by, order)
+        shown = cached(("leaderboard", *widgets), lambda: _shown(table, widgets))
+        sort_value = sort_by if sort_by in shown.sort_choices else svc.PINNED_ORDER
+        return (shown.table, shown.summary, shown.legend, shown.exports,
+                gr.update(choices=list(shown.sort_choices), value=sort_value))
+
+    return refresh
+
+
+def _shown(table: gr.Dataframe, widgets: tuple) -> _Shown:
+    view = svc.board_view(*widgets)
+    return _Shown(table.postprocess(view.table).model_dump(), view.summary, view.legend, export_links(*widgets),
+                  tuple(view.sort_choices))
 
 
 def _options(model, paradigm, calibration):
@@ -121,12 +151,12 @@ def wire(shared, demo) -> None:
     inputs = [shared.board_model, shared.board_paradigm, shared.board_families, shared.board_sparsity_min,
               shared.board_sparsity_max, shared.board_calibration, shared.board_recovery, shared.board_search,
               shared.board_view, shared.board_sort, shared.board_order]
-    outputs = [shared.board, shared.board_note, shared.board_legend, shared.board_csv, shared.board_json,
-               shared.board_sort]
-    refresh = dict(fn=_refresh, inputs=inputs, outputs=outputs, api_name=False)
+    outputs = [shared.board, shared.board_note, shared.board_legend, shared.board_exports, shared.board_sort]
+    refresh_board = refresh_for(shared.board)
+    refresh = dict(fn=refresh_board, inputs=inputs, outputs=outputs, api_name=False)
     shared.board_refresh.click(_options, [shared.board_model, shared.board_paradigm, shared.board_calibration],
                                [shared.board_model, shared.board_paradigm, shared.board_calibration], api_name=False)
-    shared.board_refresh.click(_refresh, inputs, outputs, api_name="leaderboard")
+    shared.board_refresh.click(refresh_board, inputs, outputs, api_name="leaderboard")
     for widget in (shared.board_model, shared.board_paradigm, shared.board_families, shared.board_calibration,
                    shared.board_recovery, shared.board_view, shared.board_sort, shared.board_order):
         widget.input(**refresh)

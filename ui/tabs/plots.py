@@ -1,10 +1,12 @@
 """Plots tab: interactive plotly figures of the board (figure builders in `ui.plots`, data in
-`ui.board.plot_figures`)."""
+`ui.board.plot_figures`). Figures are answered from the view cache (`ui.view_cache`) as the JSON
+Gradio sends, so a cached answer neither queries nor serialises a figure again."""
 from __future__ import annotations
 
 import gradio as gr
 
 from ui import board as svc
+from ui.view_cache import cached
 
 PARETO_CHOICES = [("Measured speed-up", "speedup_measured"), ("Parameter count", "params_M")]
 SCALING_CHOICES = [("k (samples per prompt)", "k"), ("Thinking budget", "thinking_budget")]
@@ -32,10 +34,22 @@ def build(shared) -> None:
             shared.plot_tts = gr.Plot(label="Test-time scaling", elem_id="pb-plot-tts")
 
 
-def _figures(model, paradigm, column, pareto_x, scaling_by):
-    sparsity, pareto, heatmap, thinking, scaling, columns, chosen = svc.plot_figures(
-        model, paradigm, column, pareto_x, scaling_by)
-    return sparsity, pareto, heatmap, thinking, scaling, gr.update(choices=columns or ["average"], value=chosen)
+def figures_for(plot: gr.Plot):
+    """The callback drawing the five figures; `plot` (any of the tab's gr.Plot) turns each figure
+    into the value Gradio sends, once per cached view."""
+
+    def figures(model, paradigm, column, pareto_x, scaling_by):
+        *values, columns, chosen = cached(("plots", model, paradigm, column, pareto_x, scaling_by),
+                                          lambda: _plot_values(plot, model, paradigm, column, pareto_x, scaling_by))
+        return (*values, gr.update(choices=list(columns) or ["average"], value=chosen))
+
+    return figures
+
+
+def _plot_values(plot: gr.Plot, model, paradigm, column, pareto_x, scaling_by) -> tuple:
+    """The five figures as plot values (plotly JSON), the score-column choices and the chosen one."""
+    *figures, columns, chosen = svc.plot_figures(model, paradigm, column, pareto_x, scaling_by)
+    return (*(plot.postprocess(figure) for figure in figures), tuple(columns), chosen)
 
 
 def _options(model, paradigm):
@@ -55,7 +69,7 @@ def wire(shared, demo) -> None:
               shared.plots_scaling_by]
     outputs = [shared.plot_sparsity, shared.plot_pareto, shared.plot_heatmap, shared.plot_thinking, shared.plot_tts,
                shared.plots_column]
-    draw = dict(fn=_figures, inputs=inputs, outputs=outputs, api_name=False)
+    draw = dict(fn=figures_for(shared.plot_sparsity), inputs=inputs, outputs=outputs, api_name=False)
     shared.plots_refresh.click(_options, [shared.plots_model, shared.plots_paradigm],
                                [shared.plots_model, shared.plots_paradigm], api_name=False).then(**draw)
     for widget in (shared.plots_model, shared.plots_paradigm, shared.plots_column, shared.plots_pareto_x,
