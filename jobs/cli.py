@@ -212,6 +212,8 @@ def _server_arguments(command: argparse.ArgumentParser) -> None:
                          help="with --server: a file holding the API token instead of $PRUNEBOARD_TOKEN")
     command.add_argument("--insecure", action="store_true",
                          help="with --server: allow plain http:// to another machine (the token travels unencrypted)")
+    # Refused, not absent: argparse would otherwise read `--token X` as an abbreviated --token-file.
+    command.add_argument("--token", dest="token_on_command_line", default=None, help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    answer = _remote().remote_submit(args) if args.server else _submit_here(args)
+    answer = _remote().remote_submit(args) if _server_mode(args) else _submit_here(args)
     if answer["existing"]:
         logging.getLogger(__name__).info("job %d has this config already (%s)", answer["id"], answer["state"])
     if args.json:
@@ -247,7 +249,6 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _submit_here(args: argparse.Namespace) -> dict[str, Any]:
-    _no_server_options(args)
     config = _load_config(args.config)  # fully validated before the database is opened
     from backend.config import ConfigError
     from jobs import queue
@@ -266,9 +267,15 @@ def _remote():
     return cli_remote
 
 
-def _no_server_options(args: argparse.Namespace) -> None:
-    if args.token_file or args.insecure:
+def _server_mode(args: argparse.Namespace) -> bool:
+    """Whether the command acts on a server (--server); refuses a token on the command line and the
+    options that need a server without one."""
+    if args.token_on_command_line is not None:
+        raise CliError("--token is refused: a token on the command line is visible to every local user (ps); "
+                       "put it in $PRUNEBOARD_TOKEN or a file given with --token-file")
+    if args.server is None and (args.token_file or args.insecure):
         raise CliError("--token-file and --insecure need --server")
+    return args.server is not None
 
 
 def _submit_preset(args: argparse.Namespace) -> None:
@@ -304,7 +311,7 @@ def _submit_preset(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    data = _remote().remote_status(args) if args.server else _status_here(args)
+    data = _remote().remote_status(args) if _server_mode(args) else _status_here(args)
     if args.json:
         _print_json(data)
     elif args.id is not None:
@@ -315,7 +322,6 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _status_here(args: argparse.Namespace) -> dict[str, Any]:
-    _no_server_options(args)
     from db.queries import job_detail, list_jobs
     from db.session import read_session
     from jobs.registry import list_workers
@@ -335,10 +341,9 @@ def _status_here(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cancel(args: argparse.Namespace) -> None:
-    if args.server:
+    if _server_mode(args):
         state = _remote().remote_cancel(args)
     else:
-        _no_server_options(args)
         from jobs import queue
 
         state = _transition(lambda: queue.cancel(args.id))

@@ -34,7 +34,7 @@ class UserClient:
         """`client`: an httpx client to send through (tests pass FastAPI's TestClient)."""
         self.server = server.rstrip("/")
         self.client = client or httpx.Client(base_url=self.server, timeout=timeout)
-        self.client.headers.update({"Authorization": f"Bearer {token}", "User-Agent": "pruneboard-cli"})
+        self.headers = {"Authorization": f"Bearer {token}", "User-Agent": "pruneboard-cli"}
 
     def submit(self, config_text: str, fmt: str = "yaml", force: bool = False) -> dict[str, Any]:
         """Queue a config (the file's text); {"id", "state", "existing"} as `jobs submit --json`."""
@@ -56,7 +56,7 @@ class UserClient:
 
     def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = self.client.request(method, f"{USER_API_PREFIX}{route}", **kwargs)
+            response = self.client.request(method, f"{USER_API_PREFIX}{route}", headers=self.headers, **kwargs)
         except httpx.HTTPError as exc:
             raise UserApiError(None, f"server {self.server} unreachable: {type(exc).__name__}: {exc}") from None
         try:
