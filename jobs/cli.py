@@ -239,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    answer = _remote().remote_submit(args) if _server_mode(args) else _submit_here(args)
+    if _server_mode(args):
+        from jobs.cli_remote import remote_submit  # the user API's client: submit, status, cancel --server
+
+        answer = remote_submit(args)
+    else:
+        answer = _submit_here(args)
     if answer["existing"]:
         logging.getLogger(__name__).info("job %d has this config already (%s)", answer["id"], answer["state"])
     if args.json:
@@ -259,12 +264,6 @@ def _submit_here(args: argparse.Namespace) -> dict[str, Any]:
     except ConfigError as exc:  # e.g. a task whose data this host lacks (backend.taskdata.availability)
         raise CliError(str(exc)) from None
     return {"id": job.id, "state": job.state.value, "existing": existing}
-
-
-def _remote():
-    from jobs import cli_remote  # the user API client: submit, status and cancel --server
-
-    return cli_remote
 
 
 def _server_mode(args: argparse.Namespace) -> bool:
@@ -311,7 +310,12 @@ def _submit_preset(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    data = _remote().remote_status(args) if _server_mode(args) else _status_here(args)
+    if _server_mode(args):
+        from jobs.cli_remote import remote_status
+
+        data = remote_status(args)
+    else:
+        data = _status_here(args)
     if args.json:
         _print_json(data)
     elif args.id is not None:
@@ -342,7 +346,9 @@ def _status_here(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cancel(args: argparse.Namespace) -> None:
     if _server_mode(args):
-        state = _remote().remote_cancel(args)
+        from jobs.cli_remote import remote_cancel
+
+        state = remote_cancel(args)
     else:
         from jobs import queue
 

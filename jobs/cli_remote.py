@@ -23,7 +23,6 @@ from jobs.user_client import UserApiError, UserClient
 __all__ = ["remote_submit", "remote_status", "remote_cancel", "user_token", "TOKEN_VARIABLE"]
 
 TOKEN_VARIABLE = "PRUNEBOARD_TOKEN"
-_EXIT_BY_STATUS = {401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_CONFLICT, 429: EXIT_CONFLICT}
 
 
 def user_token(args: argparse.Namespace) -> str:
@@ -54,7 +53,8 @@ def remote_cancel(args: argparse.Namespace) -> JobState:
 
 
 def _config_text(path: str) -> tuple[str, str]:
-    """The config file's text and format (`.json` is JSON, else YAML; '-' reads stdin), validated by the server."""
+    """The config file's text and format (`.json` is JSON, else YAML, as `load_config` reads them; '-' reads
+    stdin); the server validates it."""
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -63,8 +63,7 @@ def _config_text(path: str) -> tuple[str, str]:
                 text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read config {path!r}: {type(exc).__name__}") from None
-    json_like = path.lower().endswith(".json") or (path == "-" and text.lstrip().startswith("{"))
-    return text, "json" if json_like else "yaml"
+    return text, "json" if path.lower().endswith(".json") else "yaml"
 
 
 def _call(args: argparse.Namespace, request) -> dict[str, Any]:
@@ -76,11 +75,16 @@ def _call(args: argparse.Namespace, request) -> dict[str, Any]:
         return request(client)
     except UserApiError as exc:
         message = str(exc) if exc.status != 401 else f"the server rejected the API token: {exc}"
-        raise CliError(message, _EXIT_BY_STATUS.get(exc.status, _exit_code(exc.status))) from None
+        raise CliError(message, _exit_code(exc.status)) from None
     finally:
         client.close()
 
 
 def _exit_code(status: int | None) -> int:
-    return EXIT_BAD_INPUT if status is not None and 400 <= status < 500 else EXIT_CONFLICT
+    """The local commands' exit code for an HTTP status (None: the server was not reached)."""
+    if status in (401, 403):
+        return EXIT_AUTH  # the token, or this user on this job
+    if status is not None and 400 <= status < 500 and status not in (409, 429):
+        return EXIT_BAD_INPUT
+    return EXIT_CONFLICT  # the job's state, a quota, or a server that cannot answer now
 

@@ -81,14 +81,19 @@ def _json(data: Any) -> Response:
 
 
 def _submit(user: access.User, body: SubmitRequest) -> Response:
-    try:
+    try:  # as `python -m jobs submit` reads a config file
         config = parse_config_text(body.config, body.format)
+    except RecursionError:
+        raise HTTPException(422, "config is nested too deeply") from None
+    except (ValueError, TypeError) as exc:  # ConfigError, or anything else a document can provoke
+        raise HTTPException(422, str(exc) if isinstance(exc, ConfigError) else f"invalid config: {exc}") from None
+    try:
         job, existing = access.submit_as(user, config, force=body.force)
     except access.QuotaExceeded as exc:
         raise HTTPException(429, str(exc)) from None
     except access.AccessDenied as exc:
         raise HTTPException(403, str(exc)) from None
-    except (ConfigError, access.AccessError) as exc:  # invalid, data unavailable, past a work limit
+    except (ConfigError, access.AccessError) as exc:  # task data unavailable here, past a work limit
         raise HTTPException(422, str(exc)) from None
     return _json({"id": job.id, "state": job.state.value, "existing": existing})
 

@@ -66,5 +66,6 @@ class UserClient:
         if response.is_success and isinstance(body, dict):
             return body
         detail = body.get("detail") if isinstance(body, dict) else None
-        message = detail if isinstance(detail, str) and detail else f"HTTP {response.status_code} {response.reason_phrase}"
-        raise UserApiError(response.status_code, " ".join(message.split()))
+        if not isinstance(detail, str) or not detail:
+            detail = f"HTTP {response.status_code} {response.reason_phrase}"
+        raise UserApiError(response.status_code, " ".join(detail.split()))

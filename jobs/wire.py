@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.result import RunResult, SampleRecord, ScoreRecord
 
 __all__ = [
-    "API_PREFIX", "USER_API_PREFIX", "SampleModel", "ScoreModel", "ResultModel", "encode_sample", "decode_sample", "encode_result",
-    "decode_result", "jsonable",
+    "API_PREFIX", "USER_API_PREFIX", "SampleModel", "ScoreModel", "ResultModel", "encode_sample", "decode_sample",
+    "encode_result", "decode_result", "jsonable",
 ]
 
 API_PREFIX = "/api/v1/worker"

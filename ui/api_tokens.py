@@ -64,7 +64,9 @@ def revoke_token(user: User, token_id: float | None) -> str:
         revoked = user_tokens.revoke(user, number)
     except KeyError as exc:
         return escape(exc.args[0])
-    return f"Token {number} revoked: requests with it are refused." if revoked else f"Token {number} was revoked already."
+    if not revoked:
+        return f"Token {number} was revoked already."
+    return f"Token {number} revoked: requests with it are refused."
 
 
 def _when(value) -> str:

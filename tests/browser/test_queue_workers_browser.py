@@ -14,21 +14,22 @@ from .test_smoke_browser import PAYLOADS, PWNED_GLOBALS
 
 USER = "alice"
 WAITING = "waiting: needs a CUDA worker with ≥ 40 GB; none online"
-BIG_GPU_JOB = ("model: builtin:tiny-llama\ntasks: [synthetic-mc]\n"
+BIG_GPU_JOB = ("model: builtin:tiny-llama\ntasks: [synthetic-mc]\nseed: 2\n"
                "resources: {device: cuda, min_accelerator_memory_gb: 40}\n")
 SMALL_JOB = "model: builtin:tiny-llama\ntasks: [synthetic-mc]\nseed: 1\n"
 
 
 def _seed(server) -> None:
+    from backend.config import parse_config_text
     from db.schema import WorkerRecord, utcnow
     from db.session import write_session
-    from jobs import registry
+    from jobs import queue, registry
     from jobs.resources import Capabilities
 
     server.seeded["done"] = server.seed_run("dense", 0.0, {"synthetic-mc": 0.7})
-    server.seeded["big"] = server.submit_config(BIG_GPU_JOB)
-    server.seeded["small"] = server.submit_config(SMALL_JOB)
     with server.database():
+        for name, text in (("big", BIG_GPU_JOB), ("small", SMALL_JOB)):  # USER's: they may cancel them
+            server.seeded[name] = queue.submit(parse_config_text(text), submitter=USER)[0].id
         for worker_id, caps in (("cpu-box", Capabilities(tasks=("synthetic-mc",))),
                                 ("gpu-small", Capabilities(device="cuda", accelerator_memory_gb=24, hub=True,
                                                            models=PAYLOADS[:2]))):
@@ -126,7 +127,7 @@ def test_api_token_is_shown_once_works_and_is_revoked(ui, page, browser_app, scr
     assert token not in ui.text("#pb-tokens-table")
 
     assert page.evaluate(_BUTTON, "#pb-tokens-revoke")["disabled"]  # no token chosen yet
-    page.locator("#pb-tokens-table tbody tr").first.locator("td").first.click()
+    page.locator("#pb-tokens-table [role=gridcell]", has_text="notebook").first.click()
     page.wait_for_function("() => !document.querySelector('#pb-tokens-revoke').disabled", timeout=WAIT_MS)
     page.click("#pb-tokens-revoke")
     ui.wait_for_text("revoked: requests with it are refused", within="#pb-tokens-message")
