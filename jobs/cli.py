@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--actor", default=None, help="recorded in the audit log (default: cli:$USER)")
     audit = admin_commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete, publish)")
+    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete, "
+                                                      "publish, token-create, token-revoke)")
     audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
     audit.add_argument("--json", action="store_true")
 
