@@ -1,6 +1,5 @@
 """Personal API tokens (jobs.user_tokens), the user API (jobs.user_api) under the browser's rules, and
 `python -m jobs submit|status|cancel --server URL` in a subprocess against a served app."""
-# ruff: noqa: F811  (test parameters named after the imported fixtures)
 from __future__ import annotations
 
 import hashlib
