@@ -105,10 +105,13 @@ def test_buttons_that_would_do_nothing_look_disabled_at_once(ui, page, browser_a
                     disabled: true}))""")
     assert every_disabled and all(_looks_disabled(b) for b in every_disabled), every_disabled
 
-    _select_job(ui, page, browser_app.seeded["small"])  # queued: Cancel is live, and red
-    page.wait_for_function("() => !document.querySelector('#pb-queue-cancel').disabled", timeout=WAIT_MS)
-    r, g, _ = _rgb(style("#pb-queue-cancel")["bg"])
-    assert r > g + 60 and style("#pb-queue-cancel")["cursor"] != "not-allowed"
+    # A queued job of the user: Cancel is live, and red once its background's transition has run.
+    _select_job(ui, page, browser_app.seeded["small"])
+    page.wait_for_function("""() => {
+        const b = document.querySelector('#pb-queue-cancel');
+        const [r, g] = getComputedStyle(b).backgroundColor.match(/\\d+/g).map(Number);
+        return !b.disabled && r > g + 60; }""", timeout=WAIT_MS)
+    assert style("#pb-queue-cancel")["cursor"] != "not-allowed"
 
 
 def test_api_token_is_shown_once_works_and_is_revoked(ui, page, browser_app, screenshot):
