@@ -38,6 +38,7 @@ from jobs.states import JobState
 __all__ = [
     "Base", "Job", "Score", "Sample", "SampleCheckpoint", "Trace", "utcnow", "JOB_STATE_TYPE",
     "SAMPLE_PREVIEW_CHARS", "Deployment", "WorkerToken", "WorkerRecord", "AuditEntry", "ResultsVersion",
+    "UserToken",
 ]
 
 SAMPLE_PREVIEW_CHARS = 2000
@@ -299,3 +300,24 @@ class ResultsVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(Integer)
     changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class UserToken(Base):
+    """A signed-in user's personal API token (`jobs.user_tokens`): the CLI's `--server` acts as that
+    user. Only its SHA-256 is stored (the plaintext is shown once)."""
+
+    __tablename__ = "user_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(200))
+    """The Hugging Face username the token acts as (admin rights are looked up on every request)."""
+    label: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("token_hash", name="uq_user_tokens_hash"),
+        Index("ix_user_tokens_user_name", "user_name"),
+    )

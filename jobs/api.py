@@ -15,7 +15,8 @@ problems spelled out), and a completion against its job's config and task specs
 (`jobs.completion`). A transient database error (locked, disk full, connection lost) answers 503,
 so the worker keeps its result and retries. `GET /healthz` needs no token.
 
-Routes (POST, JSON): claim, heartbeat, sample, complete, fail, cancelled, release, stopped.
+Routes (POST, JSON): claim, heartbeat, sample, complete, fail, cancelled, release, stopped. The user
+API (`jobs.user_api`, a user's API token) is served by the same app.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
 from backend import settings
@@ -35,11 +36,19 @@ from backend.config import validate_config
 from db.schema import Job, WorkerRecord
 from db.session import read_session
 from jobs import queue, registry, wire
-from jobs.api_guard import SMALL_BODY_BYTES, TRANSIENT_DB_ERRORS, TRANSIENT_RETRY_AFTER_S, ApiGuard, transient
+from jobs.api_guard import (
+    SMALL_BODY_BYTES,
+    TRANSIENT_DB_ERRORS,
+    TRANSIENT_RETRY_AFTER_S,
+    ApiGuard,
+    parse_body,
+    transient,
+)
 from jobs.completion import ResultMismatch, check_result
 from jobs.logs import event
 from jobs.resources import Capabilities
 from jobs.states import JobState, LostClaim
+from jobs.user_api import add_user_routes
 
 __all__ = ["create_api", "API_PREFIX", "max_body_bytes", "max_in_flight_bytes", "SMALL_BODY_BYTES"]
 
@@ -147,13 +156,14 @@ def create_api(max_body: int | None = None, small_body: int = SMALL_BODY_BYTES,
         ("stopped", StoppedRequest, _stopped),
     ):
         app.post(f"{API_PREFIX}/{name}", name=f"worker_{name}")(_endpoint(model, action))
+    add_user_routes(app)
     return app
 
 
 def _endpoint(model: type[BaseModel], action):
     async def endpoint(request: Request) -> Any:
         token = request.state.worker_token  # authenticated by ApiGuard before the body was read
-        body = await run_in_threadpool(_parse, model, await request.body())
+        body = await run_in_threadpool(parse_body, model, await request.body())
         return await run_in_threadpool(action, token, body)
 
     return endpoint
@@ -165,27 +175,17 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
                         status_code=503, headers={"Retry-After": str(TRANSIENT_RETRY_AFTER_S)})
 
 
-def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
-    if not raw.strip():
-        raise HTTPException(422, "empty request body: a JSON object is expected")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False)[:5]:
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-        raise HTTPException(422, "invalid request body: " + "; ".join(problems)) from None
-
-
 # --- claims -----------------------------------------------------------------------------------
 
 
 def _claim(token: str, body: ClaimRequest) -> dict[str, Any]:
     worker_id = f"{token}/{body.worker}"
-    registry.seen(worker_id, token_name=token, device=body.device or None)  # before the claim: owns it
     # a remote worker never sees the server's directories, whatever it says
-    job = queue.claim_next(worker_id, body.capabilities.model_copy(update={"local_dirs": False}))
+    capabilities = body.capabilities.model_copy(update={"local_dirs": False})
+    # recorded before the claim (the record owns it), with the capabilities claims are judged by
+    device = {**body.device, "capabilities": capabilities.model_dump(mode="json")}
+    registry.seen(worker_id, token_name=token, device=device)
+    job = queue.claim_next(worker_id, capabilities)
     _note(worker_id, token, current_job_id=job.id if job else None)
     if job is None:
         return {"worker_id": worker_id, "job": None}

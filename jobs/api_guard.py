@@ -1,9 +1,10 @@
-"""The worker API's outer layer (`jobs.api` mounts it as middleware): for the API's routes and
-/healthz it checks the bearer token from the headers before a byte of the body is read (401 missing
-or unknown, 403 revoked), refuses a body over its route's limit (413: `max_body` for `complete`,
+"""The API's outer layer (`jobs.api` mounts it as middleware): for the worker API's routes, the user
+API's (`jobs.user_api`) and /healthz it checks the bearer token from the headers before a byte of the
+body is read (a worker token on worker routes, a user's API token on user routes; 401 missing or
+unknown, 403 revoked), refuses a body over its route's limit (413: `max_body` for `complete`,
 `SMALL_BODY_BYTES` for the others) and a body past the in-flight budget (503, which workers retry),
 reads the body once the request is allowed, and logs each request as an event. Transient database
-errors met on the way answer 503 as well.
+errors met on the way answer 503 as well. `parse_body` validates a body read this way.
 """
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import time
 from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from jobs import tokens, wire
+from jobs import tokens, user_tokens, wire
 from jobs.logs import event
 
-__all__ = ["ApiGuard", "authenticate", "transient", "TRANSIENT_DB_ERRORS", "TRANSIENT_RETRY_AFTER_S",
+__all__ = ["ApiGuard", "authenticate", "parse_body", "transient", "TRANSIENT_DB_ERRORS", "TRANSIENT_RETRY_AFTER_S",
            "SMALL_BODY_BYTES"]
 
 logger = logging.getLogger("pruneboard.api")
 
 API_PREFIX = wire.API_PREFIX
+USER_API_PREFIX = wire.USER_API_PREFIX
 SMALL_BODY_BYTES = 1024 * 1024
 """The largest body of every route but `complete` (a sample, a heartbeat, a failure's log tail)."""
 TRANSIENT_RETRY_AFTER_S = 5
@@ -33,18 +36,33 @@ TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, PoolTimeout, Disconnect
 _COMPLETE = f"{API_PREFIX}/complete"
 
 
-def authenticate(header: str | None) -> str:
-    """The name of the worker whose token the Authorization header carries; 401 or 403 otherwise."""
+def authenticate(header: str | None, lookup=tokens.authenticate) -> str:
+    """Who holds the token the Authorization header carries (`lookup`: the worker's name by default,
+    `user_tokens.authenticate` for a user's name); 401 or 403 otherwise."""
     scheme, _, value = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
                             headers={"WWW-Authenticate": "Bearer"})
     try:
-        return tokens.authenticate(value.strip())
+        return lookup(value.strip())
     except tokens.TokenInvalid:
         raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"}) from None
     except tokens.TokenRevoked as exc:
         raise HTTPException(403, str(exc)) from None
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """A request body validated by `model`; 422 naming the first problems otherwise."""
+    if not raw.strip():
+        raise HTTPException(422, "empty request body: a JSON object is expected")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False)[:5]:
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        raise HTTPException(422, "invalid request body: " + "; ".join(problems)) from None
 
 
 def transient(exc: BaseException) -> bool:
@@ -69,7 +87,7 @@ class ApiGuard:
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not (path.startswith(API_PREFIX) or path == "/healthz"):
+        if scope["type"] != "http" or not (path.startswith((API_PREFIX, USER_API_PREFIX)) or path == "/healthz"):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -83,15 +101,19 @@ class ApiGuard:
         try:
             await self._guarded(scope, receive, send_logged, path)
         finally:
+            state = scope.get("state", {})
+            user = {"api_user": state["api_user"]} if "api_user" in state else {}
             event(logger, "api_request", method=scope.get("method"), path=path, status=status["code"],
-                  ms=round((time.perf_counter() - started) * 1000, 1),
-                  worker_token=scope.get("state", {}).get("worker_token"))
+                  ms=round((time.perf_counter() - started) * 1000, 1), worker_token=state.get("worker_token"), **user)
 
     async def _guarded(self, scope, receive, send, path: str) -> None:
         try:
             if path.startswith(API_PREFIX):
                 token = await run_in_threadpool(authenticate, _header(scope, b"authorization"))
                 scope.setdefault("state", {})["worker_token"] = token
+            elif path.startswith(USER_API_PREFIX):
+                user = await run_in_threadpool(authenticate, _header(scope, b"authorization"), user_tokens.authenticate)
+                scope.setdefault("state", {})["api_user"] = user
             limit = self.max_body if path == _COMPLETE else self.small_body
             reserved = self._declared_length(scope, limit)
             if scope.get("method") in ("GET", "HEAD") and _header(scope, b"content-length") is None:

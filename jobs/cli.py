@@ -3,7 +3,9 @@ runs, run workers, list methods and tasks, prune and publish models, export resu
 verdicts.
 
 Exit codes: 0 done; 1 the job's state forbids the request (e.g. cancelling a succeeded job);
-2 bad input (an invalid config, an unknown job id, bad arguments, a Hub push refused). Errors are one line on stderr,
+2 bad input (an invalid config, an unknown job id, bad arguments, a Hub push refused); 3 a server
+rejected the token. `submit`, `status` and `cancel` with `--server URL` act on a PruneBoard server as
+the user whose API token is in $PRUNEBOARD_TOKEN (`jobs.cli_remote`). Errors are one line on stderr,
 logs go to stderr, and stdout carries only the answer. Only `worker` (through the pipeline, when a
 job starts) and `prune` (which prunes in-process and saves the model to --out) import torch.
 """
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from typing import Any
 
 from jobs.states import JobState
@@ -35,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     installed = os.path.basename(sys.argv[0]) == "pruneboard"  # the console command of `pip install .`
     parser = argparse.ArgumentParser(
         prog="pruneboard" if installed else "python -m jobs", description="PruneBoard job queue.",
-        epilog="Exit codes: 0 ok, 1 not allowed in the job's state, 2 bad input or unknown job, "
-               "3 the server rejected the worker token.",
+        epilog="Exit codes: 0 ok, 1 not allowed in the job's state (with --server also: quota used up, server "
+               "unreachable), 2 bad input or unknown job, 3 the server rejected the token (or the user).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,17 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--json", action="store_true", help='print {"id", "state", "existing"}')
     submit.add_argument("--force", action="store_true", help="queue a new job even if this config ran before")
     submit.add_argument("--submitter", default=None, help="recorded with the job (default: cli:$USER)")
+    _server_arguments(submit)
 
     status = commands.add_parser("status", help="show jobs (newest first) or one job")
     status.add_argument("id", type=int, nargs="?", metavar="ID")
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=50)
     status.add_argument("--state", choices=[state.value for state in JobState])
+    _server_arguments(status)
 
     for name, text in (("cancel", "cancel a queued or running job"), ("retry", "queue a failed or cancelled job again")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("id", type=int, metavar="ID")
         sub.add_argument("--json", action="store_true")
+        if name == "cancel":
+            _server_arguments(sub)
 
     rescore = commands.add_parser(
         "rescore", help="score a succeeded run's stored outputs again with the current scorers (no model)"
@@ -137,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--actor", default=None, help="recorded in the audit log (default: cli:$USER)")
     audit = admin_commands.add_parser("audit", help="show the audit log, newest first")
     audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete, publish)")
+    audit.add_argument("--action", default=None, help="only this action (submit, retry, cancel, hide, unhide, delete, "
+                                                      "publish, token-create, token-revoke)")
     audit.add_argument("--job", type=int, default=None, metavar="JOB", help="only entries about this job")
     audit.add_argument("--json", action="store_true")
 
@@ -197,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _server_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--server", metavar="URL", default=None,
+                         help="act on this PruneBoard server (a Space) as the user whose API token is in "
+                              "$PRUNEBOARD_TOKEN (made in the app's API tokens tab), under its quotas and rules")
+    command.add_argument("--token-file", metavar="PATH", default=None,
+                         help="with --server: a file holding the API token instead of $PRUNEBOARD_TOKEN")
+    command.add_argument("--insecure", action="store_true",
+                         help="with --server: allow plain http:// to another machine (the token travels unencrypted)")
+    # Refused, not absent: argparse would otherwise read `--token X` as an abbreviated --token-file.
+    command.add_argument("--token", dest="token_on_command_line", default=None, help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
@@ -220,6 +240,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace) -> None:
+    if _server_mode(args):
+        from jobs.cli_remote import remote_submit  # the user API's client: submit, status, cancel --server
+
+        answer = remote_submit(args)
+    else:
+        answer = _submit_here(args)
+    if answer["existing"]:
+        logging.getLogger(__name__).info("job %d has this config already (%s)", answer["id"], answer["state"])
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer["id"])
+
+
+def _submit_here(args: argparse.Namespace) -> dict[str, Any]:
     config = _load_config(args.config)  # fully validated before the database is opened
     from backend.config import ConfigError
     from jobs import queue
@@ -229,12 +264,18 @@ def _submit(args: argparse.Namespace) -> None:
         job, existing = queue.submit(config, force=args.force, submitter=submitter)
     except ConfigError as exc:  # e.g. a task whose data this host lacks (backend.taskdata.availability)
         raise CliError(str(exc)) from None
-    if existing:
-        logging.getLogger(__name__).info("job %d has this config already (%s)", job.id, job.state.value)
-    if args.json:
-        _print_json({"id": job.id, "state": job.state.value, "existing": existing})
-    else:
-        print(job.id)
+    return {"id": job.id, "state": job.state.value, "existing": existing}
+
+
+def _server_mode(args: argparse.Namespace) -> bool:
+    """Whether the command acts on a server (--server); refuses a token on the command line and the
+    options that need a server without one."""
+    if args.token_on_command_line is not None:
+        raise CliError("--token is refused: a token on the command line is visible to every local user (ps); "
+                       "put it in $PRUNEBOARD_TOKEN or a file given with --token-file")
+    if args.server is None and (args.token_file or args.insecure):
+        raise CliError("--token-file and --insecure need --server")
+    return args.server is not None
 
 
 def _submit_preset(args: argparse.Namespace) -> None:
@@ -270,9 +311,26 @@ def _submit_preset(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
+    if _server_mode(args):
+        from jobs.cli_remote import remote_status
+
+        data = remote_status(args)
+    else:
+        data = _status_here(args)
+    if args.json:
+        _print_json(data)
+    elif args.id is not None:
+        _print_detail(data["jobs"][0])
+    else:
+        _print_table(data["jobs"])
+        _print_workers(data["workers"])
+
+
+def _status_here(args: argparse.Namespace) -> dict[str, Any]:
     from db.queries import job_detail, list_jobs
     from db.session import read_session
     from jobs.registry import list_workers
+    from jobs.waiting import add_waiting_reasons
 
     with read_session() as session:
         if args.id is not None:
@@ -282,20 +340,20 @@ def _status(args: argparse.Namespace) -> None:
             jobs = [detail]
         else:
             jobs = list_jobs(session, limit=args.limit, state=args.state)
+        add_waiting_reasons(session, jobs)
         workers = list_workers(session)
-    if args.json:
-        _print_json({"jobs": jobs, "workers": workers})
-    elif args.id is not None:
-        _print_detail(jobs[0])
-    else:
-        _print_table(jobs)
-        _print_workers(workers)
+    return {"jobs": jobs, "workers": workers}
 
 
 def _cancel(args: argparse.Namespace) -> None:
-    from jobs import queue
+    if _server_mode(args):
+        from jobs.cli_remote import remote_cancel
 
-    state = _transition(lambda: queue.cancel(args.id))
+        state = remote_cancel(args)
+    else:
+        from jobs import queue
+
+        state = _transition(lambda: queue.cancel(args.id))
     _answer(args, {"id": args.id, "state": state.value}, f"job {args.id}: {_cancel_text(state)}")
 
 
@@ -649,10 +707,12 @@ def _print_table(jobs: list[dict[str, Any]]) -> None:
     header = f"{'ID':>5}  {'STATE':<9}  {'PROG':>4}  {'STAGE':<10}  {'MODEL':<28}  {'METHOD':<12}  {'SPARS':>5}  {'TRY':>3}  ERROR"
     print(header)
     for j in jobs:
-        error = f"{j['error_type']}: {j['error_message']}" if j["error_type"] else ""
+        note = f"{j['error_type']}: {j['error_message']}"[:60] if j["error_type"] else ""
+        if j.get("waiting_reason"):  # in full: it says what to change
+            note = f"waiting: {j['waiting_reason']}"
         print(
             f"{j['id']:>5}  {j['state']:<9}  {j['progress'] * 100:>3.0f}%  {(j['stage'] or '')[:10]:<10}  "
-            f"{j['model'][-28:]:<28}  {j['method'][:12]:<12}  {j['sparsity']:>5.2f}  {j['attempts']:>3}  {error[:60]}"
+            f"{j['model'][-28:]:<28}  {j['method'][:12]:<12}  {j['sparsity']:>5.2f}  {j['attempts']:>3}  {note}"
         )
 
 
@@ -663,14 +723,16 @@ def _print_workers(workers: list[dict[str, Any]]) -> None:
     print(f"{'WORKER':<40}  {'STATUS':<7}  {'JOB':>5}  LAST HEARTBEAT")
     for w in workers:
         job = "" if w["current_job"] is None else w["current_job"]
-        print(f"{w['id'][-40:]:<40}  {w['status']:<7}  {job:>5}  {w['last_heartbeat_at']:%Y-%m-%d %H:%M:%S} "
+        beat = w["last_heartbeat_at"]  # a datetime, or its str() from a server (--server)
+        beat = datetime.fromisoformat(beat) if isinstance(beat, str) else beat
+        print(f"{w['id'][-40:]:<40}  {w['status']:<7}  {job:>5}  {beat:%Y-%m-%d %H:%M:%S} "
               f"({w['seconds_since_heartbeat']:.0f} s ago)")
 
 
 def _print_detail(job: dict[str, Any]) -> None:
     for key in ("id", "state", "progress", "stage", "stage_text", "model", "paradigm", "method", "sparsity",
                 "attempts", "requeues", "worker_id", "created_at", "started_at", "finished_at",
-                "error_type", "error_message"):
+                "error_type", "error_message", "waiting_reason"):
         if job.get(key) not in (None, ""):
             print(f"{key:>14}: {job[key]}")
     for score in job["scores"]:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from jobs.cli import EXIT_AUTH, EXIT_CONFLICT, CliError
 
-__all__ = ["run_worker", "worker_token", "check_server_url"]
+__all__ = ["run_worker", "worker_token", "read_token_file", "check_server_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ def worker_token(args: argparse.Namespace) -> str:
     if args.token_file and args.token:
         raise CliError("give the token once: --token-file or --token, not both")
     if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as handle:
-                token = handle.read().strip()
-            loose = os.stat(args.token_file).st_mode & 0o077
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read --token-file {args.token_file}: {type(exc).__name__}") from None
-        if loose:
-            logger.warning("--token-file %s is readable by other users; chmod 600 it", args.token_file)
+        token = read_token_file(args.token_file)
     elif args.token:
         logger.warning("--token puts the worker token in the process list, where any local user can read it; "
                        "use $PRUNEBOARD_WORKER_TOKEN or --token-file PATH")
@@ -64,6 +57,19 @@ def worker_token(args: argparse.Namespace) -> str:
         token = os.environ.get("PRUNEBOARD_WORKER_TOKEN", "").strip()
     if not token or any(c.isspace() for c in token):
         raise CliError("--server needs a worker token: $PRUNEBOARD_WORKER_TOKEN or --token-file PATH (one line)")
+    return token
+
+
+def read_token_file(path: str) -> str:
+    """The token a --token-file holds (warning when other users may read the file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+        loose = os.stat(path).st_mode & 0o077
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read --token-file {path}: {type(exc).__name__}") from None
+    if loose:
+        logger.warning("--token-file %s is readable by other users; chmod 600 it", path)
     return token
 
 

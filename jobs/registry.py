@@ -17,11 +17,14 @@ from sqlalchemy import select
 from backend import settings
 from db.schema import WorkerRecord, utcnow
 from db.session import read_session, write_session
+from jobs.resources import Capabilities
 
-__all__ = ["seen", "stopped", "list_workers", "token_of", "STALE_LEASES"]
+__all__ = ["seen", "stopped", "list_workers", "token_of", "STALE_LEASES", "ONLINE_STATUSES"]
 
 STALE_LEASES = 3
 """A worker silent for this many leases is marked stale."""
+ONLINE_STATUSES = ("running", "idle")
+"""`list_workers` statuses of a worker that is heard from (neither stale nor stopped)."""
 _UNSET: Any = object()
 
 _lock = threading.Lock()
@@ -79,7 +82,9 @@ def token_of(worker_id: str | None) -> str | None:
 
 
 def list_workers(session, limit: int = 50) -> list[dict[str, Any]]:
-    """Workers, most recently heard from first, with `status`: running | idle | stale | stopped."""
+    """Workers, most recently heard from first, with `status`: running | idle | stale | stopped, and
+    `capabilities`: what the worker last said it can run (`jobs.resources.Capabilities` as a dict;
+    None for records that hold none)."""
     now = utcnow()
     stale_before = now - timedelta(seconds=STALE_LEASES * settings.lease_seconds())
     rows = session.scalars(select(WorkerRecord).order_by(WorkerRecord.last_heartbeat_at.desc()).limit(limit)).all()
@@ -103,5 +108,10 @@ def list_workers(session, limit: int = 50) -> list[dict[str, Any]]:
             "started_at": row.started_at,
             "stopped_at": row.stopped_at,
             "device": row.device_json,
+            "capabilities": _dumped(Capabilities.recorded(row.device_json)),
         })
     return workers
+
+
+def _dumped(capabilities) -> dict[str, Any] | None:
+    return None if capabilities is None else capabilities.model_dump(mode="json")

@@ -13,6 +13,12 @@ jobs name them). Its device comes from PRUNEBOARD_WORKER_DEVICE (cpu | cuda), el
 already imported, else from `nvidia-smi`; in Space mode (SPACE_ID set) it is cpu unless
 PRUNEBOARD_WORKER_DEVICE says otherwise, so the Space's own worker never takes a GPU job.
 Accelerator memory: PRUNEBOARD_WORKER_ACCELERATOR_MEMORY_GB, else the largest GPU's memory.
+
+A worker also reports the tasks it can evaluate (`tasks`: data present in its PRUNEBOARD_DATA_DIR, or
+fetched by itself from the Hub). Claims do not filter on them (a worker without a task's data fails
+the job in its preflight with the command that fetches it); `jobs.waiting` uses them to tell a queued
+job that every online worker lacks its data. `Capabilities.can_run` is `claim_filter` in Python, for
+explaining why no worker takes a job; `recorded` reads what the worker registry stored.
 """
 from __future__ import annotations
 
@@ -30,12 +36,13 @@ from backend.config import JobConfig
 
 __all__ = [
     "Capabilities", "detect_capabilities", "job_requirements", "model_source", "claim_filter",
-    "num_gpus", "max_wall_seconds", "WALL_TIME_ERROR",
+    "num_gpus", "max_wall_seconds", "WALL_TIME_ERROR", "runnable_tasks",
 ]
 
 WALL_TIME_ERROR = "WallTimeExceeded"
 """error_type of a job that ran past its `resources.max_wall_minutes`."""
 _MAX_MODELS = 200
+_MAX_TASKS = 500
 
 
 class Capabilities(BaseModel):
@@ -53,6 +60,44 @@ class Capabilities(BaseModel):
     local_dirs: bool = False
     """It sees the server's filesystem (a local worker): local model directories load. The worker
     API sets it False for remote workers whatever they send."""
+    tasks: tuple[str, ...] | None = Field(None, max_length=_MAX_TASKS)
+    """Tasks whose data it has or fetches itself (`runnable_tasks`); None: not reported (a worker
+    from before this field), taken as able to run any task."""
+
+    def can_run(self, required_device: str | None, min_accelerator_memory_gb: float | None,
+                model_source: str | None, model: str) -> bool:
+        """Whether a claim with these capabilities may take a job with these columns: `claim_filter`,
+        condition for condition."""
+        return (self.fits_device(required_device, min_accelerator_memory_gb)
+                and self.loads_model(model_source, model))
+
+    def fits_device(self, required_device: str | None, min_accelerator_memory_gb: float | None) -> bool:
+        if required_device not in (None, self.device):
+            return False
+        if min_accelerator_memory_gb is None:
+            return True
+        return (self.device == "cuda" and self.accelerator_memory_gb is not None
+                and min_accelerator_memory_gb <= self.accelerator_memory_gb)
+
+    def loads_model(self, model_source: str | None, model: str) -> bool:
+        return (model_source in (None, "builtin") or (model_source == "local" and self.local_dirs)
+                or (model_source == "hub" and self.hub) or model in self.models)
+
+    def missing_tasks(self, tasks: list[str]) -> list[str]:
+        """The tasks among `tasks` it lacks the data of (none when it did not report its tasks)."""
+        return [] if self.tasks is None else [task for task in tasks if task not in self.tasks]
+
+    @classmethod
+    def recorded(cls, device: dict[str, Any] | None) -> Capabilities | None:
+        """The capabilities a worker's registry record holds (`device["capabilities"]`); None when it
+        holds none or ones this version cannot read (taken as able to run anything)."""
+        data = (device or {}).get("capabilities") if isinstance(device, dict) else None
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls.model_validate(data)
+        except ValueError:
+            return None
 
 
 def detect_capabilities(local_dirs: bool = True) -> Capabilities:
@@ -62,7 +107,19 @@ def detect_capabilities(local_dirs: bool = True) -> Capabilities:
     device, memory = _detect_device()
     models = tuple(m.strip() for m in os.environ.get("PRUNEBOARD_WORKER_MODELS", "").split(",") if m.strip())
     return Capabilities(device=device, accelerator_memory_gb=memory, models=models[:_MAX_MODELS],
-                        hub=hub_enabled(), local_dirs=local_dirs)
+                        hub=hub_enabled(), local_dirs=local_dirs, tasks=runnable_tasks())
+
+
+def runnable_tasks() -> tuple[str, ...]:
+    """The registered tasks this machine can evaluate: their data is in PRUNEBOARD_DATA_DIR, or its
+    worker would fetch it (`backend.taskdata.availability`)."""
+    from backend import settings
+    from backend.taskdata.availability import missing_task_data
+    from backend.tasks import list_tasks
+
+    names = [task.name for task in list_tasks()]
+    missing = set(missing_task_data(names, settings.data_dir()))
+    return tuple(name for name in names if name not in missing)[:_MAX_TASKS]
 
 
 def _detect_device() -> tuple[str, float | None]:

@@ -15,12 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.result import RunResult, SampleRecord, ScoreRecord
 
 __all__ = [
-    "API_PREFIX", "SampleModel", "ScoreModel", "ResultModel", "encode_sample", "decode_sample", "encode_result",
-    "decode_result", "jsonable",
+    "API_PREFIX", "USER_API_PREFIX", "SampleModel", "ScoreModel", "ResultModel", "encode_sample", "decode_sample",
+    "encode_result", "decode_result", "jsonable",
 ]
 
 API_PREFIX = "/api/v1/worker"
 """Where the worker API's routes live (jobs.api serves them, jobs.remote calls them)."""
+USER_API_PREFIX = "/api/v1/user"
+"""Where the user API's routes live (jobs.user_api serves them, jobs.user_client calls them)."""
 _NAME = 200  # task and metric names: the DB columns' length
 
 

@@ -205,7 +205,9 @@ def test_status_lists_workers_and_marks_stale_ones(capsys, client):
     assert workers["w/busy:1"]["status"] == "running" and workers["w/busy:1"]["current_job"] == data["jobs"][0]["id"]
     assert workers["w/idle:1"]["status"] == "idle" and workers["w/idle:1"]["token"] == "w"
     assert workers["ghost"]["stale"] is True and workers["ghost"]["status"] == "stale"
-    assert workers["w/busy:1"]["device"] == {"gpu": "none"}
+    # what the worker sent, and the capabilities its claims were judged by (a CPU worker by default)
+    assert workers["w/busy:1"]["device"]["gpu"] == "none"
+    assert workers["w/busy:1"]["capabilities"]["device"] == "cpu"
     code, out, _ = run_cli(capsys, "status")
     assert code == 0 and "ghost" in out and "stale" in out and "w/busy:1" in out
 

@@ -151,9 +151,10 @@ def test_a_claim_without_capabilities_and_rows_before_0006_take_any_job():
 
 
 def test_worker_capabilities_come_from_the_environment(monkeypatch):
-    assert detect_capabilities() == Capabilities(device="cpu", local_dirs=True)
+    tasks = resources.runnable_tasks()  # tests/test_workers.py checks these against the data directory
+    assert detect_capabilities() == Capabilities(device="cpu", local_dirs=True, tasks=tasks)
     monkeypatch.setattr(resources, "_gpu_memories_gb", lambda: [24.0, 80.0])
-    assert detect_capabilities(local_dirs=False) == Capabilities(device="cuda", accelerator_memory_gb=80.0)
+    assert detect_capabilities(local_dirs=False) == Capabilities(device="cuda", accelerator_memory_gb=80.0, tasks=tasks)
     monkeypatch.setenv("PRUNEBOARD_WORKER_MODELS", "a/b, /models/c")
     monkeypatch.setenv("PRUNEBOARD_WORKER_ACCELERATOR_MEMORY_GB", "40")
     monkeypatch.setenv("PRUNEBOARD_USE_HUB", "1")

@@ -5,7 +5,7 @@ import gradio as gr
 
 from ui.auth import login_button, login_notice, user_from
 from ui.shared import Shared
-from ui.tabs import compare, equal_cost, findings, leaderboard, plots, queue, submit
+from ui.tabs import api_tokens, compare, equal_cost, findings, leaderboard, plots, queue, submit
 
 TABS = [
     ("Leaderboard", "leaderboard", leaderboard),
@@ -15,6 +15,7 @@ TABS = [
     ("Queue", "queue", queue),
     ("Compare traces", "compare", compare),
     ("Findings", "findings", findings),
+    ("API tokens", "tokens", api_tokens),
 ]
 """(label, tab id, module): the tab ids are stable (used by `gr.Tabs(selected=...)` and tests)."""
 

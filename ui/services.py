@@ -21,6 +21,7 @@ from db.session import read_session
 from jobs import access
 from jobs.access import ANONYMOUS, AccessError, User
 from jobs.states import InvalidTransition, JobNotFound, JobState
+from jobs.waiting import add_waiting_reasons, waiting_reasons
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_EXAMPLE = "tiny-dense.yaml"
@@ -115,6 +116,8 @@ def queue_row(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any
         stage = "imported (run elsewhere)"
     if job.get("cancel_requested") and job.get("state") == JobState.RUNNING.value:
         stage = f"cancel requested; {stage}"
+    if job.get("waiting_reason"):
+        stage = f"waiting: {job['waiting_reason']}"
     return {
         "id": job["id"], "state": state_badge(job["state"]), "progress": progress_bar(job.get("progress"), job["state"]),
         "stage": stage, "elapsed": elapsed(job, now), "worker": job.get("worker_id") or "",
@@ -124,9 +127,9 @@ def queue_row(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any
 
 
 def queue_view(user: User = ANONYMOUS) -> pd.DataFrame:
-    """The newest jobs; hidden runs only for admins."""
+    """The newest jobs; hidden runs only for admins; a queued job no online worker can run says why."""
     with read_session() as session:
-        jobs = queries.list_jobs(session, limit=200, include_hidden=user.is_admin)
+        jobs = add_waiting_reasons(session, queries.list_jobs(session, limit=200, include_hidden=user.is_admin))
     return pd.DataFrame([queue_row(job) for job in jobs], columns=QUEUE_COLUMNS)
 
 
@@ -159,6 +162,10 @@ def job_panel(job_id: float | None, user: User = ANONYMOUS) -> str:
         parts.append(f'<p class="pb-stage">{esc(str(stage))}</p>')
     if detail["cancel_requested"] and detail["state"] == JobState.RUNNING.value:
         parts.append('<p class="pb-note">Cancel requested: the worker stops it within one heartbeat.</p>')
+    with read_session() as session:
+        waiting = waiting_reasons(session, [detail["id"]]).get(detail["id"])
+    if waiting:
+        parts.append(f'<p class="pb-note pb-waiting">Waiting: {esc(waiting)}. See <em>Workers</em> below.</p>')
     parts.append('<dl class="pb-facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in facts)
                  + "</dl>")
     if detail["error_type"]:
@@ -184,6 +191,11 @@ def _shown_id(job_id: Any) -> str:
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def job_visible(job_id: float | None, user: User = ANONYMOUS) -> bool:
+    """Whether `user` can open the job's full record (it exists, and is not hidden from them)."""
+    return bool(job_id) and access.visible_job_detail(user, job_id) is not None
 
 
 def job_actions(job_id: float | None, user: User = ANONYMOUS) -> tuple[bool, bool, str]:

@@ -1,10 +1,12 @@
-"""Queue tab: the live job list (gr.Timer), the selected job's progress, error and log, cancel and retry."""
+"""Queue tab: the live job list (gr.Timer), the selected job's progress, error and log, cancel and retry,
+and the Workers panel (`ui.workers_view`). Buttons that would do nothing are disabled (and look it)."""
 from __future__ import annotations
 
 import gradio as gr
 
 from ui import services
 from ui.auth import user_from
+from ui.workers_view import workers_html
 
 QUEUE_REFRESH_SECONDS = 2.0
 
@@ -18,7 +20,7 @@ def build(shared) -> None:
     with gr.Row(equal_height=False):
         # No minimum: an empty box reads 0, and a bound would make every event reading it fail.
         shared.queue_job_id = gr.Number(label="Job id", precision=0, elem_id="pb-queue-job")
-        shared.queue_show = gr.Button("Full record", elem_id="pb-queue-show")
+        shared.queue_show = gr.Button("Full record", interactive=False, elem_id="pb-queue-show")
         shared.queue_cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="pb-queue-cancel")
         shared.queue_retry = gr.Button("Retry", interactive=False, elem_id="pb-queue-retry")
     shared.queue_hint = gr.Markdown("Select a job to cancel or retry it.", elem_id="pb-queue-hint",
@@ -27,6 +29,9 @@ def build(shared) -> None:
     shared.queue_panel = gr.HTML(services.job_panel(None), elem_id="pb-queue-detail")
     with gr.Accordion("Full record: config, scores, manifest (JSON)", open=False):
         shared.queue_detail = gr.Code(language="json", lines=14, interactive=False, elem_id="pb-queue-json")
+    gr.Markdown("### Workers\nWhat each worker can run; a queued job that none online can run says why in "
+                "its *stage*.", elem_id="pb-workers-head")
+    shared.queue_workers = gr.HTML(elem_id="pb-workers")
     shared.queue_timer = gr.Timer(QUEUE_REFRESH_SECONDS)
 
 
@@ -35,19 +40,20 @@ def build(shared) -> None:
 
 
 def _job_state(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
-    """[panel, cancel, retry, hint] for the selected job."""
+    """[panel, full record, cancel, retry, hint] for the selected job."""
     user = user_from(profile, request)
     can_cancel, can_retry, hint = services.job_actions(job_id, user)
-    return [services.job_panel(job_id, user), gr.update(interactive=can_cancel), gr.update(interactive=can_retry), hint]
+    return [services.job_panel(job_id, user), gr.update(interactive=services.job_visible(job_id, user)),
+            gr.update(interactive=can_cancel), gr.update(interactive=can_retry), hint]
 
 
 def _refresh(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
     user = user_from(profile, request)
-    return [services.queue_view(user), *_job_state(job_id, profile, request)]
+    return [services.queue_view(user), workers_html(), *_job_state(job_id, profile, request)]
 
 
 def _queue_view(profile: gr.OAuthProfile | None, request: gr.Request):
-    return services.queue_view(user_from(profile, request))
+    return services.queue_view(user_from(profile, request)), workers_html()
 
 
 def _job_details(job_id, profile: gr.OAuthProfile | None, request: gr.Request):
@@ -68,8 +74,8 @@ def _on_select(evt: gr.SelectData):
 
 
 def wire(shared, demo) -> None:
-    job_outputs = [shared.queue_panel, shared.queue_cancel, shared.queue_retry, shared.queue_hint]
-    refresh_outputs = [shared.queue_table, *job_outputs]
+    job_outputs = [shared.queue_panel, shared.queue_show, shared.queue_cancel, shared.queue_retry, shared.queue_hint]
+    refresh_outputs = [shared.queue_table, shared.queue_workers, *job_outputs]
     shared.queue_timer.tick(_refresh, shared.queue_job_id, refresh_outputs, api_name=False, show_progress="hidden")
     shared.queue_table.select(_on_select, None, shared.queue_job_id, api_name=False)
     shared.queue_job_id.change(_job_state, shared.queue_job_id, job_outputs, api_name=False, trigger_mode="always_last")
@@ -78,4 +84,4 @@ def wire(shared, demo) -> None:
         _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
     shared.queue_retry.click(_retry, shared.queue_job_id, shared.queue_message, api_name="retry").then(
         _refresh, shared.queue_job_id, refresh_outputs, api_name=False)
-    demo.load(_queue_view, None, shared.queue_table, api_name=False)
+    demo.load(_queue_view, None, [shared.queue_table, shared.queue_workers], api_name=False)
