@@ -69,9 +69,21 @@ def create_app():
     return gr.mount_gradio_app(
         api, demo, path="/",
         css_paths=[ROOT / "static" / "style.css"],
+        head=header_hints_head(),
         allowed_paths=[str(ROOT / "static")],
         max_file_size=UPLOAD_LIMIT,
     )
+
+
+def header_hints_head() -> str:
+    """The page's <head> addition: the leaderboard's column hints and the script that shows them on hover."""
+    import json
+
+    from ui.board import HEADER_HINTS
+
+    hints = json.dumps(HEADER_HINTS).replace("</", "<\\/")  # no "</script>" can end the tag early
+    script = (ROOT / "static" / "header_hints.js").read_text(encoding="utf-8")
+    return f"<script>window.PRUNEBOARD_HEADER_HINTS = {hints};</script>\n<script>{script}</script>"
 
 
 def setup_logging() -> None:

@@ -22,6 +22,17 @@ RANDOM_MODELS = frozenset({"builtin:tiny-llama", "builtin:tiny-qwen3"})
 """Builtin models with random weights: they test the pipeline; their scores are chance level."""
 
 
+BUILTIN_HUB_PAGES = {"builtin:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""Builtin models that are copies of a Hub model: the page their results link to."""
+
+
+def hub_page(model: str) -> str | None:
+    """The Hub repo a model's results link to (owner/name), or None (random test models, local directories)."""
+    if model in BUILTIN_HUB_PAGES:
+        return BUILTIN_HUB_PAGES[model]
+    return model if _HUB_ID.match(model) and not Path(model).exists() else None
+
+
 def model_label(model: str) -> str:
     """How a model is named where its results show: random test models say so."""
     return f"{model} (random weights)" if model in RANDOM_MODELS else model

@@ -239,3 +239,40 @@ def test_random_test_models_are_labelled_wherever_their_results_show(runs):
     assert "Random test model" in detail.summary
     queue_frame = services.queue_view()
     assert set(queue_frame["model"]) == {"builtin:tiny-llama (random weights)"}
+
+
+def test_the_column_picker_keeps_meta_columns_and_the_chosen_values(runs):
+    full = board.board_view()
+    assert {"synthetic-mc", "average"} <= set(full.column_choices)
+    picked = board.board_view(columns=["average", "no-such-column"])
+    values = set(picked.board.frame.columns) & set(full.column_choices)
+    assert values == {"average"} and "job_id" in picked.board.frame.columns and "method" in picked.board.frame.columns
+    assert picked.column_choices == full.column_choices  # the picker still offers every column
+    assert set(board.board_view(columns=["no-such-column"]).board.frame.columns) == set(full.board.frame.columns)
+
+
+def test_model_cells_link_to_the_hub_page_and_stay_inert():
+    assert board.model_link("meta-llama/Llama-2-7b-hf") == \
+        "[meta\\-llama/Llama\\-2\\-7b\\-hf](https://huggingface.co/meta-llama/Llama-2-7b-hf)"
+    assert "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct" in board.model_link("builtin:smollm2-135m-instruct")
+    assert "](" not in board.model_link("builtin:tiny-llama")  # random test models have no page
+    assert board.model_link("/models/[x](javascript:alert(1))") == "/models/\\[x\\]\\(javascript:alert\\(1\\)\\)"
+
+
+def test_a_board_view_round_trips_through_its_url():
+    from ui.board_query import BoardQuery, parse_query, query_string
+
+    families = frozenset({"dense", "depth", "width", "unstructured", "dynamic"})
+    query = BoardQuery(model="builtin:smollm2-135m-instruct", paradigm="think", families=("depth", "width"),
+                       sparsity_min=0.2, sparsity_max=0.4, recovery="no", search="wanda", view="retained",
+                       sort_by="piqa", order="worst first", columns=("piqa", "average"))
+    link = query_string(query)
+    assert link.startswith("?tab=leaderboard&") and "family=depth%2Cwidth" in link
+    from urllib.parse import parse_qsl, urlsplit
+
+    assert parse_query(dict(parse_qsl(urlsplit(link).query)), families) == query
+    assert query_string(BoardQuery()) == "?tab=leaderboard"  # defaults are left out
+    hostile = parse_query({"family": "depth,<script>,width", "smin": "nan", "smax": "-3", "view": "evil",
+                           "recovery": "maybe", "order": "x", "q": "x" * 1000}, families)
+    assert hostile.families == ("depth", "width") and (hostile.sparsity_min, hostile.sparsity_max) == (0.0, 0.0)
+    assert (hostile.view, hostile.recovery, hostile.order, hostile.search) == ("raw", "any", "best first", "")

@@ -13,13 +13,13 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from backend.model_ids import RANDOM_MODELS
+from backend.model_ids import RANDOM_MODELS, hub_page
 from backend.references import compare_run
 from db import leaderboard as lb
 from db import plot_data, queries
@@ -89,8 +89,26 @@ def sort_choices(board: lb.Board) -> list[str]:
     return [PINNED_ORDER, *_TEXT_SORT[:4], *[c for cols in board.column_groups.values() for c in cols]]
 
 
-SHOWN_FIRST = ["job_id", "method", "sparsity", "family"]
+SHOWN_FIRST = ["job_id", "method", "sparsity", "family", "model"]
 """Columns shown before the scores (the table pins the first three); the other meta columns follow the scores."""
+TABLE_DATATYPES = ["number", "str", "number", "str", "markdown"]
+"""Gradio datatypes of the first columns: `model` is a Markdown link to the model's Hub page (the
+other columns are plain text)."""
+HEADER_HINTS = {
+    "average": "Mean of every higher-is-better task column of the row (each task's primary metric); "
+               "perplexity and efficiency are left out.",
+    " avg": "Mean of this category's task columns (each task's primary metric).",
+    "params_M": "Parameters after pruning, in millions (non-zero ones for unstructured pruning: see the run detail).",
+    "flops_ratio": "FLOPs per token against the dense model (ideal, from what was removed or skipped).",
+    "speedup_ideal": "Speed-up the removed or skipped compute would give (FLOP ratio).",
+    "speedup_measured": "Decode speed-up measured against the dense model on the same worker (median of the probe).",
+    "reference": "Published result for the same setting (backend/references.yaml): reproduced, or off by how much.",
+    "group": "Comparability group: runs outside 'main' used other evaluation settings and are not ranked with it.",
+    "flag": "Why a run needs care (no dense baseline under its settings, a calibration leak, ...).",
+    "calibration_data": "The calibration text the run used ('(default)' when its config named none).",
+}
+"""Column header -> what it means, shown on hover (the page's head script reads it; " avg" matches every
+category average)."""
 
 
 def arrange_columns(board: lb.Board) -> lb.Board:
@@ -132,7 +150,8 @@ def styled(board: lb.Board, view: str = "raw") -> "pd.io.formats.style.Styler":
     styler = frame.style
     efficiency = set(board.column_groups.get("efficiency", []))
     value_format = {"raw": "{:.4f}", "delta": "{:+.4f}", "retained": "{:.1f}%"}.get(view, "{:.4f}")
-    formats: dict[str, Any] = {"sparsity": "{:.2f}", "baseline_job_id": lambda v: "" if pd.isna(v) else str(int(v))}
+    formats: dict[str, Any] = {"sparsity": "{:.2f}", "baseline_job_id": lambda v: "" if pd.isna(v) else str(int(v)),
+                               "model": model_link}
     for column in _value_columns(board):
         formats[column] = "{:.3g}" if column in efficiency else value_format
     styler = styler.format({c: f for c, f in formats.items() if c in frame.columns}, na_rep="")
@@ -217,16 +236,39 @@ class BoardView:
     summary: str
     legend: str
     sort_choices: list[str]
+    column_choices: list[str] = field(default_factory=list)
+    """Every value column the board has (the column picker's choices)."""
 
 
 def board_view(model=None, paradigm=None, families=None, sparsity_min=None, sparsity_max=None, calibration=None,
-               recovery="any", search="", view="raw", sort_by=PINNED_ORDER, order="best first") -> BoardView:
+               recovery="any", search="", view="raw", sort_by=PINNED_ORDER, order="best first",
+               columns=None) -> BoardView:
+    """`columns`: the value columns to show (empty or None: all; names the board lacks are ignored)."""
     view = view if view in lb.VIEWS else "raw"
     filters = make_filters(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search)
-    board = arrange_columns(with_references(sort_board(load_board(filters, view), sort_by, order)))
+    full = arrange_columns(with_references(sort_board(load_board(filters, view), sort_by, order)))
+    board = chosen_columns(full, columns)
     table = styled(board, view) if len(board.frame) else board.frame
     return BoardView(board=board, table=table, summary=summary_markdown(board, filters, view),
-                     legend=legend_markdown(board), sort_choices=sort_choices(board))
+                     legend=legend_markdown(board), sort_choices=sort_choices(board),
+                     column_choices=_value_columns(full))
+
+
+def chosen_columns(board: lb.Board, columns: Sequence[str] | None) -> lb.Board:
+    """The board with only the chosen value columns (and every meta column); all of them when none is chosen."""
+    wanted = [c for c in (columns or ()) if c in _value_columns(board)]
+    if not wanted:
+        return board
+    dropped = set(_value_columns(board)) - set(wanted)
+    groups = {name: [c for c in cols if c not in dropped] for name, cols in board.column_groups.items()}
+    return replace(board, frame=board.frame[[c for c in board.frame.columns if c not in dropped]],
+                   column_groups={name: cols for name, cols in groups.items() if cols})
+
+
+def model_link(model: str) -> str:
+    """Markdown for a model cell: a link to its Hub page where it has one, else its name, escaped."""
+    page = hub_page(model)
+    return f"[{escape(model)}](https://huggingface.co/{page})" if page else escape(model)
 
 
 def with_references(board: lb.Board) -> lb.Board:
@@ -271,6 +313,11 @@ def _busiest_setting() -> tuple[str, str]:
         return ALL, ALL
     model, paradigm = frame.groupby(["model", "paradigm"]).size().sort_values(ascending=False, kind="stable").index[0]
     return str(model), str(paradigm)
+
+
+def job_id_of(value: Any) -> int | None:
+    """A job id typed or clicked (None for an empty box, which reads 0, or anything not a whole number)."""
+    return access.job_id_from(value)
 
 
 def job_at_row(table: Any, row: int | None, row_value: Sequence[Any] | None = None) -> int | None:

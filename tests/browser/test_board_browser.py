@@ -90,3 +90,39 @@ def test_plots_tab_draws_figures(page, ui, screenshot):
     ui.wait_for_text("No test-time-scaling scores yet", within="#pb-plot-tts")
     assert HOSTILE in ui.text("#pb-plot-sparsity") and ui.js("window.pwnedBoard") is None
     screenshot("plots")
+
+
+def test_a_linked_view_restores_filters_and_columns_and_explains_headers(page, ui, screenshot):
+    from playwright.sync_api import expect
+
+    ui.open("?tab=leaderboard&q=wanda&view=delta&cols=synthetic-mc")
+    ui.wait_for_text("1 run(s)", within="#pb-board-summary")
+    ui.wait_for_text("Δ vs dense: run minus", within="#pb-board-summary")
+    expect(page.locator("#pb-board-view input[value=delta]")).to_be_checked()
+    assert "synthetic-mc" in ui.text("#pb-board-columns")
+    headers = page.locator("#pb-board [role=columnheader], #pb-board th").all_inner_texts()
+    assert not any("average" in h for h in headers)  # the picker left only the chosen value column
+    link = ui.text("#pb-board-link")
+    assert "q=wanda" in link and "view=delta" in link and "cols=synthetic-mc" in link
+    assert "(all)" in ui.text("#pb-board-families")
+    screenshot("leaderboard-linked-view")
+
+    ui.open()
+    ui.wait_for_text("4 run(s)", within="#pb-board-summary")
+    average = page.locator("#pb-board th, #pb-board [role=columnheader]", has_text="average").first
+    expect(average).to_have_attribute("title", __import__("re").compile("Mean of every higher-is-better"))
+    model = page.locator("#pb-board [role=gridcell] a, #pb-board td a").first
+    assert model.count() == 0  # tiny-llama has random weights and no Hub page: plain text
+
+
+def test_run_buttons_wake_up_when_a_run_is_chosen(page, ui):
+    from playwright.sync_api import expect
+
+    ui.open()
+    ui.wait_for_text("4 run(s)", within="#pb-board-summary")
+    for button in ("#pb-board-open", "#pb-board-fork", "#pb-board-files", "#pb-board-publish"):
+        expect(page.locator(button)).to_be_disabled()
+    page.locator("#pb-board [role=gridcell]", has_text="wanda").first.click()
+    ui.wait_for_text(f"Job {SEEDED['wanda']}: wanda", within="#pb-board-detail")
+    for button in ("#pb-board-open", "#pb-board-fork", "#pb-board-files", "#pb-board-publish"):
+        expect(page.locator(button)).to_be_enabled()

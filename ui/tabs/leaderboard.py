@@ -15,6 +15,7 @@ from db.leaderboard import FAMILIES
 from ui import board as svc
 from ui import run_actions
 from ui.auth import user_from
+from ui.board_query import BoardQuery, parse_query, query_string
 from ui.exports import export_links
 from ui.view_cache import cached
 
@@ -25,8 +26,8 @@ def build(shared) -> None:
                                          scale=2)
         shared.board_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, "instruct", "think"], value=svc.ALL,
                                             allow_custom_value=True)
-        shared.board_families = gr.Dropdown(label="Method family", choices=list(FAMILIES), value=[], multiselect=True,
-                                            scale=2)
+        shared.board_families = gr.Dropdown(label="Method family", choices=[svc.ALL, *FAMILIES], value=[svc.ALL],
+                                            multiselect=True, scale=2, elem_id="pb-board-families")
         shared.board_calibration = gr.Dropdown(label="Calibration source", choices=[svc.ALL], value=svc.ALL,
                                                allow_custom_value=True)
         shared.board_recovery = gr.Radio(label="Recovery (LoRA)", choices=svc.RECOVERY_CHOICES, value="any")
@@ -43,9 +44,14 @@ def build(shared) -> None:
         shared.board_order = gr.Radio(label="Order", choices=svc.ORDER_CHOICES, value="best first")
         shared.board_refresh = gr.Button("Refresh", variant="secondary", elem_id="pb-board-refresh", scale=0,
                                          min_width=120)
+    shared.board_columns = gr.Dropdown(label="Columns (empty: all)", choices=[], value=[], multiselect=True,
+                                       elem_id="pb-board-columns",
+                                       info="Pick the task, average and efficiency columns to show.")
     shared.board_note = gr.Markdown(elem_id="pb-board-summary")
+    shared.board_link = gr.Markdown(elem_id="pb-board-link")
     shared.board = gr.Dataframe(label="Method x task (dense baseline first in each group; green = better)",
-                                interactive=False, wrap=False, max_height=560, pinned_columns=3, elem_id="pb-board")
+                                interactive=False, wrap=False, max_height=560, pinned_columns=3, elem_id="pb-board",
+                                datatype=svc.TABLE_DATATYPES)
     shared.board_exports = gr.HTML(elem_id="pb-board-exports", elem_classes=["pb-downloads"])
     with gr.Accordion("Column groups", open=False):
         shared.board_legend = gr.Markdown(elem_id="pb-board-legend")
@@ -53,13 +59,17 @@ def build(shared) -> None:
         gr.Markdown("### Run detail")
         with gr.Row():
             shared.board_job = gr.Number(label="Job id", value=None, precision=0, elem_id="pb-board-job")
-            shared.board_open = gr.Button("Open run", elem_id="pb-board-open")
-            shared.board_fork = gr.Button("Rerun / fork this config", variant="primary", elem_id="pb-board-fork")
+            # Disabled until a run is chosen (a click or a typed id): they would do nothing without one.
+            shared.board_open = gr.Button("Open run", elem_id="pb-board-open", interactive=False)
+            shared.board_fork = gr.Button("Rerun / fork this config", variant="primary", elem_id="pb-board-fork",
+                                          interactive=False)
         with gr.Row(equal_height=True):
-            shared.board_files = gr.Button("lm-eval files (zip)", elem_id="pb-board-files", scale=0, min_width=160)
+            shared.board_files = gr.Button("lm-eval files (zip)", elem_id="pb-board-files", scale=0, min_width=160,
+                                           interactive=False)
             shared.board_publish_repo = gr.Textbox(label="Hub repo for the pruned model", placeholder="owner/name",
                                                    elem_id="pb-board-publish-repo", scale=2)
-            shared.board_publish = gr.Button("Publish to the Hub", elem_id="pb-board-publish", scale=0, min_width=160)
+            shared.board_publish = gr.Button("Publish to the Hub", elem_id="pb-board-publish", scale=0, min_width=160,
+                                             interactive=False)
         shared.board_files_out = gr.File(label="lm-eval files", visible=False, elem_id="pb-board-files-out")
         shared.board_action_note = gr.Markdown(elem_id="pb-board-action-note")
         shared.board_detail = gr.Markdown(svc.run_detail(None).summary, elem_id="pb-board-detail-summary")
@@ -86,6 +96,8 @@ class _Shown:
     legend: str
     exports: str
     sort_choices: tuple[str, ...]
+    column_choices: tuple[str, ...]
+    link: str
 
 
 def refresh_for(table: gr.Dataframe):
@@ -93,21 +105,55 @@ def refresh_for(table: gr.Dataframe):
     components cannot be made inside a callback, where Gradio reads them as updates)."""
 
     def refresh(model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search, view, sort_by,
-                order):
-        widgets = (model, paradigm, tuple(families or ()), sparsity_min, sparsity_max, calibration, recovery, search,
-                   view, sort_by, order)
-        shown = cached(("leaderboard", *widgets), lambda: _shown(table, widgets))
+                order, columns):
+        families = tuple(f for f in families or () if f != svc.ALL)  # "(all)" is the empty filter
+        widgets = (model, paradigm, families, sparsity_min, sparsity_max, calibration, recovery, search, view,
+                   sort_by, order)
+        shown = cached(("leaderboard", *widgets, tuple(columns or ())),
+                       lambda: _shown(table, widgets, tuple(columns or ())))
         sort_value = sort_by if sort_by in shown.sort_choices else svc.PINNED_ORDER
+        chosen = [c for c in columns or () if c in shown.column_choices]
         return (shown.table, shown.summary, shown.legend, shown.exports,
-                gr.update(choices=list(shown.sort_choices), value=sort_value))
+                gr.update(choices=list(shown.sort_choices), value=sort_value),
+                gr.update(choices=list(shown.column_choices), value=chosen), shown.link)
 
     return refresh
 
 
-def _shown(table: gr.Dataframe, widgets: tuple) -> _Shown:
-    view = svc.board_view(*widgets)
+def _shown(table: gr.Dataframe, widgets: tuple, columns: tuple[str, ...]) -> _Shown:
+    view = svc.board_view(*widgets, columns=columns)
+    query = BoardQuery(*widgets[:8], view=widgets[8], sort_by="" if widgets[9] == svc.PINNED_ORDER else widgets[9],
+                       order=widgets[10], columns=columns)
+    link = query_string(query)  # validated words and numbers, URL-encoded
     return _Shown(table.postprocess(view.table).model_dump(), view.summary, view.legend, export_links(*widgets),
-                  tuple(view.sort_choices))
+                  tuple(view.sort_choices), tuple(view.column_choices), f"Link to this view: [`{link}`]({link})")
+
+
+def _families(families):
+    """"(all)" and a family exclude each other: the latest pick wins."""
+    families = list(families or [])
+    if not families:
+        return [svc.ALL]
+    if families[-1] == svc.ALL:
+        return [svc.ALL]
+    return [f for f in families if f != svc.ALL]
+
+
+def _from_url(request: gr.Request):
+    """The widget values a shared link names (`ui.board_query`), with the filters' current choices."""
+    params = dict(request.query_params) if request is not None else {}
+    query = parse_query(params, frozenset(FAMILIES))
+    options = svc.filter_choices()
+
+    def choice(value, choices):
+        return gr.update(choices=choices, value=value if value in choices else svc.ALL)
+
+    return (choice(query.model, options["models"]), choice(query.paradigm, options["paradigms"]),
+            list(query.families) or [svc.ALL], query.sparsity_min, query.sparsity_max,
+            choice(query.calibration, options["calibrations"]), query.recovery, query.search, query.view,
+            gr.update(choices=[svc.PINNED_ORDER, query.sort_by] if query.sort_by else [svc.PINNED_ORDER],
+                      value=query.sort_by or svc.PINNED_ORDER),
+            query.order, gr.update(choices=list(query.columns), value=list(query.columns)))
 
 
 def _options(model, paradigm, calibration):
@@ -124,6 +170,12 @@ def _detail(job_id, profile: gr.OAuthProfile | None = None, request: gr.Request 
     detail = svc.run_detail(job_id, user_from(profile, request))
     boxes = (detail.config_yaml, detail.structure_json, detail.efficiency_json, detail.manifest_json, detail.log_tail)
     return detail.summary, *(gr.update(value=text, visible=bool(text)) for text in boxes)
+
+
+def _run_buttons(job_id):
+    """Open, fork, files and publish act on a run: live only once one is chosen."""
+    chosen = svc.job_id_of(job_id) is not None
+    return tuple(gr.update(interactive=chosen) for _ in range(4))
 
 
 def _select(table, evt: gr.SelectData):
@@ -150,27 +202,31 @@ def _publish(job_id, repo_id, profile: gr.OAuthProfile | None, request: gr.Reque
 def wire(shared, demo) -> None:
     inputs = [shared.board_model, shared.board_paradigm, shared.board_families, shared.board_sparsity_min,
               shared.board_sparsity_max, shared.board_calibration, shared.board_recovery, shared.board_search,
-              shared.board_view, shared.board_sort, shared.board_order]
-    outputs = [shared.board, shared.board_note, shared.board_legend, shared.board_exports, shared.board_sort]
+              shared.board_view, shared.board_sort, shared.board_order, shared.board_columns]
+    outputs = [shared.board, shared.board_note, shared.board_legend, shared.board_exports, shared.board_sort,
+               shared.board_columns, shared.board_link]
     refresh_board = refresh_for(shared.board)
     refresh = dict(fn=refresh_board, inputs=inputs, outputs=outputs, api_name=False)
     shared.board_refresh.click(_options, [shared.board_model, shared.board_paradigm, shared.board_calibration],
                                [shared.board_model, shared.board_paradigm, shared.board_calibration], api_name=False)
     shared.board_refresh.click(refresh_board, inputs, outputs, api_name="leaderboard")
-    for widget in (shared.board_model, shared.board_paradigm, shared.board_families, shared.board_calibration,
-                   shared.board_recovery, shared.board_view, shared.board_sort, shared.board_order):
+    shared.board_families.input(_families, shared.board_families, shared.board_families, api_name=False).then(**refresh)
+    for widget in (shared.board_model, shared.board_paradigm, shared.board_calibration, shared.board_recovery,
+                   shared.board_view, shared.board_sort, shared.board_order, shared.board_columns):
         widget.input(**refresh)
     for slider in (shared.board_sparsity_min, shared.board_sparsity_max):
         slider.change(**refresh, trigger_mode="always_last")  # drag or typed number
     shared.board_search.submit(**refresh)
     shared.board_search.input(**refresh, trigger_mode="always_last")
-    demo.load(_options, [shared.board_model, shared.board_paradigm, shared.board_calibration],
-              [shared.board_model, shared.board_paradigm, shared.board_calibration], api_name=False).then(**refresh)
+    demo.load(_from_url, None, inputs, api_name=False).then(**refresh)
 
     detail_outputs = [shared.board_detail, shared.board_detail_config, shared.board_detail_structure,
                       shared.board_detail_efficiency, shared.board_detail_manifest, shared.board_detail_log]
     shared.board.select(_select, shared.board, shared.board_job, api_name=False)
     shared.board_job.change(_detail, shared.board_job, detail_outputs, api_name=False)
+    shared.board_job.change(_run_buttons, shared.board_job,
+                            [shared.board_open, shared.board_fork, shared.board_files, shared.board_publish],
+                            api_name=False)
     shared.board_open.click(_detail, shared.board_job, detail_outputs, api_name="run_detail")
     shared.board_fork.click(_fork, shared.board_job, [shared.submit_editor, shared.tabs, shared.board_detail],
                             api_name=False)

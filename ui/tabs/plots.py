@@ -58,10 +58,6 @@ def _options(model, paradigm):
             gr.update(choices=options["paradigms"], value=paradigm if paradigm in options["paradigms"] else svc.ALL))
 
 
-def _initial_options(model, paradigm):
-    if model == svc.ALL and paradigm == svc.ALL:
-        model, paradigm = svc.busiest_setting()
-    return _options(model, paradigm)
 
 
 def wire(shared, demo) -> None:
@@ -75,5 +71,5 @@ def wire(shared, demo) -> None:
     for widget in (shared.plots_model, shared.plots_paradigm, shared.plots_column, shared.plots_pareto_x,
                    shared.plots_scaling_by):
         widget.input(**draw)
-    demo.load(_initial_options, [shared.plots_model, shared.plots_paradigm], [shared.plots_model, shared.plots_paradigm],
+    demo.load(_options, [shared.plots_model, shared.plots_paradigm], [shared.plots_model, shared.plots_paradigm],
               api_name=False).then(**draw)
