@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend import settings
+from common import settings
 from jobs import results_repo
 from jobs.sweeper import LeaseSweeper
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from backend import settings
+from common import settings
 from backend.config import CalibrationConfig, data_file
 
 if TYPE_CHECKING:

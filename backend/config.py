@@ -47,7 +47,7 @@ OUTSIDE_DATA_DIR = ("path must name a file under PRUNEBOARD_DATA_DIR (relative, 
 def data_file(path: str, data_dir: Path | None = None) -> Path:
     """`path` resolved against the data directory (default `settings.data_dir()`), symlinks followed;
     ValueError(OUTSIDE_DATA_DIR) unless the result stays inside it."""
-    from backend import settings
+    from common import settings
 
     if "://" in path or Path(path).is_absolute() or ".." in Path(path).parts:
         raise ValueError(OUTSIDE_DATA_DIR)

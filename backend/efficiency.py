@@ -67,7 +67,7 @@ SPEED_FIGURES = ("prefill_tokens_per_s", "latency_ms_first_token", "decode_token
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """How the speed figures are measured (defaults and meaning: `backend.settings.efficiency_*`)."""
+    """How the speed figures are measured (defaults and meaning: `common.settings.efficiency_*`)."""
 
     prompt_tokens: int
     new_tokens: int
@@ -76,7 +76,7 @@ class ProbeSettings:
 
     @classmethod
     def from_settings(cls) -> "ProbeSettings":
-        from backend import settings
+        from common import settings
 
         return cls(settings.efficiency_prompt_tokens(), settings.efficiency_new_tokens(),
                    settings.efficiency_iterations(), settings.efficiency_min_seconds())

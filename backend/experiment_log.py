@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Any
 
-from backend import settings
+from common import settings
 from backend.lm_eval_format import LmEvalRun
 
 __all__ = ["enabled_loggers", "log_run"]

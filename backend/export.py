@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from backend import settings
+from common import settings
 from backend.config import JobConfig, canonical_dict, config_hash
 from backend.manifest import environment
 

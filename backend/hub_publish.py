@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend import settings
+from common import settings
 
 __all__ = ["Pushed", "check_repo_id", "push_model"]
 

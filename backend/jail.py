@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend import settings
+from common import settings
 
 __all__ = ["Limits", "JAIL_WORKDIR", "LAUNCHER", "jail_command", "launch", "probe", "interpreter", "hidden_paths"]
 

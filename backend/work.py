@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend import settings
+from common import settings
 from backend.config import JobConfig
 from backend.pruning import get_method
 from backend.tasks import get_task

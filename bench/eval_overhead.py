@@ -44,7 +44,7 @@ def _model_cache_dir() -> Path:
     if (tests_cache / "smollm2-135m-instruct" / "pruneboard.json").is_file():
         return tests_cache
     sys.path.insert(0, str(ROOT))
-    from backend import settings
+    from common import settings
 
     return settings.model_cache_dir()
 

@@ -85,7 +85,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from backend import settings
+    from common import settings
     from backend.calibration import build_calibration
     from backend.config import DEFAULT_CALIBRATION
     from backend.models import load_model

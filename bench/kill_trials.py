@@ -186,7 +186,7 @@ class Trials:
         from backend.config import validate_config
         from db.schema import utcnow
         from jobs import queue
-        from jobs.states import JobState
+        from db.states import JobState
 
         config = validate_config({"model": "builtin:noop", "tasks": ["piqa"], "seed": seed,
                                   "model_args": {"sleep_ms": 0}})
@@ -225,7 +225,7 @@ class Trials:
 
         from db.schema import Sample, Score
         from db.session import read_session
-        from jobs.states import JobState
+        from db.states import JobState
 
         problems = []
         job = _job(job_id)

@@ -32,7 +32,7 @@ RUNS = {
 
 
 def _setup():
-    from backend import settings
+    from common import settings
     from backend.calibration import build_calibration
     from backend.config import CalibrationConfig
     from backend.models import load_model

@@ -47,7 +47,7 @@ def seed(rng: random.Random) -> tuple[str, list[int]]:
 
     from db.schema import Job, Sample, Score
     from db.session import write_session
-    from jobs.states import JobState
+    from db.states import JobState
 
     job_rows, score_rows, sample_rows = [], [], []
     job_id = 0

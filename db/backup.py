@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from backend import settings
-from backend.private_files import create_private
+from common import settings
+from common.private_files import create_private
 from db.session import SQLITE_BUSY_TIMEOUT_MS
 
 __all__ = ["BACKUP_NAME", "sqlite_path", "backup_path", "backup", "restore_if_needed", "BackupThread"]

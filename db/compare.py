@@ -24,7 +24,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from db.schema import Job, Sample, Score
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = [
     "OUTCOMES", "LETTERS", "BOOTSTRAP_RESAMPLES", "Comparison", "comparable_runs", "shared_tasks", "compare",

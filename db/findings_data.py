@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from db.bootstrap import Unit
 from db.schema import Job, Sample
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = [
     "Run", "method_family", "task_category", "load_runs", "setting_key", "correctness", "tts_gain",

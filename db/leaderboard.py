@@ -44,7 +44,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.schema import Job, Score
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = [
     "FAMILIES", "VIEWS", "CATEGORIES", "META_COLUMNS", "EFFICIENCY_COLUMNS", "BoardFilters", "Board",

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.queries import job_trace_stats
 from db.schema import Job, Score
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = ["latest_runs", "thinking_points", "scaling_points", "speedup_ranges", "THINKING_COLUMNS", "SCALING_COLUMNS",
            "SCALING_AXES", "SPEEDUP_RANGE_COLUMNS"]

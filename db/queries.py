@@ -11,7 +11,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.schema import Job, Sample, Score, Trace
-from jobs.states import JobState
+from db.states import JobState
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from backend import settings
-from backend.private_files import create_private, make_private
+from common import settings
+from common.private_files import create_private, make_private
 
 __all__ = ["get_engine", "init_db", "read_session", "write_session", "dispose_engines", "MIGRATIONS_DIR"]
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 
-from backend import settings
+from common import settings
 from backend.config import JobConfig, config_hash
 from db import results_version
 from db.schema import AuditEntry, Job, utcnow
@@ -45,7 +45,8 @@ from db.session import read_session, write_session
 from jobs import queue
 from jobs.baselines import baseline_needed, queue_dense_baseline
 from jobs.limits import WorkLimitExceeded, bound
-from jobs.states import ACTIVE_STATES, InvalidTransition, JobNotFound, JobState
+from db.states import ACTIVE_STATES, JobState
+from jobs.states import InvalidTransition, JobNotFound
 
 __all__ = [
     "User", "ANONYMOUS", "ANONYMOUS_SUBMITTER", "AccessError", "LoginRequired", "AccessDenied", "QuotaExceeded",

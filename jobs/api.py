@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, text
 
-from backend import settings
+from common import settings
 from backend.config import validate_config
 from db.schema import Job, WorkerRecord
 from db.session import read_session
@@ -47,7 +47,8 @@ from jobs.api_guard import (
 from jobs.completion import ResultMismatch, check_result
 from jobs.logs import event
 from jobs.resources import Capabilities
-from jobs.states import JobState, LostClaim
+from db.states import JobState
+from jobs.states import LostClaim
 from jobs.user_api import add_user_routes
 
 __all__ = ["create_api", "API_PREFIX", "max_body_bytes", "max_in_flight_bytes", "SMALL_BODY_BYTES"]

@@ -46,7 +46,7 @@ from backend.defaults import DEFAULTS_VERSION, pin_changed_defaults
 from backend.result import SampleRecord, ScoreRecord
 from db import results_version
 from db.schema import Deployment, Job, Sample, Score, Trace, utcnow
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "BundleRun", "deployment_id", "export_bundle",

@@ -19,7 +19,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = ["main", "build_parser"]
 
@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="list the configs without queueing or checking availability (what a submit would "
                              "lack is listed under \"missing\")")
     preset.add_argument("--json", action="store_true",
-                        help='print {"preset", "jobs": [{"id", "state", "existing"}]} (dry run: "configs", "missing")')
+                        help='print {"preset", "jobs": [{"id", "state", "existing"}]} (dry run: "configs", "missing", '
+                             '"estimated_cpu_seconds": null for models without CPU figures)')
     preset.add_argument("--submitter", default=None, help="recorded with the jobs (default: cli:$USER)")
 
     admin = commands.add_parser("admin", help="hide, unhide or delete runs; read the audit log (jobs.access)")
@@ -281,6 +282,7 @@ def _server_mode(args: argparse.Namespace) -> bool:
 def _submit_preset(args: argparse.Namespace) -> None:
     from backend.config import ConfigError, canonical_dict
     from jobs.presets import UnknownPreset, missing, preset_configs, submit_preset
+    from jobs.work_estimate import preset_seconds
 
     submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
     models = {}
@@ -294,14 +296,18 @@ def _submit_preset(args: argparse.Namespace) -> None:
         submitted = [] if args.dry_run else submit_preset(args.name, submitter=submitter, models=models)
     except (UnknownPreset, ConfigError) as exc:
         raise CliError(str(exc)) from None
+    estimate = preset_seconds(configs) if configs is not None else None
     if configs is not None and args.json:
         _print_json({"preset": args.name, "configs": [canonical_dict(c) for c in configs],
-                     "missing": missing(configs)})
+                     "missing": missing(configs),
+                     "estimated_cpu_seconds": None if estimate is None else round(estimate)})
     elif configs is not None:
         for c in configs:
             calibration = c.effective_calibration().source if c.pruning.method != "dense" else "-"
             print(f"{c.model}  {c.paradigm:<8}  {c.pruning.method:<14}  {c.pruning.sparsity:.2f}  "
                   f"{calibration:<14}  {','.join(t.name for t in c.tasks)}")
+        if estimate is not None:
+            print(f"estimated time on a 2-core CPU (an upper bound): {estimate / 3600:.1f} h")
     elif args.json:
         _print_json({"preset": args.name, "jobs": [
             {"id": job.id, "state": job.state.value, "existing": existing} for job, existing in submitted]})
@@ -410,7 +416,7 @@ def _prune(args: argparse.Namespace) -> None:
 
 
 def _hub_push_token(repo_id: str) -> str:
-    from backend import settings
+    from common import settings
     from backend.hub_publish import check_repo_id
 
     try:
@@ -464,7 +470,7 @@ def _token(args: argparse.Namespace) -> None:
         if args.out is None:
             print(f"worker token {args.name} (shown once; stored hashed): {token}")
             return
-        from backend.private_files import write_private_text
+        from common.private_files import write_private_text
 
         write_private_text(args.out, token + "\n")
         print(f"worker token {args.name} written to {args.out} (0600; stored hashed)")
@@ -622,7 +628,7 @@ def _methods(args: argparse.Namespace) -> None:
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from backend import settings
+    from common import settings
     from backend.taskdata import get_source
     from backend.tasks import list_tasks
     from backend.tasks.base import fetch_command

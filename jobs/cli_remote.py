@@ -17,7 +17,7 @@ from typing import Any
 
 from jobs.cli import EXIT_AUTH, EXIT_BAD_INPUT, EXIT_CONFLICT, CliError
 from jobs.cli_worker import check_server_url, read_token_file
-from jobs.states import JobState
+from db.states import JobState
 from jobs.user_client import UserApiError, UserClient
 
 __all__ = ["remote_submit", "remote_status", "remote_cancel", "user_token", "TOKEN_VARIABLE"]

@@ -12,7 +12,7 @@ admins and operators on the CLI are not bounded):
 """
 from __future__ import annotations
 
-from backend import settings
+from common import settings
 from backend.config import JobConfig, canonical_dict, validate_config
 from backend.work import work_tokens
 

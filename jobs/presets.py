@@ -281,7 +281,7 @@ def preset_configs(name: str, models: dict[str, str] | None = None) -> list[JobC
 def missing(configs: list[JobConfig]) -> list[str]:
     """What this host lacks to run the configs, one line per model or task (empty: nothing): models
     no worker can load, the placeholder of a model the user must name, task data that is absent."""
-    from backend import settings
+    from common import settings
     from backend.model_ids import NOOP_MODEL
     from backend.taskdata.availability import missing_task_data, submit_checks_data
 

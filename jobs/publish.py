@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from backend import settings
+from common import settings
 from backend.hub_publish import Pushed, check_repo_id, push_model
 from backend.model_card import RunSummary, model_card
 from db.schema import Job, Score
 from jobs import access
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = ["PublishError", "publish_run", "run_summary"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete, exists, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from backend import settings
+from common import settings
 from backend.config import JobConfig, canonical_json, config_hash
 from backend.result import RunResult, SampleRecord
 from backend.scoring import SCORER_VERSION
@@ -26,7 +26,8 @@ from db import results_version
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
 from jobs.resources import Capabilities, claim_filter, job_requirements
-from jobs.states import InvalidTransition, JobNotFound, JobState, LostClaim
+from db.states import JobState
+from jobs.states import InvalidTransition, JobNotFound, LostClaim
 
 __all__ = [
     "submit", "claim_next", "requeue_expired", "heartbeat", "record_sample", "completed_samples",

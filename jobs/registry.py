@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from backend import settings
+from common import settings
 from db.schema import WorkerRecord, utcnow
 from db.session import read_session, write_session
 from jobs.resources import Capabilities

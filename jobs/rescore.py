@@ -29,7 +29,8 @@ from backend.result import SampleRecord
 from db import results_version
 from db.schema import Job, Sample, Score, Trace
 from db.session import write_session
-from jobs.states import InvalidTransition, JobNotFound, JobState
+from db.states import JobState
+from jobs.states import InvalidTransition, JobNotFound
 
 __all__ = ["rescore", "NOT_RESCORABLE"]
 

@@ -113,7 +113,7 @@ def detect_capabilities(local_dirs: bool = True) -> Capabilities:
 def runnable_tasks() -> tuple[str, ...]:
     """The registered tasks this machine can evaluate: their data is in PRUNEBOARD_DATA_DIR, or its
     worker would fetch it (`backend.taskdata.availability`)."""
-    from backend import settings
+    from common import settings
     from backend.taskdata.availability import missing_task_data
     from backend.tasks import list_tasks
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from backend import settings
+from common import settings
 from db.schema import Job
 from jobs.bundle import export_bundle, seed_empty_database
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = ["RESULTS_FILE", "ResultsPusher", "configured", "ephemeral_storage_warning", "push_results",
            "restore_results", "results_state"]

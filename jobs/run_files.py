@@ -20,7 +20,7 @@ from pathlib import Path
 
 from backend.lm_eval_format import LmEvalRun, to_lm_eval, write_lm_eval_files
 from db.schema import Job
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = ["RunFilesError", "load_lm_eval_run", "log_finished_run", "write_run_files", "run_files_zip"]
 

@@ -6,31 +6,12 @@
       │             ▼   ▼
       └──retry / submit again── failed | cancelled        (lease expiry: running ──▶ queued)
 
-The state column of the `jobs` table stores these values; every transition is a function in
-`jobs.queue`, never a string written by hand.
+The state column of the `jobs` table stores these values (`db.states.JobState`); every transition is a
+function in `jobs.queue`, never a string written by hand.
 """
 from __future__ import annotations
 
-from enum import Enum
-
-__all__ = ["JobState", "JobNotFound", "InvalidTransition", "LostClaim", "ACTIVE_STATES", "FINISHED_STATES"]
-
-
-class JobState(str, Enum):
-    """Where a job is in its lifecycle."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
-FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+__all__ = ["InvalidTransition", "JobNotFound", "LostClaim"]
 
 
 class JobNotFound(LookupError):

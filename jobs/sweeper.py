@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from backend import settings
+from common import settings
 
 __all__ = ["LeaseSweeper"]
 

@@ -32,7 +32,8 @@ from db.session import read_session
 from jobs import access
 from jobs.api_guard import parse_body
 from jobs.registry import list_workers
-from jobs.states import InvalidTransition, JobNotFound, JobState
+from db.states import JobState
+from jobs.states import InvalidTransition, JobNotFound
 from jobs.waiting import add_waiting_reasons
 from jobs.wire import USER_API_PREFIX
 

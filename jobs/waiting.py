@@ -27,7 +27,7 @@ from backend.tasks.base import fetch_command
 from db.schema import Job
 from jobs.registry import ONLINE_STATUSES, list_workers
 from jobs.resources import Capabilities
-from jobs.states import JobState
+from db.states import JobState
 
 __all__ = ["JobNeeds", "waiting_reason", "waiting_reasons", "add_waiting_reasons", "online_capabilities"]
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from backend import settings
+from common import settings
 from backend.events import Cancelled, Event, EventSink, Progress, SampleDone
 from backend.result import RunResult, SampleRecord
 from jobs import queue, registry

@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from backend.config import config_hash, validate_config
     from db.session import init_db
     from jobs import queue
-    from jobs.states import JobState
+    from db.states import JobState
     from jobs.worker import Worker
 
     init_db()
@@ -227,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from backend.config import config_hash, validate_config
     from db.schema import Job
     from db.session import init_db, read_session
-    from jobs.states import JobState
+    from db.states import JobState
 
     init_db()
     PARTS.mkdir(parents=True, exist_ok=True)

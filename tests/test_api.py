@@ -17,7 +17,7 @@ from db.schema import Score, WorkerToken, utcnow
 from db.session import read_session
 from jobs import queue, tokens, wire
 from jobs.api import API_PREFIX
-from jobs.states import JobState
+from db.states import JobState
 from tests.api_support import (  # noqa: F401  (pytest fixtures used by name)
     LIMIT,
     ROUTES,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -18,7 +19,7 @@ from db.session import read_session
 from jobs import queue, tokens, wire
 from jobs.api import API_PREFIX, create_api
 from jobs.remote import HttpQueue
-from jobs.states import JobState
+from db.states import JobState
 from jobs.worker import Worker
 from tests.api_support import (  # noqa: F401  (pytest fixtures used by name)
     TASK,
@@ -70,15 +71,22 @@ class Upload:
         return self
 
 
+def run_async(coroutine):
+    """Run `coroutine` on a loop of its own thread: the browser tests' Playwright (sync API, a session
+    fixture) leaves an event loop marked running in the main thread, where asyncio.run refuses."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_an_anonymous_body_is_never_read():
     app = create_api(max_body=64 * 2**20)
     for path in ("complete", "sample", "claim"):
-        upload = asyncio.run(Upload(f"{API_PREFIX}/{path}", 60 * 2**20).run(app))
+        upload = run_async(Upload(f"{API_PREFIX}/{path}", 60 * 2**20).run(app))
         assert upload.status == 401 and upload.received == 0, (path, upload.received)
     tokens.create("gone")
     revoked = tokens.create("revoked")
     tokens.revoke("revoked")
-    upload = asyncio.run(Upload(f"{API_PREFIX}/complete", 60 * 2**20, token=revoked).run(app))
+    upload = run_async(Upload(f"{API_PREFIX}/complete", 60 * 2**20, token=revoked).run(app))
     assert upload.status == 403 and upload.received == 0
 
 
@@ -88,7 +96,7 @@ def test_every_route_but_complete_takes_small_bodies_only(client):
     claim(client, token)
     app = create_api(max_body=8 * 2**20, small_body=64 * 1024)
     for route in ("heartbeat", "sample", "fail", "claim"):
-        upload = asyncio.run(Upload(f"{API_PREFIX}/{route}", 2 * 2**20, token=token).run(app))
+        upload = run_async(Upload(f"{API_PREFIX}/{route}", 2 * 2**20, token=token).run(app))
         assert upload.status == 413 and upload.received == 0, route  # refused on the declared length
     body = bodies(job_id, 1)["complete"]
     body["result"]["samples"] = [wire.encode_sample(s) | {"output": "y" * 2000} for s in result(100).samples]
@@ -116,7 +124,7 @@ def test_bodies_in_flight_are_capped():
         after = await Upload(f"{API_PREFIX}/complete", 2**20, token=token).run(app)
         return first, second, small, after
 
-    first, second, small, after = asyncio.run(scenario())
+    first, second, small, after = run_async(scenario())
     assert second.status == 503 and second.received == 0 and b"in flight" in second.body
     assert small.status == 422  # a small body still fits (and is then found invalid)
     assert first.status == 422 and after.status == 422  # read in full once there was room

@@ -23,7 +23,7 @@ from jobs import queue, tokens, wire
 from jobs.api import API_PREFIX
 from jobs.logs import JsonFormatter
 from jobs.remote import HttpQueue, ServerUnreachable, TokenRejected
-from jobs.states import JobState
+from db.states import JobState
 from jobs.worker import Worker
 from tests.api_support import (  # noqa: F401  (pytest fixtures used by name)
     ROOT,

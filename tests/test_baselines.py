@@ -10,7 +10,7 @@ from db.schema import Job
 from db.session import dispose_engines, read_session
 from jobs import queue
 from jobs.baselines import dense_baseline_config
-from jobs.states import JobState
+from db.states import JobState
 
 TASKS = [{"name": "synthetic-mc", "limit": 20}, "synthetic-arith"]
 

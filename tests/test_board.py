@@ -11,7 +11,7 @@ import pytest
 from db.leaderboard import Board, BoardFilters, board, export_board, filter_options
 from db.schema import Job, Score
 from db.session import dispose_engines, read_session, write_session
-from jobs.states import JobState
+from db.states import JobState
 
 DENSE = {"piqa": 0.8, "boolq": 0.6, "gsm8k": 0.5, "humaneval": 0.4, "wikitext2-ppl": 20.0}
 MAGNITUDE = {"piqa": 0.6, "boolq": 0.3, "gsm8k": 0.25, "humaneval": 0.2, "wikitext2-ppl": 25.0}

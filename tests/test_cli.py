@@ -14,7 +14,7 @@ from db.schema import Job
 from db.session import dispose_engines, init_db, read_session
 from jobs import queue
 from jobs.cli import main
-from jobs.states import JobState
+from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 

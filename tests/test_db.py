@@ -19,7 +19,7 @@ from db import queries
 from db.schema import Base, Job, Score
 from db.session import dispose_engines, get_engine, init_db, read_session, write_session
 from jobs import queue
-from jobs.states import JobState
+from db.states import JobState
 from pg_support import empty_database, requires_postgres, server_url, sqlite_only
 
 ROOT = Path(__file__).resolve().parent.parent

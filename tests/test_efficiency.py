@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import settings
+from common import settings
 from backend.efficiency import (
     PROBE_VERSION,
     ProbeSettings,

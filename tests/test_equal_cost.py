@@ -11,7 +11,7 @@ import pytest
 from db.equal_cost import NOMINAL, TOLERANCE, equal_cost_view, matched_by, relative_cost
 from db.schema import Job, Score
 from db.session import dispose_engines, read_session, write_session
-from jobs.states import JobState
+from db.states import JobState
 from ui.equal_cost import equal_cost_table
 
 MODEL = "org/model"

@@ -17,7 +17,7 @@ import pytest
 from db.findings import FINDINGS, MIN_PAIRED, findings
 from db.schema import Job, Sample
 from db.session import dispose_engines, init_db, read_session, write_session
-from jobs.states import JobState
+from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "builtin:smollm2-135m-instruct"

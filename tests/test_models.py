@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend import models, settings
+from backend import models
+from common import settings
 from backend.config import HFModelArgs
 from backend.models import CHATML_TEMPLATE, count_parameters, load_model, state_dict_sha256
 

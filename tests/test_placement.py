@@ -124,7 +124,7 @@ def test_forced_offload_equals_the_in_memory_run(monkeypatch, model, method, par
 def test_a_worker_set_to_cpu_computes_on_cpu_even_beside_a_gpu(monkeypatch):
     import torch
 
-    from backend import settings
+    from common import settings
     from backend.models import _device_and_dtype
     from backend.pruning.sequential import default_device
 

@@ -9,12 +9,12 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from backend import settings
+from common import settings
 from backend.config import validate_config
 from db.schema import Job
 from db.session import dispose_engines, init_db, read_session
 from jobs import queue
-from jobs.states import JobState
+from db.states import JobState
 from pg_support import requires_postgres
 
 pytestmark = requires_postgres

@@ -30,7 +30,7 @@ from jobs.presets import (
     preset_configs,
     submit_preset,
 )
-from jobs.states import JobState
+from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("depth", "width", "dynamic", "unstructured")

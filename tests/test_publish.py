@@ -180,7 +180,12 @@ def test_publish_a_kept_run_from_the_run_detail(hub, tmp_path, monkeypatch):
     primary = next(s for s in detail["scores"] if s["primary"])
     assert f"https://pruneboard-test.hf.space/?tab=queue&job={job_id}" in card.text
     assert primary["comparability_key"] in card.text and f"{primary['value']:.4g}" in card.text
-    assert "Measured speed-up: not measured" in card.text  # no dense baseline ran
+    from db import leaderboard
+
+    with read_session() as session:
+        speedup = leaderboard.board(session).frame.set_index("job_id").loc[job_id, "speedup_measured"]
+    # the efficiency probe times the dense model in the same process, so no separate baseline run is needed
+    assert f"Measured speed-up: **{speedup:.2f}×** decode tokens/s over the dense baseline" in card.text
     model = AutoModelForCausalLM.from_pretrained(pulled).eval()
     zeros = float((model.model.layers[0].mlp.down_proj.weight == 0).float().mean())
     assert zeros == pytest.approx(0.5, abs=0.01)

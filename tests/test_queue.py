@@ -20,7 +20,8 @@ from backend.result import RunResult, SampleRecord, ScoreRecord
 from db.schema import Job, Sample, SampleCheckpoint, Score, utcnow
 from db.session import dispose_engines, read_session
 from jobs import queue
-from jobs.states import InvalidTransition, JobNotFound, JobState, LostClaim
+from db.states import JobState
+from jobs.states import InvalidTransition, JobNotFound, LostClaim
 from jobs.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from db.session import dispose_engines, read_session
 from jobs import queue
 from jobs.cli import main
 from jobs.resources import WALL_TIME_ERROR
-from jobs.states import JobState
+from db.states import JobState
 from jobs.worker import LocalQueue
 
 try:

@@ -23,7 +23,7 @@ from bench.sqlite_contention import contend
 from db.schema import Job, Score
 from db.session import dispose_engines, read_session
 from jobs import queue
-from jobs.states import JobState
+from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 KILL_TRIALS = 5

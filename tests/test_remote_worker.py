@@ -21,7 +21,7 @@ from bench.kill_trials import SCORES, Trials, serve_app, wait_for
 from db.schema import Job, Sample, SampleCheckpoint, Score, WorkerRecord, utcnow
 from db.session import dispose_engines, read_session
 from jobs import queue, tokens
-from jobs.states import JobState
+from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = "1.5"

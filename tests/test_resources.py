@@ -22,7 +22,7 @@ from jobs import queue, resources, tokens
 from jobs.api import API_PREFIX, create_api
 from jobs.baselines import dense_baseline_config
 from jobs.resources import WALL_TIME_ERROR, Capabilities, detect_capabilities
-from jobs.states import JobState
+from db.states import JobState
 from jobs.worker import LocalQueue, Worker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

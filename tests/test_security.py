@@ -19,7 +19,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from backend import settings
+from common import settings
 from backend.config import validate_config
 from backend.result import RunResult, ScoreRecord
 from db import backup as db_backup
@@ -29,7 +29,7 @@ from jobs import access, queue, tokens
 from jobs.access import ANONYMOUS, LimitExceeded, QuotaExceeded, User
 from jobs.cli import main as cli
 from jobs.remote import TokenRejected
-from jobs.states import JobState
+from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from backend import settings
+from common import settings
 from backend.config import validate_config
 from backend.result import RunResult, SampleRecord, ScoreRecord
 from db import backup as db_backup
@@ -30,7 +30,7 @@ from db.schema import AuditEntry, Job, Sample, Score
 from db.session import dispose_engines, read_session
 from jobs import access, queue
 from jobs.access import ANONYMOUS, AccessDenied, LoginRequired, QuotaExceeded, User
-from jobs.states import JobState
+from db.states import JobState
 from ui.auth import TEST_IDENTITY_HEADER, user_from
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -54,7 +54,7 @@ def export(tmp_path: Path, config: dict) -> tuple[Path, dict]:
 
 def calibration_of(config: dict, loaded, manifest: dict) -> torch.Tensor:
     """The export's calibration tokens, rebuilt (same sha256 as the manifest records)."""
-    from backend import settings
+    from common import settings
 
     cfg = validate_config(config)
     data = build_calibration(cfg.calibration, loaded.tokenizer, settings.data_dir(),

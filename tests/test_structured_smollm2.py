@@ -11,7 +11,7 @@ import pytest
 from backend.config import validate_config
 from db.session import dispose_engines, read_session
 from jobs import queue
-from jobs.states import JobState
+from db.states import JobState
 from jobs.worker import Worker
 
 MODEL = "builtin:smollm2-135m-instruct"

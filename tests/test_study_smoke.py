@@ -20,6 +20,9 @@ OUT_OF_REACH = {"allocation-helps-weaker-model", "pruning-effect-depends-on-para
 """study-smoke has one model and the instruct paradigm only."""
 TIMING_DEPENDENT = {f.key for f in FINDINGS if f.cost_measure == "latency"}
 """Paired at matched measured latency: whether the CPU timings of the smoke runs match is not fixed."""
+NEEDS_DENSE_REASONING = {"dynamic-degrades-long-chains"}
+"""% retained on reasoning divides by the dense run's correct count, which SmolLM2 may leave at 0 on 10
+MATH-500 rows: then the finding has nothing defined to compare."""
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +50,14 @@ def test_study_smoke_runs_end_to_end(capsys, shared_data, smollm2):
             assert per_task == {"piqa": 10, "math500": 10}, job.id
         dynamic = next(j for j in jobs if j.method == "skipgpt-style")
         assert dynamic.prune_report_json["achieved_sparsity"] > 0
+        dense = next(j for j in jobs if j.method == "dense")
+        dense_math_correct = session.scalar(select(func.count()).where(
+            Sample.job_id == dense.id, Sample.task == "math500", Sample.correct.is_(True)))
         verdicts = findings(session, model="builtin:smollm2-135m-instruct", paradigm="instruct")
 
     assert [v.key for v in verdicts] == [f.key for f in FINDINGS]
     for v in verdicts:
-        if v.key in OUT_OF_REACH:
+        if v.key in OUT_OF_REACH or (v.key in NEEDS_DENSE_REASONING and not dense_math_correct):
             assert v.numbers["n"] == 0, v.key
         elif v.key not in TIMING_DEPENDENT:
             assert v.numbers["n"] > 0 and v.numbers["job_ids"], v.key  # these findings compared real runs

@@ -20,7 +20,7 @@ from db.session import read_session
 from jobs import access, queue, tokens, user_tokens
 from jobs.access import AccessDenied, LoginRequired, User
 from jobs.api import API_PREFIX, create_api
-from jobs.states import JobState
+from db.states import JobState
 from jobs.user_client import UserApiError, UserClient
 from jobs.wire import USER_API_PREFIX
 from tests.api_support import _close_engines, bearer, run_cli  # noqa: F401  (a fixture used by name)

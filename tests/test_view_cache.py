@@ -85,7 +85,7 @@ def _refresh(**widgets):
 
     values = {"model": svc.ALL, "paradigm": svc.ALL, "families": [], "sparsity_min": 0.0, "sparsity_max": 1.0,
               "calibration": svc.ALL, "recovery": "any", "search": "", "view": "raw", "sort_by": svc.PINNED_ORDER,
-              "order": "best first", **widgets}
+              "order": "best first", "columns": [], **widgets}
     return refresh_for(gr.Dataframe(interactive=False, render=False))(*values.values())
 
 
@@ -115,7 +115,7 @@ def test_the_cached_table_is_what_gradio_sends_and_stays_unchanged():
 
     seed("dense", 0.0, 0.8)
     seed("magnitude", 0.5, 0.4)
-    table, summary, legend, exports, sort = _refresh(view="delta")
+    table, summary, legend, exports, sort, columns, link = _refresh(view="delta")
     fresh = gr.Dataframe(interactive=False).postprocess(svc.board_view(view="delta").table).model_dump()
     assert table == fresh
     assert table["metadata"]["styling"] and "2 run(s)" in summary

@@ -17,7 +17,7 @@ from db.session import dispose_engines, read_session, write_session
 from jobs import queue, registry, resources, tokens
 from jobs.api import API_PREFIX, create_api
 from jobs.resources import Capabilities, claim_filter
-from jobs.states import JobState
+from db.states import JobState
 from jobs.waiting import JobNeeds, waiting_reason
 from tests.api_support import run_cli
 from ui import services

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from backend import settings
+from common import settings
 from jobs import user_tokens
 from jobs.access import AccessError, User, job_id_from
 from ui.services import escape

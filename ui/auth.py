@@ -16,7 +16,7 @@ import os
 
 import gradio as gr
 
-from backend import settings
+from common import settings
 from jobs.access import ANONYMOUS, User
 
 __all__ = ["user_from", "login_button", "login_notice", "login_problem", "oauth_available", "TEST_IDENTITY_HEADER"]

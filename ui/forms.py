@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from backend import settings
+from common import settings
 from backend.config import ConfigError, JobConfig, config_hash, validate_config
 from backend.model_ids import BUILTIN_MODELS, NOOP_MODEL
 from backend.pruning import get_method, list_methods

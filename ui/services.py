@@ -20,7 +20,8 @@ from db.schema import Job
 from db.session import read_session
 from jobs import access
 from jobs.access import ANONYMOUS, AccessError, User
-from jobs.states import InvalidTransition, JobNotFound, JobState
+from db.states import JobState
+from jobs.states import InvalidTransition, JobNotFound
 from jobs.waiting import add_waiting_reasons, waiting_reasons
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"

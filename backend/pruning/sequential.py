@@ -116,7 +116,7 @@ def default_device(model: "nn.Module") -> "torch.device":
     where the model is."""
     import torch
 
-    from backend import settings
+    from common import settings
 
     if settings.use_cuda():
         return torch.device("cuda")

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from backend import settings
+from common import settings
 from backend.config import ConfigError, JobConfig
 from backend.model_ids import NOOP_MODEL
 from backend.taskdata.sources import get_source

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from backend import settings
+from common import settings
 from backend.registry import UnknownName
 from backend.taskdata.sources import SOURCES, HubSource, get_source
 from backend.tasks import get_task

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backend import settings
+from common import settings
 from backend.tasks._common import CHAT_STOP_SEQUENCES, json_dataset, require_files
 from backend.tasks.base import TaskDataMissing, TaskSpec, register_task
 

@@ -1,6 +1,6 @@
 """Alembic environment. `db.session.init_db()` runs it with an open connection in
 `config.attributes["connection"]`; the `alembic` command line (alembic.ini at the repo root) runs it
-with `sqlalchemy.url`, which defaults to backend.settings.database_url()."""
+with `sqlalchemy.url`, which defaults to common.settings.database_url()."""
 from __future__ import annotations
 
 from alembic import context
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from backend import settings
+    from common import settings
 
     return settings.database_url()
 

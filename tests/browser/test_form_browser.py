@@ -40,7 +40,9 @@ def test_form_submits_a_config_that_finishes_in_the_queue(ui, page, screenshot):
     ui.wait_for_text("Valid", within="#pb-submit-check")
     _type(page, "#pb-submit-sparsity input[type=number]", "0")
     ui.wait_for_text("needs a sparsity > 0", within="#pb-submit-check")
-    assert page.locator("#pb-param-choice-0").is_hidden()  # shortgpt has no parameters of its own
+    page.locator("#pb-param-choice-0").wait_for(state="visible")
+    assert "last_block_output" in ui.text("#pb-param-choice-0")  # shortgpt's one parameter (a choice)
+    assert page.locator("#pb-param-choice-1").is_hidden() and page.locator("#pb-param-text-0").is_hidden()
 
     # Magnitude pruning: its own parameters appear, calibration stays hidden (uniform allocation).
     _choose(page, "pb-submit-method", "unstructured · magnitude")

@@ -14,7 +14,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")  # jobs.states.JobState, frozen here
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")  # db.states.JobState, frozen here
 
 
 def _sample_columns() -> list[sa.Column]:
