@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from common.vocabulary import Paradigm
+
 import yaml
 from pydantic import (
     BaseModel,
@@ -337,7 +339,7 @@ class HFModelArgs(_Strict):
 
 class JobConfig(_Strict):
     model: str = Field(max_length=300)
-    paradigm: Literal["instruct", "think"] = "instruct"
+    paradigm: Paradigm = "instruct"
     model_args: dict[str, Any] = Field(default_factory=dict)
     pruning: PruningConfig = Field(default_factory=PruningConfig)
     calibration: CalibrationConfig | None = None

@@ -1,11 +1,14 @@
 """How much work a config asks for: per task, rows x new tokens (an upper bound on generated tokens,
 CPU budgets where the task default applies), calibration and recovery tokens, and one number to
-bound a job by (`work_tokens`). The Submit tab shows `estimate`; `jobs.limits` caps non-admins'
-jobs with `work_tokens`. Reads only the local data files' row counts (no torch, no model)."""
+bound a job by (`work_tokens`), and the wall-clock seconds it takes on a 2-core CPU where that was
+measured (`cpu_seconds`, shown by preset dry runs). The Submit tab shows `estimate`; `jobs.limits`
+caps non-admins' jobs with `work_tokens`. Reads only the local data files' row counts (no torch, no
+model)."""
 from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,8 @@ from backend.config import JobConfig
 from backend.pruning import get_method
 from backend.tasks import get_task
 
-__all__ = ["TaskEstimate", "estimate", "task_rows", "work_tokens", "SCORED_TOKENS_PER_ROW"]
+__all__ = ["TaskEstimate", "cpu_seconds", "estimate", "task_rows", "work_tokens", "CPU_ESTIMATED_MODELS",
+           "SCORED_TOKENS_PER_ROW"]
 
 SCORED_TOKENS_PER_ROW = 512
 """Tokens counted for each row of a log-likelihood or perplexity task (a forward pass, no generation)."""
@@ -109,3 +113,70 @@ def work_tokens(config: JobConfig) -> int:
         sources.append(config.recovery.data_config())
     self_generated = sum(c.num_samples * c.max_new_tokens for c in sources if c.source == "self-generated")
     return est["generated_tokens"] + scored + est["calibration_tokens"] + self_generated + est["recovery_tokens"]
+
+
+# --- wall-clock seconds on a 2-core CPU ------------------------------------------------------------
+# Written by hand: no library estimates lm-eval workloads. Only SmolLM2-135M (the builtin model every
+# CPU preset uses) has measured figures; other models get None, as no honest number can be given
+# without running them. The figures come from the results snapshot's runs (results/parts: a 2-core
+# Xeon, float32, batch 50) and bench/eval_overhead.py (PIQA rows); tests/test_work_estimate.py
+# checks the estimate against three of those measured jobs.
+#
+# A job = load + prune + evaluate + efficiency probe, where evaluate = log-likelihood rows x
+# CPU_ROW_S + per generation task: batches x the sum over its decoding steps of
+# CPU_DECODE_CONTEXT_S x context. Every batch decodes its full budget (as in the measured runs: in
+# each batch some answer runs to the limit), from a context of TYPICAL_PROMPT_TOKENS (a batch is
+# padded to its longest prompt). Attention over the growing context dominates a step at this size;
+# a fitted fixed cost per step came out negative, so there is none. Measured at batch 50: a smaller
+# batch is counted at the same cost per step (an overestimate there).
+
+CPU_ESTIMATED_MODELS = frozenset({"builtin:smollm2-135m-instruct"})
+CPU_LOAD_S = 3.0
+CPU_ROW_S = 0.05
+CPU_DECODE_CONTEXT_S = 0.001
+TYPICAL_PROMPT_TOKENS = 300
+CPU_EFFICIENCY_S = 60.0
+"""The efficiency probe times the dense and the pruned model over >= 10 iterations each."""
+CPU_PRUNE_S: dict[str, tuple[float, int]] = {
+    # method -> (seconds, calibration tokens it was measured with; 0: reads no activations)
+    "magnitude": (4.0, 0),
+    "wanda": (35.0, 32 * 512),
+    "sparsegpt": (62.0, 32 * 512),
+    "shortgpt": (5.0, 16 * 256),
+}
+"""Pruning SmolLM2 in the snapshot's runs; the time scales with the calibration tokens read."""
+CPU_ALLOCATION_S: dict[str, float] = {"uniform": 0.0, "owl": 20.0}
+"""Extra seconds of a non-uniform layer allocation."""
+CPU_UNMEASURED_S = 900.0
+"""A method or allocation with no measurement yet: assumed slow rather than fast."""
+
+
+def _decode_seconds(steps: int) -> float:
+    # the sum over j = 1..steps of CPU_DECODE_CONTEXT_S x (prompt + j)
+    return CPU_DECODE_CONTEXT_S * (steps * TYPICAL_PROMPT_TOKENS + steps * (steps + 1) / 2)
+
+
+def cpu_seconds(config: JobConfig) -> dict[str, float] | None:
+    """Estimated wall-clock seconds per stage (load, prune, evaluate, efficiency) of `config` on a
+    2-core CPU, or None where there are no figures: another model, a task of unknown size or a
+    perplexity task."""
+    if config.model not in CPU_ESTIMATED_MODELS:
+        return None
+    work = estimate(config)
+    batch = config.evaluation.batch_size if isinstance(config.evaluation.batch_size, int) else 8
+    evaluate = 0.0
+    for task in work["tasks"]:
+        if task.rows is None or task.kind == "perplexity":
+            return None
+        if task.kind == "generate":
+            evaluate += math.ceil(task.rows * task.samples_per_prompt / batch) * _decode_seconds(task.max_new_tokens)
+        else:
+            evaluate += task.rows * CPU_ROW_S
+    prune = 0.0
+    if config.pruning.method != "dense":
+        seconds, measured_tokens = CPU_PRUNE_S.get(config.pruning.method, (CPU_UNMEASURED_S, 0))
+        if measured_tokens and work["calibration_tokens"]:
+            seconds *= work["calibration_tokens"] / measured_tokens
+        allocation = (config.pruning.params or {}).get("allocation", "uniform")
+        prune = seconds + CPU_ALLOCATION_S.get(allocation, CPU_UNMEASURED_S)
+    return {"load": CPU_LOAD_S, "prune": prune, "evaluate": evaluate, "efficiency": CPU_EFFICIENCY_S}

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from common.vocabulary import ANSWER_CATEGORIES, PARADIGMS
 from db.bootstrap import Statistic, Unit, cluster_bootstrap, finite, pooled_difference, ratio
 from db.equal_cost import NOMINAL, matched_by, relative_cost
 from db.findings_data import (
@@ -32,7 +33,6 @@ LOW_SPARSITY = 0.3
 """Wanda runs at most this sparse count as low-sparsity."""
 ALLOCATIONS = ("owl", "reconstruction-sensitivity")
 _ALLOCATION_FIELDS = ("pruning.params.allocation", "pruning.params.owl_m", "pruning.params.deviation")
-_ANSWER_CATEGORIES = ("classification", "generation", "reasoning")
 
 
 class RunSet:
@@ -185,7 +185,7 @@ def aligned_calibration(runs: RunSet, _measure: None) -> Outcome:
         if source in ALIGNED_SOURCES or source in GENERIC_SOURCES:
             groups[setting_key(run, "calibration", "tasks")][source in GENERIC_SOURCES].append(run)
     comparisons = [((a, g),) for key in sorted(groups) for a in groups[key][0] for g in groups[key][1]]
-    units, used = paired_units(comparisons, _categories(*_ANSWER_CATEGORIES), correctness)
+    units, used = paired_units(comparisons, _categories(*ANSWER_CATEGORIES), correctness)
     return Outcome(units, pooled_difference, _labelled(comparisons, used, ("aligned", "generic")))
 
 
@@ -231,11 +231,11 @@ def dynamic_holds_up(runs: RunSet, _measure: None) -> Outcome:
 def paradigm_dependence(runs: RunSet, _measure: None) -> Outcome:
     groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: {"instruct": [], "think": []})
     for run in runs.pruned():
-        if run.paradigm in ("instruct", "think"):
+        if run.paradigm in PARADIGMS:
             groups[setting_key(run, "paradigm", "model_args", "tasks")][run.paradigm].append(run)
     comparisons = [((i, di), (t, dt)) for key in sorted(groups) for i in groups[key]["instruct"]
                    for t in groups[key]["think"] for di in runs.dense_for(i) for dt in runs.dense_for(t)]
-    units, used = paired_units(comparisons, _categories(*_ANSWER_CATEGORIES), correctness)
+    units, used = paired_units(comparisons, _categories(*ANSWER_CATEGORIES), correctness)
     units = _defined(units, dense_columns=(1, 3))
     used = {u.cell[0] for u in units}
 
@@ -246,7 +246,7 @@ def paradigm_dependence(runs: RunSet, _measure: None) -> Outcome:
     outcome = Outcome(units, lambda sums: retained_in(sums, "think") - retained_in(sums, "instruct"),
                        _labelled(comparisons, used, ("instruct", "dense", "think", "dense")))
     if units:
-        for paradigm in ("instruct", "think"):
+        for paradigm in PARADIGMS:
             outcome.extra[f"retained_{paradigm}"] = finite(cluster_bootstrap(
                 units, lambda sums, p=paradigm: retained_in(sums, p), n_resamples=0).value)
     return outcome
@@ -254,7 +254,7 @@ def paradigm_dependence(runs: RunSet, _measure: None) -> Outcome:
 
 def allocation_weaker(runs: RunSet, _measure: None) -> Outcome:
     comparisons = _allocation_comparisons(runs)
-    units, _ = paired_units(comparisons, _categories(*_ANSWER_CATEGORIES), correctness)
+    units, _ = paired_units(comparisons, _categories(*ANSWER_CATEGORIES), correctness)
     units = _defined(units, dense_columns=(2, 5))
     weaker = _weaker_arm(units)
     units = [u for u in units if u.cell[0] in weaker]

@@ -43,6 +43,7 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from common.vocabulary import ANSWER_CATEGORIES, FAMILIES
 from db.schema import Job, Score
 from db.states import JobState
 
@@ -51,9 +52,8 @@ __all__ = [
     "filter_options", "board", "export_board", "pending_dense",
 ]
 
-FAMILIES = ("dense", "unstructured", "depth", "width", "dynamic")
 VIEWS = ("raw", "delta", "retained")
-CATEGORIES = ("classification", "generation", "reasoning")
+CATEGORIES = ANSWER_CATEGORIES
 """Higher-is-better task groups, in column order (tasks of an unknown category go to `other`)."""
 META_COLUMNS = ["job_id", "model", "paradigm", "method", "family", "sparsity", "calibration", "calibration_data",
                 "recovery", "group", "baseline_job_id", "flag"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["ACTIVE_STATES", "FINISHED_STATES", "JobState"]
+__all__ = ["ACTIVE_STATES", "FINISHED_STATES", "LIVE_STATES", "JobState"]
 
 
 class JobState(str, Enum):
@@ -24,4 +24,6 @@ class JobState(str, Enum):
 
 
 ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+LIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED})
+"""A job in one of these answers for its config: submitting the config again gives this job."""
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})

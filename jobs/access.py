@@ -45,7 +45,7 @@ from db.session import read_session, write_session
 from jobs import queue
 from jobs.baselines import baseline_needed, queue_dense_baseline
 from jobs.limits import WorkLimitExceeded, bound
-from db.states import ACTIVE_STATES, JobState
+from db.states import ACTIVE_STATES, LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
 
 ANONYMOUS_SUBMITTER = "web"
 """Recorded as the submitter of jobs submitted without login (login not required)."""
-_LIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
 """A config with a job in one of these states is not queued again by a plain submit."""
 _COUNTED_ACTIONS = ("submit", "retry", "baseline")
 _MAX_JOB_ID = 2**31 - 1
@@ -346,7 +345,7 @@ def _has_live_job(config: JobConfig) -> bool:
     """Whether a plain submit would return an existing job instead of queueing work."""
     with read_session() as session:
         return session.scalar(
-            select(Job.id).where(Job.config_hash == config_hash(config), Job.state.in_(_LIVE_STATES)).limit(1)
+            select(Job.id).where(Job.config_hash == config_hash(config), Job.state.in_(LIVE_STATES)).limit(1)
         ) is not None
 
 

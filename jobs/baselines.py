@@ -20,7 +20,7 @@ from backend.config import ConfigError, JobConfig, canonical_dict, config_hash, 
 from backend.pruning import get_method, list_methods
 from db.schema import Job
 from db.session import read_session
-from db.states import JobState
+from db.states import LIVE_STATES, JobState
 
 __all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "baseline_needed", "queue_dense_baseline"]
 
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_SUBMITTER = "system"
 _KEPT_FIELDS = ("model", "paradigm", "model_args", "tasks", "evaluation", "seed", "resources")
-_LIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
 
 
 def dense_baseline_config(config: JobConfig) -> JobConfig | None:
@@ -72,7 +71,7 @@ def _exists(baseline: JobConfig) -> bool:
             return True
         configs = session.scalars(
             select(Job.config_json).where(Job.model == baseline.model, Job.paradigm == baseline.paradigm,
-                                          Job.method.in_(dense_methods), Job.state.in_(_LIVE_STATES))
+                                          Job.method.in_(dense_methods), Job.state.in_(LIVE_STATES))
         ).all()
     return any(_covers(json.loads(text), wanted) for text in configs)
 

@@ -19,6 +19,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from common.vocabulary import PARADIGMS
 from db.states import JobState
 
 __all__ = ["main", "build_parser"]
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     findings = commands.add_parser(
         "findings", help="the study's findings with the verdict the stored results give each (db.findings)")
     findings.add_argument("--model", default=None, help="only runs of this model")
-    findings.add_argument("--paradigm", default=None, choices=("instruct", "think"), help="only runs of this paradigm")
+    findings.add_argument("--paradigm", default=None, choices=PARADIGMS, help="only runs of this paradigm")
     findings.add_argument("--pairing", default="auto", metavar="PAIRING",
                           help="how runs of two families pair: auto (each finding's measured cost), params, flops, "
                                "latency (that measured cost for all), or sparsity (nominal)")
@@ -282,7 +283,7 @@ def _server_mode(args: argparse.Namespace) -> bool:
 def _submit_preset(args: argparse.Namespace) -> None:
     from backend.config import ConfigError, canonical_dict
     from jobs.presets import UnknownPreset, missing, preset_configs, submit_preset
-    from jobs.work_estimate import preset_seconds
+    from backend.work import cpu_seconds
 
     submitter = args.submitter or f"cli:{os.environ.get('USER', 'unknown')}"
     models = {}
@@ -296,7 +297,8 @@ def _submit_preset(args: argparse.Namespace) -> None:
         submitted = [] if args.dry_run else submit_preset(args.name, submitter=submitter, models=models)
     except (UnknownPreset, ConfigError) as exc:
         raise CliError(str(exc)) from None
-    estimate = preset_seconds(configs) if configs is not None else None
+    stages = [cpu_seconds(c) for c in configs or ()]
+    estimate = None if not stages or None in stages else sum(sum(s.values()) for s in stages)
     if configs is not None and args.json:
         _print_json({"preset": args.name, "configs": [canonical_dict(c) for c in configs],
                      "missing": missing(configs),
@@ -307,7 +309,8 @@ def _submit_preset(args: argparse.Namespace) -> None:
             print(f"{c.model}  {c.paradigm:<8}  {c.pruning.method:<14}  {c.pruning.sparsity:.2f}  "
                   f"{calibration:<14}  {','.join(t.name for t in c.tasks)}")
         if estimate is not None:
-            print(f"estimated time on a 2-core CPU (an upper bound): {estimate / 3600:.1f} h")
+            # stderr: stdout stays one line per config
+            print(f"estimated time on a 2-core CPU: {estimate / 3600:.1f} h", file=sys.stderr)
     elif args.json:
         _print_json({"preset": args.name, "jobs": [
             {"id": job.id, "state": job.state.value, "existing": existing} for job, existing in submitted]})

@@ -26,7 +26,7 @@ from db import results_version
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
 from jobs.resources import Capabilities, claim_filter, job_requirements
-from db.states import JobState
+from db.states import LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound, LostClaim
 
 __all__ = [
@@ -64,7 +64,7 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
         if not force:
             same = session.scalars(select(Job).where(Job.config_hash == digest).order_by(Job.id.desc())).all()
             for job in same:
-                if job.state in (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED):
+                if job.state in LIVE_STATES:
                     return job, True
             if same:
                 _requeue(same[0])

@@ -15,11 +15,13 @@
   maj@k) and a thinking-budget sweep (budget forcing at 1024, 4096 and 16384 reasoning tokens).
 * `seed000-cpu`, `seed001-cpu`: the same methods on SmolLM2-135M-Instruct, instruct, one sparsity,
   four locally available tasks, sized so the whole preset's work estimate stays under three hours
-  on a 2-core CPU (`jobs.work_estimate`).
+  on a 2-core CPU (`backend.work.cpu_seconds`, shown by `submit-preset --dry-run`).
 """
 from __future__ import annotations
 
 from typing import Any
+
+from common.vocabulary import PARADIGMS
 
 __all__ = [
     "SEED000_METHODS", "SEED001_ALLOCATIONS", "STUDY_TASKS", "THINK_MODEL_PLACEHOLDER", "TULU_SFT",
@@ -91,7 +93,7 @@ def seed000_grid(models: dict[str, str]) -> list[dict[str, Any]]:
     """Per paradigm: dense; 9 methods x 3 sparsities (generic calibration); at 0.4, each method with
     self-generated calibration and each with LoRA recovery."""
     documents: list[dict[str, Any]] = []
-    for paradigm in ("instruct", "think"):
+    for paradigm in PARADIGMS:
         base = {"model": models[paradigm], "paradigm": paradigm, "tasks": _gpu_tasks(),
                 "evaluation": {"batch_size": "auto"}, "resources": dict(GPU_RESOURCES), "seed": 0}
         documents.append(dict(base))

@@ -18,15 +18,13 @@ import yaml
 from pydantic import ValidationError
 
 from common import settings
+from common.vocabulary import FAMILIES, PARADIGMS, TASK_CATEGORIES  # noqa: F401  (PARADIGMS: the Submit tab)
 from backend.config import ConfigError, JobConfig, config_hash, validate_config
 from backend.model_ids import BUILTIN_MODELS, NOOP_MODEL
 from backend.pruning import get_method, list_methods
 from backend.tasks import get_task, list_tasks
 from backend.work import TaskEstimate, estimate, task_rows  # noqa: F401  (the Submit tab's estimate)
 
-FAMILIES = ("dense", "unstructured", "depth", "width", "dynamic")
-TASK_CATEGORIES = ("classification", "generation", "reasoning", "perplexity")
-PARADIGMS = ("instruct", "think")
 CALIBRATION_SOURCES = ("synthetic", "text", "task-aligned", "self-generated")
 RECOVERY_DATA = ("synthetic", "text", "task-aligned", "self-generated")
 SLOT_KINDS = ("number", "choice", "bool", "text")

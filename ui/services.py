@@ -20,7 +20,7 @@ from db.schema import Job
 from db.session import read_session
 from jobs import access
 from jobs.access import ANONYMOUS, AccessError, User
-from db.states import JobState
+from db.states import LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound
 from jobs.waiting import add_waiting_reasons, waiting_reasons
 
@@ -32,7 +32,6 @@ QUEUE_COLUMNS = ["id", "state", "progress", "stage", "elapsed", "worker", "attem
 QUEUE_DATATYPES = ["number", "html", "html", "str", "str", "str", "number", "str", "str", "number", "str", "str"]
 """`state` and `progress` cells are HTML built here from the state enum and a number only; every
 other cell is plain text (Gradio shows `str` cells as text, never as markup)."""
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
 """A config with a job in one of these states is a duplicate (the queue returns that job)."""
 
 
@@ -223,7 +222,7 @@ def find_duplicate(config: JobConfig) -> dict[str, Any] | None:
     """The newest job with the same config hash that is queued, running or succeeded (what submit
     would return instead of queueing), as {"id", "state"}; None when the config would be queued."""
     with read_session() as session:
-        job = session.scalar(select(Job).where(Job.config_hash == config_hash(config), Job.state.in_(ACTIVE_STATES))
+        job = session.scalar(select(Job).where(Job.config_hash == config_hash(config), Job.state.in_(LIVE_STATES))
                              .order_by(Job.id.desc()).limit(1))
         return None if job is None else {"id": job.id, "state": job.state.value}
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.registry import Registry
+from common.vocabulary import Family
 
 if TYPE_CHECKING:  # torch stays out of import time
     import torch
@@ -60,7 +61,7 @@ class PruningMethod(abc.ABC):
     """
 
     name: ClassVar[str]
-    family: ClassVar[str]
+    family: ClassVar[Family]
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
     needs_calibration: ClassVar[bool] = False

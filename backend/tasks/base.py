@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from backend.registry import Registry
+from common.vocabulary import TaskCategory
 
 if TYPE_CHECKING:
     from backend.result import SampleRecord
 
-Category = Literal["classification", "generation", "reasoning", "perplexity"]
+Category = TaskCategory
 """`perplexity` tasks are lower-is-better language-modelling scores, kept apart from accuracy averages."""
 OutputType = Literal["loglikelihood", "generate", "perplexity"]
 """`perplexity` tasks run outside lm-eval through `TaskSpec.runner` (direct forward passes)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from common.vocabulary import PARADIGMS
 from ui import board as board_svc
 from ui.equal_cost import MEASURE_CHOICES, equal_cost_table
 
@@ -15,7 +16,7 @@ def build(shared) -> None:
     with gr.Row(equal_height=True):
         shared.cost_model = gr.Dropdown(label="Model", choices=[board_svc.ALL], value=board_svc.ALL,
                                         allow_custom_value=True, scale=2)
-        shared.cost_paradigm = gr.Dropdown(label="Paradigm", choices=[board_svc.ALL, "instruct", "think"],
+        shared.cost_paradigm = gr.Dropdown(label="Paradigm", choices=[board_svc.ALL, *PARADIGMS],
                                            value=board_svc.ALL, allow_custom_value=True)
         shared.cost_measure = gr.Radio(label="Match runs on", choices=MEASURE_CHOICES, value="params",
                                        elem_id="pb-cost-measure", scale=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from common.vocabulary import PARADIGMS
 from ui import services
 from ui.equal_cost import MEASURE_CHOICES
 from ui.view_cache import cached
@@ -21,7 +22,7 @@ def build(shared) -> None:
     with gr.Row():
         shared.findings_model = gr.Dropdown(label="Model", choices=[services.ALL], value=services.ALL,
                                             allow_custom_value=True)
-        shared.findings_paradigm = gr.Dropdown(label="Paradigm", choices=[services.ALL, "instruct", "think"],
+        shared.findings_paradigm = gr.Dropdown(label="Paradigm", choices=[services.ALL, *PARADIGMS],
                                                value=services.ALL)
         shared.findings_pairing = gr.Dropdown(label="Pair method families at", choices=PAIRING_CHOICES,
                                               value="auto", elem_id="pb-findings-pairing",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from db.leaderboard import FAMILIES
+from common.vocabulary import FAMILIES, PARADIGMS
 from ui import board as svc
 from ui import run_actions
 from ui.auth import user_from
@@ -24,7 +24,7 @@ def build(shared) -> None:
     with gr.Row(equal_height=True):
         shared.board_model = gr.Dropdown(label="Model", choices=[svc.ALL], value=svc.ALL, allow_custom_value=True,
                                          scale=2)
-        shared.board_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, "instruct", "think"], value=svc.ALL,
+        shared.board_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, *PARADIGMS], value=svc.ALL,
                                             allow_custom_value=True)
         shared.board_families = gr.Dropdown(label="Method family", choices=[svc.ALL, *FAMILIES], value=[svc.ALL],
                                             multiselect=True, scale=2, elem_id="pb-board-families")

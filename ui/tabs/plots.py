@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from common.vocabulary import PARADIGMS
 from ui import board as svc
 from ui.view_cache import cached
 
@@ -16,7 +17,7 @@ def build(shared) -> None:
     with gr.Row(equal_height=True):
         shared.plots_model = gr.Dropdown(label="Model", choices=[svc.ALL], value=svc.ALL, allow_custom_value=True,
                                          scale=2)
-        shared.plots_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, "instruct", "think"], value=svc.ALL,
+        shared.plots_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, *PARADIGMS], value=svc.ALL,
                                             allow_custom_value=True)
         shared.plots_column = gr.Dropdown(label="Score (task, category average or overall)", choices=["average"],
                                           value="average", allow_custom_value=True, scale=2)
