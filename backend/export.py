@@ -44,7 +44,7 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
     """
     from backend.calibration import build_calibration, check_calibration, model_context
     from backend.model_ids import NOOP_MODEL
-    from backend.pipeline import _report_dict, _seed_everything
+    from backend.seeding import seed_everything
     from backend.pruning import get_method
 
     say = progress or (lambda fraction, text: None)
@@ -57,7 +57,7 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
     if calibrates:
         check_calibration(config.effective_calibration(), data_dir, context=model_context(config.model),
                           default=config.calibration is None)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
 
     from backend.models import load_model
 
@@ -97,7 +97,7 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
             "shape": list(calibration.tensor.shape), "from_default": config.calibration is None,
             **calibration.details,
         },
-        "prune_report": _report_dict(report),
+        "prune_report": report.as_dict(),
     }
     return loaded, report, manifest
 
@@ -109,7 +109,6 @@ def save_pruned(loaded, report, manifest: dict[str, Any], out_dir: str | Path) -
     complete or absent; an existing non-empty `out_dir` is refused (a kept model of the same config
     is replaced).
     """
-    from backend.pipeline import _report_dict
 
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +118,7 @@ def save_pruned(loaded, report, manifest: dict[str, Any], out_dir: str | Path) -
         loaded.tokenizer.save_pretrained(tmp)
         data = dict(manifest)
         if report is not None and "prune_report" not in data:
-            data["prune_report"] = report if isinstance(report, dict) else _report_dict(report)
+            data["prune_report"] = report if isinstance(report, dict) else report.as_dict()
         data.setdefault("model", {"id": loaded.model_id, "fingerprint": loaded.fingerprint, "files": loaded.files})
         data.setdefault("dtype", loaded.dtype)
         (tmp / MANIFEST_NAME).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))

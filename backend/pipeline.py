@@ -10,7 +10,6 @@ import copy
 import hashlib
 import json
 import logging
-import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from backend.manifest import environment
 from backend.model_ids import NOOP_MODEL
 from backend.pruning import get_method
 from backend.result import RunResult, SampleRecord
+from backend.seeding import seed_everything
 from backend.taskdata.availability import ensure_task_data
 from backend.tasks import get_task
 
@@ -82,7 +82,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     _preflight(config, data_dir)
 
     reporter = _Reporter(events)
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
 
     reporter.stage("load", f"loading {config.model}")
     from backend import placement
@@ -118,7 +118,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         )
         if settings.prune_cache_enabled():
             _PRUNE_CACHE.put(cache_key, loaded.model, report, calibration)
-    _seed_everything(config.seed)  # evaluation draws the same numbers whether pruning ran or was reused
+    seed_everything(config.seed)  # evaluation draws the same numbers whether pruning ran or was reused
     recovery = None
     if config.recovery is not None and config.recovery.enabled:
         reporter.stage("recover", f"LoRA recovery, {config.recovery.steps} steps")
@@ -198,7 +198,7 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         scores=evaluation.scores,
         samples=evaluation.samples,
         efficiency=efficiency,
-        prune_report=_report_dict(report),
+        prune_report=report.as_dict(),
         manifest=manifest,
         stage_seconds=stage_seconds,
         trace_stats=_trace_stats(evaluation.samples),
@@ -321,27 +321,6 @@ def _leak_fields(config: JobConfig, data_dir: Path, calibrated: bool) -> dict:
 
     leak, reason = leak_check(config.effective_calibration(), [t.name for t in config.tasks], data_dir)
     return {"calibration_leak": leak, "calibration_leak_reason": reason}
-
-
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _report_dict(report) -> dict:
-    return {
-        "method": report.method,
-        "requested_sparsity": report.requested_sparsity,
-        "achieved_sparsity": report.achieved_sparsity,
-        "params_before": report.params_before,
-        "params_after": report.params_after,
-        "params_removed": report.params_before - report.params_after,
-        **report.details,
-    }
 
 
 def _run_noop(config: JobConfig, events: EventSink) -> RunResult:

@@ -11,6 +11,7 @@ from backend.config import ConfigError, canonical_dict, validate_config
 from backend.pruning import list_methods
 from jobs import queue
 from ui import forms, services
+from ui.markdown import escape
 
 HOSTILE = ('<script>window.__pwned=1</script> <img src=x onerror="window.__pwned2=1"> '
            "[x](javascript:window.__pwned3=1)")
@@ -314,7 +315,7 @@ def test_job_actions_disable_buttons_that_would_do_nothing():
 
 
 def test_markdown_escape_makes_links_and_tags_inert():
-    text = services.escape(HOSTILE)
+    text = escape(HOSTILE)
     assert "<script>" not in text and "<img" not in text
     assert "](" not in text.replace("\\](", "").replace("\\]\\(", "")
     assert r"\[x\]\(javascript:" in text

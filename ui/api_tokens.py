@@ -9,7 +9,7 @@ import pandas as pd
 from common import settings
 from jobs import user_tokens
 from jobs.access import AccessError, User, job_id_from
-from ui.services import escape
+from ui.markdown import escape
 
 __all__ = ["TOKEN_COLUMNS", "intro", "token_table", "create_token", "revoke_token", "can_revoke"]
 

@@ -5,7 +5,7 @@ fork its config, and read the data behind each plot.
 The table shown is `Board.frame` after `sort_board`; the CSV/JSON exports (`ui.exports`) are
 `export_board` of the Board the same widget values give, built when a download is asked for, so a
 download is always what is on screen. Text that came from users or models reaches Markdown only
-through `ui.services.escape`; JSON and YAML go to code boxes.
+through `ui.markdown.escape`; JSON and YAML go to code boxes.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from jobs import access
 from jobs.access import ANONYMOUS, User
 from ui import plots
 from ui.efficiency_view import efficiency_markdown
-from ui.services import escape
+from ui.markdown import escape
 from ui.view_cache import cached
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from backend.efficiency import LEGACY_PROBE_VERSION, probe_version
-from ui.services import escape
+from ui.markdown import escape
 
 __all__ = ["FIGURES", "efficiency_markdown"]
 

@@ -1,6 +1,6 @@
 """What the Equal cost tab does, without Gradio: one model's runs (one paradigm) in bands of matched
 measured cost (`db.equal_cost.equal_cost_view`), as a table and a summary. Model names reach
-Markdown only through `ui.services.escape`."""
+Markdown only through `ui.markdown.escape`."""
 from __future__ import annotations
 
 import pandas as pd

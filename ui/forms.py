@@ -378,7 +378,7 @@ def check(config: dict[str, Any]) -> Check:
 
 def render_estimate(est: dict[str, Any]) -> str:
     """Markdown table of `estimate` (task names come from the registry, still escaped by the caller's rule)."""
-    from ui.services import escape
+    from ui.markdown import escape
 
     lines = ["| task | kind | samples | max new tokens | generated tokens (at most) |", "|---|---|---|---|---|"]
     for t in est["tasks"]:

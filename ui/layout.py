@@ -5,19 +5,12 @@ import gradio as gr
 
 from ui.auth import login_button, login_notice, user_from
 from ui.shared import Shared
-from ui.tabs import api_tokens, compare, equal_cost, findings, leaderboard, plots, queue, submit
+from ui.tabs import TAB_IDS, api_tokens, compare, equal_cost, findings, leaderboard, plots, queue, submit
 
-TABS = [
-    ("Leaderboard", "leaderboard", leaderboard),
-    ("Plots", "plots", plots),
-    ("Equal cost", "equal-cost", equal_cost),
-    ("Submit", "submit", submit),
-    ("Queue", "queue", queue),
-    ("Compare traces", "compare", compare),
-    ("Findings", "findings", findings),
-    ("API tokens", "tokens", api_tokens),
-]
-"""(label, tab id, module): the tab ids are stable (used by `gr.Tabs(selected=...)` and tests)."""
+_MODULES = {"Leaderboard": leaderboard, "Plots": plots, "Equal cost": equal_cost, "Submit": submit, "Queue": queue,
+            "Compare traces": compare, "Findings": findings, "API tokens": api_tokens}
+TABS = [(label, tab_id, _MODULES[label]) for label, tab_id in TAB_IDS.items()]
+"""(label, tab id, module) in the page's order (`ui.tabs.TAB_IDS`)."""
 
 
 GRADIO_CACHE_CLEANUP = (3600, 6 * 3600)

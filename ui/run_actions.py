@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from jobs.access import User
-from ui.services import escape
+from ui.markdown import escape
 
 __all__ = ["RUN_FILES_DIR", "ZIP_RETENTION_S", "lm_eval_files", "publish"]
 

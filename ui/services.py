@@ -23,6 +23,7 @@ from jobs.access import ANONYMOUS, AccessError, User
 from db.states import LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound
 from jobs.waiting import add_waiting_reasons, waiting_reasons
+from ui.markdown import escape
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 DEFAULT_EXAMPLE = "tiny-dense.yaml"
@@ -32,15 +33,6 @@ QUEUE_COLUMNS = ["id", "state", "progress", "stage", "elapsed", "worker", "attem
 QUEUE_DATATYPES = ["number", "html", "html", "str", "str", "str", "number", "str", "str", "number", "str", "str"]
 """`state` and `progress` cells are HTML built here from the state enum and a number only; every
 other cell is plain text (Gradio shows `str` cells as text, never as markup)."""
-"""A config with a job in one of these states is a duplicate (the queue returns that job)."""
-
-
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
-
-
-def escape(text: Any) -> str:
-    """Make untrusted text inert in Markdown: HTML tags become entities, link/emphasis syntax is escaped."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(str(text), quote=False))
 
 
 def example_names() -> list[str]:

@@ -52,6 +52,14 @@ class PruneReport:
     params_after: int
     details: dict[str, Any] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as stored with a run (`prune_report`): the figures, the removed parameters and
+        the method's own details."""
+        return {"method": self.method, "requested_sparsity": self.requested_sparsity,
+                "achieved_sparsity": self.achieved_sparsity, "params_before": self.params_before,
+                "params_after": self.params_after, "params_removed": self.params_before - self.params_after,
+                **self.details}
+
 
 class PruningMethod(abc.ABC):
     """A pruning method: `prune` changes the model in place and reports what it did.

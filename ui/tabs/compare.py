@@ -10,6 +10,7 @@ import gradio as gr
 
 from ui import compare_view
 from ui.compare_view import CompareQuery
+from ui.tabs import TAB_IDS
 from ui.view_cache import cached
 
 
@@ -101,11 +102,9 @@ def _link(query: CompareQuery) -> str:
 
 def _on_load(request: gr.Request) -> list:
     """Restore the view from the URL; `tab` selects a tab, `job` opens a job in the queue tab."""
-    from ui.layout import TABS  # the layout imports this module
-
     params = dict(request.query_params) if request is not None else {}
     query = compare_view.parse_query(params)
-    tab_ids = {tab_id for _, tab_id, _ in TABS}
+    tab_ids = set(TAB_IDS.values())
     tab = gr.Tabs(selected=query.tab) if query.tab in tab_ids else gr.update()
     job = query.job if query.job is not None else gr.update()
     return [tab, job, *_render(query.runs, query.task, query.outcome, query.search, query.page, query.doc, None)]

@@ -7,6 +7,7 @@ import gradio as gr
 from backend.config import ConfigError
 from ui import forms, services
 from ui.auth import user_from
+from ui.markdown import escape
 
 SCALAR_KEYS = [key for key in forms.FORM_KEYS if key not in ("params", "tasks")]
 """Form values held by one component each; params go to the slot pool, tasks to one group per category."""
@@ -151,10 +152,10 @@ def _slot_updates(shared, method: str, params: dict) -> list:
 def _check_updates(shared, config: dict | None, error: str | None = None) -> list:
     """[check, duplicate, open-duplicate button, duplicate id, estimate]."""
     if config is None:
-        return [f"**Not valid:** {services.escape(error)}", "", gr.update(visible=False), None, ""]
+        return [f"**Not valid:** {escape(error)}", "", gr.update(visible=False), None, ""]
     result = forms.check(config)
     if result.config is None:
-        return [f"**Not valid:** {services.escape(result.error)}", "", gr.update(visible=False), None, ""]
+        return [f"**Not valid:** {escape(result.error)}", "", gr.update(visible=False), None, ""]
     duplicate = services.find_duplicate(result.config)
     estimate = forms.render_estimate(forms.estimate(result.config))
     check = f"**Valid.** Same schema as the CLI; config hash `{result.hash[:12]}`."
@@ -217,7 +218,7 @@ def wire(shared, demo) -> None:
         try:
             form = _form(shared, values)
         except (ConfigError, ValueError) as exc:
-            return gr.update(), f"**Not applied:** {services.escape(exc)}"
+            return gr.update(), f"**Not applied:** {escape(exc)}"
         return forms.config_to_yaml(forms.form_to_config(form)), ("Written to the editor below. Fields the form "
                                                                  "does not cover (model_args, per-task settings) "
                                                                  "are edited in the YAML directly.")
@@ -229,10 +230,10 @@ def wire(shared, demo) -> None:
             form, notes = forms.config_to_form(forms.editor_to_dict(text))
         except ConfigError as exc:
             return [*[gr.update()] * (len(SCALAR_KEYS) + 2 + len(slot_list) + len(shared.submit_task_groups)),
-                    f"**Cannot fill the form:** {services.escape(exc)}"]
+                    f"**Cannot fill the form:** {escape(exc)}"]
         scalars = [form[k] for k in SCALAR_KEYS]
         groups = [[n for n in form["tasks"] if n in names] for names in forms.tasks_by_category().values()]
-        note = ("Form filled from the editor." + ("  \n" + "  \n".join(services.escape(n) for n in notes)
+        note = ("Form filled from the editor." + ("  \n" + "  \n".join(escape(n) for n in notes)
                                                    if notes else ""))
         return [*scalars, forms.method_summary(form["method"]), gr.update(visible=bool(forms.param_fields(form["method"]))),
                 *_slot_updates(shared, form["method"], form["params"]),
