@@ -135,7 +135,7 @@ CPU_LOAD_S = 3.0
 CPU_ROW_S = 0.05
 CPU_DECODE_CONTEXT_S = 0.001
 TYPICAL_PROMPT_TOKENS = 300
-CPU_EFFICIENCY_S = 60.0
+CPU_EFFICIENCY_S = 80.0
 """The efficiency probe times the dense and the pruned model over >= 10 iterations each."""
 CPU_PRUNE_S: dict[str, tuple[float, int]] = {
     # method -> (seconds, calibration tokens it was measured with; 0: reads no activations)
@@ -143,6 +143,12 @@ CPU_PRUNE_S: dict[str, tuple[float, int]] = {
     "wanda": (35.0, 32 * 512),
     "sparsegpt": (62.0, 32 * 512),
     "shortgpt": (5.0, 16 * 256),
+    "flap": (42.0, 32 * 512),
+    "llm-pruner": (84.0, 32 * 512),
+    "slicegpt": (33.0, 32 * 512),
+    "skipgpt-style": (128.0, 16 * 256),  # router training: 30 steps, the default
+    "dllm-style": (114.0, 16 * 256),
+    "mod-style": (90.0, 16 * 256),
 }
 """Pruning SmolLM2 in the snapshot's runs; the time scales with the calibration tokens read."""
 CPU_ALLOCATION_S: dict[str, float] = {"uniform": 0.0, "owl": 20.0}
