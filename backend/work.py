@@ -149,6 +149,8 @@ CPU_PRUNE_S: dict[str, tuple[float, int]] = {
     "skipgpt-style": (128.0, 16 * 256),  # router training: 30 steps, the default
     "dllm-style": (114.0, 16 * 256),
     "mod-style": (90.0, 16 * 256),
+    "sleb": (292.0, 8 * 256),
+    "shortened-ppl": (48.0, 8 * 256),
 }
 """Pruning SmolLM2 in the snapshot's runs; the time scales with the calibration tokens read."""
 CPU_ALLOCATION_S: dict[str, float] = {"uniform": 0.0, "owl": 20.0}
