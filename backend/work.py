@@ -132,8 +132,11 @@ def work_tokens(config: JobConfig) -> int:
 
 CPU_ESTIMATED_MODELS = frozenset({"builtin:smollm2-135m-instruct"})
 CPU_LOAD_S = 3.0
-CPU_ROW_S = 0.05
-CPU_DECODE_CONTEXT_S = 0.001
+CPU_ROW_S = 0.10
+"""bench/eval_overhead.py: PIQA's first 200 rows in 20.3-20.8 s (batch 8, idle machine)."""
+CPU_DECODE_CONTEXT_S = 0.00085
+"""Fitted to the snapshot's evaluations less their 400 log-likelihood rows: instruct (2 x 256 steps)
+about 215 s, think (2 x 512 steps) about 550 s."""
 TYPICAL_PROMPT_TOKENS = 300
 CPU_EFFICIENCY_S = 80.0
 """The efficiency probe times the dense and the pruned model over >= 10 iterations each."""

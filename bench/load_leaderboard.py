@@ -156,7 +156,7 @@ def view_request(view: str, seeded: list[int]) -> tuple[str, list]:
     if view == "leaderboard":
         from ui.board import ALL, PINNED_ORDER
 
-        return "leaderboard", [ALL, ALL, [], 0.0, 1.0, ALL, "any", "", "raw", PINNED_ORDER, "best first"]
+        return "leaderboard", [ALL, ALL, [], 0.0, 1.0, ALL, "any", "", "raw", PINNED_ORDER, "best first", []]
     runs = f"{seeded[0]},{seeded[len(seeded) // 2]}"  # the instruct dense run and a pruned one
     return "compare", [runs, COMPARE_TASK, "all", 1, None]
 
@@ -214,8 +214,9 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="pruneboard-load-"))
+    # no worker runs here (the app too starts none): seeding needs no task data on this host
     os.environ.update(PRUNEBOARD_HOME=str(home), PRUNEBOARD_AUTO_BASELINES="0", PRUNEBOARD_SEED_RESULTS="0",
-                      TMPDIR=str(home))
+                      PRUNEBOARD_LOCAL_WORKERS="0", TMPDIR=str(home))
     os.environ.pop("DATABASE_URL", None)
     seeded = seed_snapshot_board()
     print(f"scratch home {home}: {len(seeded)} runs seeded; starting the app", flush=True)
