@@ -20,7 +20,7 @@ from backend.config import ConfigError, JobConfig, canonical_dict, config_hash, 
 from backend.pruning import get_method, list_methods
 from db.schema import Job
 from db.session import read_session
-from db.states import LIVE_STATES, JobState
+from db.states import LIVE_STATES
 
 __all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "baseline_needed", "queue_dense_baseline"]
 
