@@ -74,7 +74,8 @@ def test_requirements_split_runtime_from_tests():
         return {re.split(r"[=<>\[ ]", line)[0].lower() for line in lines if line}
 
     runtime, dev = names(ROOT / "requirements.txt"), names(ROOT / "requirements-dev.txt")
-    assert not {"pytest", "playwright"} & runtime and dev == {"pytest", "playwright"}
+    tools = {"pytest", "playwright", "import-linter"}  # tests, browser tests, the layering test
+    assert not tools & runtime and dev == tools
     assert "requirements-dev.txt" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "pip install -r requirements.txt -r requirements-dev.txt && .venv/bin/python -m pytest" in readme
