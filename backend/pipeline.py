@@ -281,8 +281,8 @@ _PRUNE_CACHE = _PruneCache()
 
 
 def _trace_stats(samples: list[SampleRecord]) -> dict:
-    """`backend.trace_stats` per task, for the tasks with generated samples (finish_reason set)."""
-    from backend.trace_stats import trace_stats
+    """`common.trace_stats` per task, for the tasks with generated samples (finish_reason set)."""
+    from common.trace_stats import trace_stats
 
     return trace_stats([s for s in samples if s.finish_reason is not None])
 

@@ -60,7 +60,7 @@ class RunResult:
     manifest: dict[str, Any]
     stage_seconds: dict[str, float] = field(default_factory=dict)
     trace_stats: dict[str, Any] = field(default_factory=dict)
-    """Per generation task: `backend.trace_stats.trace_stats` of its samples (mean thinking length,
+    """Per generation task: `common.trace_stats.trace_stats` of its samples (mean thinking length,
     truncation, repetition, accuracy by output-length bucket); empty for log-likelihood-only runs."""
 
     def to_dict(self) -> dict[str, Any]:

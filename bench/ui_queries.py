@@ -48,6 +48,7 @@ def seed(rng: random.Random) -> tuple[str, list[int]]:
     from db.schema import Job, Sample, Score
     from db.session import write_session
     from db.states import JobState
+    from jobs.facts import run_facts, task_facts
 
     job_rows, score_rows, sample_rows = [], [], []
     job_id = 0
@@ -59,7 +60,7 @@ def seed(rng: random.Random) -> tuple[str, list[int]]:
                              model=model, paradigm=paradigm, method=method, sparsity=sparsity, state=state,
                              attempts=1, requeues=0, progress=1.0, cancel_requested=False,
                              efficiency_json={"params": 1e8 * (1 - sparsity), "decode_tokens_per_s": 50 + sparsity,
-                                              "device_name": "cpu"}))
+                                              "device_name": "cpu"}, **run_facts(config)))
         return job_id
 
     def add_scores(job: int, quality: float) -> None:
@@ -70,7 +71,7 @@ def seed(rng: random.Random) -> tuple[str, list[int]]:
                 score_rows.append(dict(job_id=job, task=task, metric=f"metric{m}", value=value, stderr=0.01,
                                        higher_is_better=not ppl, is_primary=m == 0,
                                        comparability_key=f"{task}|fewshot0|lm-eval-0.4|bf16",
-                                       scorer_version="1"))
+                                       scorer_version="1", **task_facts(task)))
 
     succeeded = 0
     for model in MODELS:

@@ -17,7 +17,7 @@ from common.vocabulary import ANSWER_CATEGORIES, PARADIGMS
 from db.bootstrap import Statistic, Unit, cluster_bootstrap, finite, pooled_difference, ratio
 from db.equal_cost import NOMINAL, matched_by, relative_cost
 from db.findings_data import (
-    Comparison, Run, calibration_source, correctness, paired_units, setting_key, task_category, tts_gain,
+    Comparison, Run, correctness, paired_units, setting_key, tts_gain,
 )
 
 __all__ = [
@@ -42,9 +42,13 @@ class RunSet:
         self.all = runs
         self.dense: dict[str, list[Run]] = defaultdict(list)
         self._costs: dict[tuple[int, str], float | None] = {}
+        self.categories: dict[str, str | None] = {}
+        """task -> category, as the runs' scores recorded it."""
         for run in runs:
             if run.family == "dense":
                 self.dense[_base_key(run)].append(run)
+            for task, category in run.categories.items():
+                self.categories.setdefault(task, category)
 
     def of(self, *families: str) -> list[Run]:
         return [run for run in self.all if run.family in families]
@@ -111,7 +115,7 @@ class Outcome:
 
 
 def _categories(*names: str) -> Callable[[Run, str], bool]:
-    return lambda _run, task: task_category(task) in names
+    return lambda run, task: run.categories.get(task) in names
 
 
 def _labelled(comparisons: Sequence[Comparison], used: set[int], labels: Sequence[str]) -> dict[str, set[int]]:
@@ -181,7 +185,7 @@ def static_beats_dynamic(runs: RunSet, measure: str) -> Outcome:
 def aligned_calibration(runs: RunSet, _measure: None) -> Outcome:
     groups: dict[str, tuple[list[Run], list[Run]]] = defaultdict(lambda: ([], []))
     for run in runs.pruned():
-        source = calibration_source(run.config)
+        source = run.calibration_source
         if source in ALIGNED_SOURCES or source in GENERIC_SOURCES:
             groups[setting_key(run, "calibration", "tasks")][source in GENERIC_SOURCES].append(run)
     comparisons = [((a, g),) for key in sorted(groups) for a in groups[key][0] for g in groups[key][1]]
@@ -203,12 +207,12 @@ def dynamic_degrades(runs: RunSet, _measure: None) -> Outcome:
     used = {u.cell[0] for u in units}
 
     def in_category(sums: Mapping[Hashable, np.ndarray], category: str) -> np.ndarray:
-        return _mean_of([_retained(s) for cell, s in sums.items() if task_category(cell[1]) == category])
+        return _mean_of([_retained(s) for cell, s in sums.items() if runs.categories.get(cell[1]) == category])
 
     def statistic(sums):
         return in_category(sums, "classification") - in_category(sums, "reasoning")
 
-    counts = {c: _documents(units, lambda u, c=c: task_category(u.task) == c) for c in ("reasoning", "classification")}
+    counts = {c: _documents(units, lambda u, c=c: runs.categories.get(u.task) == c) for c in ("reasoning", "classification")}
     outcome = Outcome(units if all(counts.values()) else [], statistic,
                        _labelled(comparisons, used, ("dynamic", "dense")), rule_documents=counts)
     outcome.extra = {f"n_{c}": n for c, n in counts.items()}

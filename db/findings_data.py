@@ -2,8 +2,8 @@
 
 * `load_runs`: the latest succeeded, visible job per config hash (optionally of one model /
   paradigm) with its samples, efficiency probe and prune report, oldest first.
-* `method_family` and `task_category`: the only two facts read from `backend` (its registries);
-  kept here, together, so they can move to database columns without touching the findings.
+* A run's family, calibration source and task categories are the columns stored when it was
+  submitted and scored (`jobs.facts`): the findings read no registry.
 * `setting_key`: the config minus named fields, so runs that differ only there group together.
 * `paired_units`: a comparison is a tuple of arms, an arm a tuple of runs evaluated under the same
   task settings (e.g. a pruned run and its dense run). Its documents are those every run scored;
@@ -17,18 +17,17 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.bootstrap import Unit
-from db.schema import Job, Sample
+from db.schema import Job, Sample, Score
 from db.states import JobState
 
 __all__ = [
-    "Run", "method_family", "task_category", "load_runs", "setting_key", "correctness", "tts_gain",
+    "Run", "load_runs", "setting_key", "correctness", "tts_gain",
     "paired_units",
 ]
 
@@ -44,6 +43,8 @@ class Run:
     method: str
     sparsity: float
     family: str | None
+    calibration_source: str | None
+    """The calibration source the run's method used (None: it used none)."""
     config: dict[str, Any]
     efficiency: dict[str, Any]
     prune_report: dict[str, Any]
@@ -52,39 +53,8 @@ class Run:
     num_samples: dict[str, int]
     """task name -> k, the samples generated per prompt (test-time scaling when k > 1)."""
     samples: dict[tuple[str, int], SampleRow] = field(default_factory=dict)
-
-
-# --- facts from backend (one place: issue 17 moves them into database columns) -----------------------
-
-
-@cache
-def method_family(method: str) -> str | None:
-    from backend.pruning import get_method
-    from backend.registry import UnknownName
-
-    try:
-        return get_method(method).family
-    except UnknownName:
-        return None
-
-
-def calibration_source(config: dict[str, Any]) -> str | None:
-    """The calibration source a stored config's run used (no section: the default calibration's)."""
-    from backend.config import stored_calibration
-
-    calibration = stored_calibration(config)
-    return calibration.source if calibration is not None else None
-
-
-@cache
-def task_category(task: str) -> str | None:
-    from backend.registry import UnknownName
-    from backend.tasks import get_task
-
-    try:
-        return get_task(task).category
-    except UnknownName:
-        return None
+    categories: dict[str, str | None] = field(default_factory=dict)
+    """task name -> its category (`scores.category`)."""
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -105,8 +75,9 @@ def load_runs(session: Session, model: str | None, paradigm: str | None) -> list
         tasks = config.get("tasks", [])
         settings = {t["name"]: _canonical({k: v for k, v in t.items() if k != "limit"}) for t in tasks}
         k = {t["name"]: int((t.get("generation") or {}).get("num_samples", 1)) for t in tasks}
-        runs[job.id] = Run(job.id, job.model, job.paradigm, job.method, float(job.sparsity), method_family(job.method),
-                           config, job.efficiency_json or {}, job.prune_report_json or {}, settings, k)
+        runs[job.id] = Run(job.id, job.model, job.paradigm, job.method, float(job.sparsity), job.family,
+                           job.calibration_source, config, job.efficiency_json or {}, job.prune_report_json or {},
+                           settings, k)
     if not runs:
         return []
     rows = session.execute(
@@ -115,6 +86,9 @@ def load_runs(session: Session, model: str | None, paradigm: str | None) -> list
     )
     for job_id, task, doc_id, correct, metrics in rows:
         runs[job_id].samples[(task, doc_id)] = (correct, metrics or {})
+    for job_id, task, category in session.execute(
+            select(Score.job_id, Score.task, Score.category).where(Score.job_id.in_(list(runs))).distinct()):
+        runs[job_id].categories[task] = category
     return sorted(runs.values(), key=lambda run: run.job_id)
 
 

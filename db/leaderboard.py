@@ -28,12 +28,12 @@ Definitions (the UI shows them as they are):
 * `calibration` (the source: text, synthetic, task-aligned, self-generated) and `calibration_data`
   (which data, e.g. `text wikitext2/valid.txt 32x256 seed 0 (default)`) are shown for runs whose
   method used calibration data; a config without a calibration section used
-  `backend.config.DEFAULT_CALIBRATION`, marked "(default)".
+  `backend.config.DEFAULT_CALIBRATION`, marked "(default)". Both are stored when a job is submitted
+  (`jobs.facts`), as are the family and the task categories: reading the board parses no config.
 * Filters narrow the rows shown; dense baselines outside the filter still serve as baselines.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,6 +102,8 @@ class _Run:
     efficiency: dict[str, Any]
     scores: dict[str, tuple[float | None, bool, str]] = field(default_factory=dict)
     """task -> (value, higher_is_better, comparability_key) of the primary metric."""
+    categories: dict[str, str | None] = field(default_factory=dict)
+    """task -> its category (`scores.category`)."""
 
 
 # --- public functions -------------------------------------------------------------------------
@@ -218,51 +220,14 @@ def _latest_subquery(model: str | None, paradigm: str | None):
 def _latest_runs(session: Session, model: str | None, paradigm: str | None) -> list[_Run]:
     # Core execution (session.connection()): plain rows, without the ORM's per-row loading work.
     rows = session.connection().execute(
-        select(Job.id, Job.model, Job.paradigm, Job.method, Job.sparsity, Job.config_json, Job.efficiency_json)
+        select(Job.id, Job.model, Job.paradigm, Job.method, Job.family, Job.sparsity, Job.calibration_source,
+               Job.calibration_data, Job.recovery, Job.efficiency_json)
         .where(Job.id.in_(_latest_subquery(model, paradigm)))
         .order_by(Job.id)
     ).all()
-    return [_run(*row) for row in rows]
-
-
-def _run(job_id, model, paradigm, method, sparsity, config_json, efficiency) -> _Run:
-    from backend.config import describe_calibration, stored_calibration
-
-    config = json.loads(config_json or "{}")
-    family, uses_calibration = _method_facts(method, json.dumps(config.get("pruning", {}).get("params", {}),
-                                                                sort_keys=True))
-    recovery = config.get("recovery")
-    calibration = stored_calibration(config) if uses_calibration else None
-    return _Run(
-        job_id=job_id, model=model, paradigm=paradigm, method=method, family=family, sparsity=sparsity,
-        calibration=(calibration.source if calibration else (config.get("calibration") or {}).get("source"))
-        if uses_calibration else None,
-        calibration_data=describe_calibration(config) if uses_calibration else None,
-        recovery=isinstance(recovery, dict) and recovery.get("enabled", True) is not False,
-        efficiency=efficiency or {},
-    )
-
-
-_METHOD_FACTS: dict[tuple[str, str], tuple[str, bool]] = {}
-
-
-def _method_facts(method: str, params_json: str) -> tuple[str, bool]:
-    """(family, uses calibration) of a method with these params; unknown methods: ("other", False)."""
-    key = (method, params_json)
-    if key not in _METHOD_FACTS:
-        from backend.pruning import get_method
-        from backend.registry import UnknownName
-
-        try:
-            cls = get_method(method)
-            try:
-                uses = cls.uses_calibration(cls.Params(**json.loads(params_json)))
-            except Exception:  # params of an older schema: the class default
-                uses = cls.needs_calibration
-            _METHOD_FACTS[key] = (cls.family, bool(uses))
-        except UnknownName:
-            _METHOD_FACTS[key] = ("other", False)
-    return _METHOD_FACTS[key]
+    return [_Run(job_id=job_id, model=m, paradigm=p, method=method, family=family or "other", sparsity=sparsity,
+                 calibration=source, calibration_data=data, recovery=bool(recovery), efficiency=efficiency or {})
+            for job_id, m, p, method, family, sparsity, source, data, recovery, efficiency in rows]
 
 
 def _load_scores(session: Session, runs: list[_Run], model: str | None, paradigm: str | None) -> None:
@@ -270,31 +235,23 @@ def _load_scores(session: Session, runs: list[_Run], model: str | None, paradigm
     if not by_id:
         return
     rows = session.connection().execute(
-        select(Score.job_id, Score.task, Score.value, Score.higher_is_better, Score.comparability_key)
+        select(Score.job_id, Score.task, Score.value, Score.higher_is_better, Score.comparability_key, Score.category)
         .where(Score.job_id.in_(_latest_subquery(model, paradigm)), Score.is_primary.is_(True))
     )
-    for job_id, task, value, hib, key in rows:
+    for job_id, task, value, hib, key, category in rows:
         by_id[job_id].scores[task] = (value, bool(hib), key)
+        by_id[job_id].categories[task] = category
 
 
 def _task_categories(runs: list[_Run]) -> dict[str, str]:
     """task -> column group: "perplexity" for lower-is-better tasks, else the task's category."""
-    from backend.registry import UnknownName
-    from backend.tasks import get_task
-
     categories: dict[str, str] = {}
     for run in runs:
         for task, (_, hib, _) in run.scores.items():
             if task in categories:
                 continue
-            if not hib:
-                categories[task] = "perplexity"
-                continue
-            try:
-                category = get_task(task).category
-            except UnknownName:
-                category = "other"
-            categories[task] = category if category in CATEGORIES else "other"
+            category = run.categories.get(task)
+            categories[task] = "perplexity" if not hib else category if category in CATEGORIES else "other"
     return categories
 
 
@@ -398,11 +355,8 @@ def _flag(run: _Run, matched: dict[str, _Run], with_dense: set[tuple[str, str]],
 def pending_dense(session: Session, model: str | None = None,
                   paradigm: str | None = None) -> dict[tuple[str, str], tuple[int, str]]:
     """(model, paradigm) -> (id, state) of the oldest queued or running dense job (baselines on their way)."""
-    from backend.pruning import list_methods
-
     query = select(Job.id, Job.model, Job.paradigm, Job.state).where(
-        Job.state.in_((JobState.QUEUED, JobState.RUNNING)),
-        Job.method.in_([m.name for m in list_methods() if m.family == "dense"]),
+        Job.state.in_((JobState.QUEUED, JobState.RUNNING)), Job.family == "dense",
     ).order_by(Job.id.desc())
     if model is not None:
         query = query.where(Job.model == model)

@@ -74,15 +74,12 @@ def scaling_points(session: Session, by: str = "k", model: str | None = None,
     """
     if by not in SCALING_AXES:
         raise ValueError(f"by must be one of {SCALING_AXES}, got {by!r}")
-    from backend.registry import UnknownName
-    from backend.tasks import get_task
-
     jobs = {job.id: job for job in latest_runs(session, model, paradigm)}
     if not jobs:
         return _frame([], SCALING_COLUMNS, ["sparsity", "k", "thinking_budget", "value"])
     scores = session.execute(
         select(Score.job_id, Score.task, Score.metric, Score.value, Score.is_primary)
-        .where(Score.job_id.in_(list(jobs)))
+        .where(Score.job_id.in_(list(jobs)), Score.test_time_scaling.is_(True))
     ).all()
     by_run_task: dict[tuple[int, str], dict[str, Any]] = {}
     for row in scores:
@@ -90,16 +87,8 @@ def scaling_points(session: Session, by: str = "k", model: str | None = None,
         entry["metrics"][row.metric] = row.value
         if row.is_primary:
             entry["primary"] = row.value
-    scaling_tasks: dict[str, bool] = {}
     rows = []
     for (job_id, task), entry in sorted(by_run_task.items()):
-        if task not in scaling_tasks:
-            try:
-                scaling_tasks[task] = get_task(task).test_time_scaling
-            except UnknownName:
-                scaling_tasks[task] = False
-        if not scaling_tasks[task]:
-            continue
         job = jobs[job_id]
         generation = _task_generation(job, task)
         k, budget = int(generation.get("num_samples", 1)), generation.get("thinking_budget")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from common.trace_stats import trace_stats
 from db.schema import Job, Sample, Score, Trace
 from db.states import JobState
 
@@ -131,38 +132,18 @@ def configs_and_scores(session: Session, job_ids: list[int]) -> dict[int, tuple[
 
 
 def job_trace_stats(session: Session, job_id: int) -> dict[str, Any]:
-    """backend.trace_stats.trace_stats of a job's stored generated samples, computed from the rows.
+    """common.trace_stats.trace_stats of a job's stored generated samples, computed from the rows.
 
     As the pipeline's `RunResult.trace_stats`, only generated samples count: those with a finish
-    reason, or (rows stored before migration 0002) of a generation task.
+    reason, or (rows stored before migration 0002) of a task whose scores say it generates.
     """
-    from backend.result import SampleRecord
-    from backend.trace_stats import trace_stats
-
+    generating = set(session.scalars(
+        select(Score.task).where(Score.job_id == job_id, Score.output_type == "generate").distinct()))
     rows = session.execute(
-        select(Sample.task, Sample.doc_id, Sample.correct, Sample.output_tokens, Sample.thinking_tokens,
+        select(Sample.task, Sample.correct, Sample.output_tokens, Sample.thinking_tokens,
                Sample.finish_reason, Sample.truncated, Sample.repetition).where(Sample.job_id == job_id)
     ).all()
-    generated: dict[str, bool] = {}
-    return trace_stats(
-        SampleRecord(task=r.task, doc_id=r.doc_id, prompt="", output="", extracted=None, gold="", correct=r.correct,
-                     prompt_tokens=0, output_tokens=r.output_tokens, thinking_tokens=r.thinking_tokens,
-                     finish_reason=r.finish_reason, truncated=bool(r.truncated), repetition=r.repetition)
-        for r in rows
-        if r.finish_reason is not None or _generation_task(r.task, generated)
-    )
-
-
-def _generation_task(task: str, cache: dict[str, bool]) -> bool:
-    if task not in cache:
-        from backend.registry import UnknownName
-        from backend.tasks import get_task
-
-        try:
-            cache[task] = get_task(task).output_type == "generate"
-        except UnknownName:
-            cache[task] = False
-    return cache[task]
+    return trace_stats(r for r in rows if r.finish_reason is not None or r.task in generating)
 
 
 def sample_trace(session: Session, job_id: int, task: str, doc_id: int) -> dict[str, Any] | None:

@@ -101,7 +101,7 @@ class Job(Base):
     stage_seconds_json: Mapped[dict[str, Any] | None]
     submitter: Mapped[str | None] = mapped_column(String(200))
     trace_stats_json: Mapped[dict[str, Any] | None]
-    """backend.trace_stats.trace_stats of the stored samples (set on completion and on rescore)."""
+    """common.trace_stats.trace_stats of the stored samples (set on completion and on rescore)."""
     hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """An admin hid the run (jobs.access.hide_run): off the leaderboard, compare and others' queue."""
     required_device: Mapped[str | None] = mapped_column(String(8))
@@ -116,6 +116,17 @@ class Job(Base):
     """When the run was imported from a results bundle (NULL: produced here)."""
     provenance_json: Mapped[dict[str, Any] | None]
     """Imported runs: the commit and deployment that produced them and the bundle they came from."""
+    # Facts known at submission (jobs.facts.run_facts), stored so that readers never rebuild a
+    # method's parameters or parse the config (NULL family: a method this deployment does not know).
+    family: Mapped[str | None] = mapped_column(String(32))
+    """The method's family (common.vocabulary.Family)."""
+    uses_calibration: Mapped[bool | None] = mapped_column(Boolean)
+    calibration_source: Mapped[str | None] = mapped_column(String(32))
+    """text | synthetic | task-aligned | self-generated, when the method used calibration data."""
+    calibration_data: Mapped[str | None] = mapped_column(String(400))
+    """Which calibration data, e.g. `text wikitext2/valid.txt 32x256 seed 0 (default)` (calibrated runs)."""
+    recovery: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether recovery fine-tuning ran after pruning."""
 
     __table_args__ = (
         Index("ix_jobs_state_id", "state", "id"),  # claim_next, requeue_expired, leaderboard
@@ -143,6 +154,12 @@ class Score(Base):
     comparability_key: Mapped[str] = mapped_column(String(500))
     scorer_version: Mapped[str | None] = mapped_column(String(32))
     """backend.scoring.SCORER_VERSION that produced the value (None: stored before migration 0002)."""
+    category: Mapped[str | None] = mapped_column(String(32))
+    """The task's category (common.vocabulary.TaskCategory; NULL: a task this deployment does not know)."""
+    test_time_scaling: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether the task takes part in test-time scaling (TaskSpec.test_time_scaling)."""
+    output_type: Mapped[str | None] = mapped_column(String(16))
+    """The task's output type: generate | loglikelihood | perplexity (TaskSpec.output_type)."""
 
     __table_args__ = (
         UniqueConstraint("job_id", "task", "metric", name="uq_scores_job_task_metric"),

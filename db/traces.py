@@ -16,7 +16,6 @@ from __future__ import annotations
 import zlib
 from typing import Any, Iterable
 
-from backend.result import SampleRecord
 
 __all__ = ["CODEC", "CUT_KEEP_CHARS", "encode_traces", "decode_trace", "cut_text"]
 
@@ -34,7 +33,7 @@ def cut_text(text: str, keep: int = CUT_KEEP_CHARS) -> tuple[str, bool]:
     return f"{text[:keep]}\n[... {removed} characters cut for storage ...]\n{text[-keep:]}", True
 
 
-def encode_traces(job_id: int, samples: Iterable[SampleRecord], cap_bytes: int) -> list[dict[str, Any]]:
+def encode_traces(job_id: int, samples: Iterable[Any], cap_bytes: int) -> list[dict[str, Any]]:
     """`traces` rows for a run's samples, applying the run's cap (see the module docstring)."""
     rows: list[dict[str, Any]] = []
     total = 0
@@ -70,7 +69,7 @@ def decode_trace(row: Any) -> dict[str, Any]:
     }
 
 
-def _encode(job_id: int, sample: SampleRecord, cut: bool) -> dict[str, Any]:
+def _encode(job_id: int, sample: Any, cut: bool) -> dict[str, Any]:
     texts = {"prompt": sample.prompt or "", "output": sample.output or ""}
     parts = {"reasoning": sample.reasoning, "answer": sample.answer}
     lost = False

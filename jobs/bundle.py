@@ -461,7 +461,8 @@ class _Prepared:
 def _prepare(run: BundleRun, source_name: str | None) -> _Prepared:
     """Everything needed to write a run, checked before anything is written."""
     from backend.config import ConfigError, canonical_json, config_hash, validate_config
-    from backend.trace_stats import trace_stats
+    from common.trace_stats import trace_stats
+    from jobs.facts import run_facts
     from jobs.resources import job_requirements
 
     record = run.record
@@ -492,6 +493,7 @@ def _prepare(run: BundleRun, source_name: str | None) -> _Prepared:
         "prune_report_json": record.get("prune_report") or {}, "stage_seconds_json": record.get("stage_seconds") or {},
         "trace_stats_json": trace_stats(generated), "hidden": bool(record.get("hidden")),
         "origin_id": run.origin_id, "provenance_json": provenance, **job_requirements(config),
+        **run_facts(json.loads(canonical_json(config))),
     }
     return _Prepared(run, job, scores, samples, {s.get("scorer_version") for s in record["scores"]})
 

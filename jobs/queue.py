@@ -8,6 +8,7 @@ nothing. Jobs whose worker stopped renewing its lease go back to the queue (`req
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import datetime, timedelta
@@ -21,10 +22,11 @@ from backend.config import JobConfig, canonical_json, config_hash
 from backend.result import RunResult, SampleRecord
 from backend.scoring import SCORER_VERSION
 from backend.taskdata.availability import check_submission
-from backend.trace_stats import trace_stats
+from common.trace_stats import trace_stats
 from db import results_version
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
 from db.session import read_session, write_session
+from jobs.facts import run_facts, task_facts
 from jobs.resources import Capabilities, claim_filter, job_requirements
 from db.states import LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound, LostClaim
@@ -70,7 +72,7 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
                 _requeue(same[0])
                 # resources are not part of the hash: the new submission's apply (e.g. more wall time)
                 same[0].config_json = canonical_json(config)
-                for name, value in job_requirements(config).items():
+                for name, value in {**job_requirements(config), **run_facts(json.loads(canonical_json(config)))}.items():
                     setattr(same[0], name, value)
                 logger.info("job %d queued again (same config as before)", same[0].id)
                 return same[0], True
@@ -88,6 +90,7 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
             cancel_requested=False,
             submitter=submitter,
             **job_requirements(config),
+            **run_facts(json.loads(canonical_json(config))),
         )
         session.add(job)
         session.flush()
@@ -441,6 +444,7 @@ def _score_row(job_id: int, score: Any, scorer_version: str | None) -> dict[str,
         "is_primary": bool(score.primary),
         "comparability_key": score.comparability_key,
         "scorer_version": scorer_version,
+        **task_facts(score.task),
     }
 
 

@@ -12,6 +12,7 @@ from db.leaderboard import Board, BoardFilters, board, export_board, filter_opti
 from db.schema import Job, Score
 from db.session import dispose_engines, read_session, write_session
 from db.states import JobState
+from jobs.facts import run_facts, task_facts
 
 DENSE = {"piqa": 0.8, "boolq": 0.6, "gsm8k": 0.5, "humaneval": 0.4, "wikitext2-ppl": 20.0}
 MAGNITUDE = {"piqa": 0.6, "boolq": 0.3, "gsm8k": 0.25, "humaneval": 0.2, "wikitext2-ppl": 25.0}
@@ -34,15 +35,17 @@ def add_run(session, method: str, sparsity: float, scores: dict[str, float], *, 
         config["recovery"] = {"data": "text", "path": "t.txt"}
     job = Job(config_hash=config_hash or f"{model}-{paradigm}-{method}-{sparsity}-{calibration}-{recovery}",
               config_json=json.dumps(config), model=model, paradigm=paradigm, method=method, sparsity=sparsity,
-              state=state, attempts=1, requeues=0, progress=1.0, cancel_requested=False, efficiency_json=efficiency)
+              state=state, attempts=1, requeues=0, progress=1.0, cancel_requested=False, efficiency_json=efficiency,
+              **run_facts(config))
     session.add(job)
     session.flush()
     for task, value in scores.items():
         key = (keys or {}).get(task, "k")
         session.add(Score(job_id=job.id, task=task, metric="primary", value=value, stderr=None,
-                          higher_is_better=task != "wikitext2-ppl", is_primary=True, comparability_key=key))
+                          higher_is_better=task != "wikitext2-ppl", is_primary=True, comparability_key=key,
+                          **task_facts(task)))
         session.add(Score(job_id=job.id, task=task, metric="secondary", value=-1.0, stderr=None,
-                          higher_is_better=True, is_primary=False, comparability_key=key))
+                          higher_is_better=True, is_primary=False, comparability_key=key, **task_facts(task)))
     return job.id
 
 
@@ -167,16 +170,23 @@ def test_filters(seeded, filters, expected):
     assert set(get_board(filters).frame["job_id"]) == {seeded[n] for n in expected}
 
 
+def set_config(session, job_id: int, document: dict) -> None:
+    """Give a stored run another config, with the facts the queue stores beside it."""
+    job = session.get(Job, job_id)
+    job.config_json = json.dumps(document)
+    for name, value in run_facts(document).items():
+        setattr(job, name, value)
+
+
 def test_calibration_columns_say_what_data_a_run_used():
     """A calibrated run without a calibration section used the default (marked); an empty section is
     synthetic 8 x 128; runs whose method uses no calibration show none."""
     with write_session() as s:
         default = add_run(s, "shortgpt", 0.25, {"piqa": 0.5})
         empty = add_run(s, "shortgpt", 0.25, {"piqa": 0.4}, config_hash="empty")
-        s.get(Job, empty).config_json = json.dumps({"model": "m", "pruning": {"method": "shortgpt", "sparsity": 0.25},
-                                                    "calibration": {}})
+        set_config(s, empty, {"model": "m", "pruning": {"method": "shortgpt", "sparsity": 0.25}, "calibration": {}})
         aligned = add_run(s, "shortgpt", 0.25, {"piqa": 0.3}, config_hash="aligned")
-        s.get(Job, aligned).config_json = json.dumps({
+        set_config(s, aligned, {
             "model": "m", "pruning": {"method": "shortgpt", "sparsity": 0.25},
             "calibration": {"source": "task-aligned", "task": "gsm8k", "num_samples": 16, "seq_len": 512}})
         dense = add_run(s, "dense", 0.0, {"piqa": 0.8})

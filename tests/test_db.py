@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,6 +20,7 @@ from db import queries
 from db.schema import Base, Job, Score
 from db.session import dispose_engines, get_engine, init_db, read_session, write_session
 from jobs import queue
+from jobs.facts import run_facts, task_facts
 from db.states import JobState
 from pg_support import empty_database, requires_postgres, server_url, sqlite_only
 
@@ -48,7 +50,9 @@ def add_job(session, **fields) -> Job:
                   sparsity=0.0, state=JobState.SUCCEEDED, attempts=1, requeues=0, progress=1.0,
                   cancel_requested=False)
     values.update(fields)
-    job = Job(**values)
+    document = json.loads(values["config_json"])
+    job = Job(**run_facts({**document, "pruning": {**document.get("pruning", {}), "method": values["method"]}}),
+              **values)
     session.add(job)
     session.flush()
     return job
@@ -57,9 +61,10 @@ def add_job(session, **fields) -> Job:
 def add_scores(session, job: Job, primary: dict[str, float], lower_is_better: tuple[str, ...] = ()) -> None:
     for task, value in primary.items():
         session.add(Score(job_id=job.id, task=task, metric="m", value=value, stderr=None,
-                          higher_is_better=task not in lower_is_better, is_primary=True, comparability_key=task))
+                          higher_is_better=task not in lower_is_better, is_primary=True, comparability_key=task,
+                          **task_facts(task)))
         session.add(Score(job_id=job.id, task=task, metric="other", value=-1.0, stderr=None,
-                          higher_is_better=True, is_primary=False, comparability_key=task))
+                          higher_is_better=True, is_primary=False, comparability_key=task, **task_facts(task)))
 
 
 # --- migrations and connections ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from db.equal_cost import NOMINAL, TOLERANCE, equal_cost_view, matched_by, relat
 from db.schema import Job, Score
 from db.session import dispose_engines, read_session, write_session
 from db.states import JobState
+from jobs.facts import run_facts, task_facts
 from ui.equal_cost import equal_cost_table
 
 MODEL = "org/model"
@@ -31,11 +32,11 @@ def add_run(method: str, sparsity: float, piqa: float, efficiency: dict | None =
         job = Job(config_hash=f"{model}-{paradigm}-{method}-{sparsity}", config_json=json.dumps(config), model=model,
                   paradigm=paradigm, method=method, sparsity=sparsity, state=JobState.SUCCEEDED, attempts=1,
                   requeues=0, progress=1.0, cancel_requested=False, efficiency_json=efficiency,
-                  prune_report_json=report)
+                  prune_report_json=report, **run_facts(config))
         session.add(job)
         session.flush()
         session.add(Score(job_id=job.id, task="piqa", metric="acc", value=piqa, stderr=None, higher_is_better=True,
-                          is_primary=True, comparability_key="k"))
+                          is_primary=True, comparability_key="k", **task_facts("piqa")))
         return job.id
 
 

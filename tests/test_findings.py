@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from db.findings import FINDINGS, MIN_PAIRED, findings
-from db.schema import Job, Sample
+from db.schema import Job, Sample, Score
 from db.session import dispose_engines, init_db, read_session, write_session
 from db.states import JobState
+from jobs.facts import run_facts, task_facts
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "builtin:smollm2-135m-instruct"
@@ -48,7 +49,8 @@ def seed_run(method: str, samples: dict[str, list], sparsity: float = 0.2, calib
     with write_session() as session:
         job = Job(config_hash=hashlib.sha256(text.encode()).hexdigest(), config_json=text, model=model,
                   paradigm=paradigm, method=method, sparsity=sparsity if method != "dense" else 0.0, state=state,
-                  attempts=1, requeues=0, progress=1.0, cancel_requested=False, efficiency_json=efficiency)
+                  attempts=1, requeues=0, progress=1.0, cancel_requested=False, efficiency_json=efficiency,
+                  **run_facts(config))
         session.add(job)
         session.flush()
         for task, values in samples.items():
@@ -57,6 +59,8 @@ def seed_run(method: str, samples: dict[str, list], sparsity: float = 0.2, calib
                 correct = bool(metrics.get("exact_match", 0)) if metrics else value
                 session.add(Sample(job_id=job.id, task=task, doc_id=doc_id, prompt="q", output="a", gold="g",
                                    correct=correct, prompt_tokens=1, output_tokens=1, metrics_json=metrics))
+            session.add(Score(job_id=job.id, task=task, metric="exact_match", value=0.0, stderr=None,
+                              higher_is_better=True, is_primary=True, comparability_key="k", **task_facts(task)))
         return job.id
 
 

@@ -15,9 +15,10 @@ from backend.config import ConfigError, JobConfig, canonical_json, config_hash
 from backend.pruning import get_method
 from backend.tasks import get_task
 from db.findings import FINDINGS, MIN_PAIRED, findings
-from db.schema import Job, Sample
+from db.schema import Job, Sample, Score
 from db.session import dispose_engines, read_session, write_session
 from jobs import presets
+from jobs.facts import run_facts, task_facts
 from jobs.cli import main
 from jobs.presets import (
     GPU_INSTRUCT_MODEL,
@@ -136,7 +137,8 @@ def seed_results(configs: list[JobConfig]) -> None:
         for config in configs:
             job = Job(config_hash=config_hash(config), config_json=canonical_json(config), model=config.model,
                       paradigm=config.paradigm, method=config.pruning.method, sparsity=config.pruning.sparsity,
-                      state=JobState.SUCCEEDED, attempts=1, requeues=0, progress=1.0, cancel_requested=False)
+                      state=JobState.SUCCEEDED, attempts=1, requeues=0, progress=1.0, cancel_requested=False,
+                      **run_facts(json.loads(canonical_json(config))))
             session.add(job)
             session.flush()
             for task in config.tasks:
@@ -145,6 +147,9 @@ def seed_results(configs: list[JobConfig]) -> None:
                 session.add_all(Sample(job_id=job.id, task=task.name, doc_id=i, prompt="q", output="a", gold="g",
                                        correct=True, prompt_tokens=1, output_tokens=1, metrics_json=metrics)
                                 for i in range(task.limit))
+                session.add(Score(job_id=job.id, task=task.name, metric="exact_match", value=1.0, stderr=None,
+                                  higher_is_better=True, is_primary=True, comparability_key="k",
+                                  **task_facts(task.name)))
 
 
 NEEDS_TWO_MODELS = "allocation-helps-weaker-model"

@@ -401,7 +401,7 @@ def test_smollm2_math500_records_answers_and_traces(smollm2, shared_data, tmp_pa
     import time
 
     from backend.evaluation import evaluate
-    from backend.trace_stats import trace_stats
+    from common.trace_stats import trace_stats
 
     tasks = [TaskConfig(name="math500", limit=3, generation={"max_new_tokens": 128})]
     started = time.perf_counter()

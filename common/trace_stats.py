@@ -1,4 +1,5 @@
-"""Statistics of a run's generations, per task (pure: no torch, no database).
+"""Statistics of a run's generations, per task (pure: no torch, no database). The pipeline computes
+them for its result and the storage for runs stored before they were recorded, so they live here.
 
     trace_stats(samples) -> {task: {...}}
 
@@ -21,11 +22,21 @@ Rates are None when their denominator is 0. Values are plain floats, so the dict
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
-
-from backend.result import SampleRecord
+from typing import Any, Iterable, Protocol
 
 __all__ = ["trace_stats", "LENGTH_BUCKETS", "REPETITION_THRESHOLD", "length_bucket"]
+
+class GeneratedSample(Protocol):
+    """What the statistics read of a sample (`backend.result.GeneratedSample` has it, so do stored rows)."""
+
+    task: str
+    correct: bool | None
+    output_tokens: int
+    thinking_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    repetition: float | None
+
 
 LENGTH_BUCKETS: tuple[tuple[int, int | None], ...] = (
     (0, 63), (64, 255), (256, 1023), (1024, 4095), (4096, None),
@@ -43,15 +54,15 @@ def length_bucket(output_tokens: int) -> str:
     return _label(*LENGTH_BUCKETS[0])  # negative counts do not occur; keep them in the first bucket
 
 
-def trace_stats(samples: Iterable[SampleRecord]) -> dict[str, dict[str, Any]]:
+def trace_stats(samples: Iterable[GeneratedSample]) -> dict[str, dict[str, Any]]:
     """Per-task generation statistics (see the module docstring), tasks in sorted order."""
-    by_task: dict[str, list[SampleRecord]] = {}
+    by_task: dict[str, list[GeneratedSample]] = {}
     for sample in samples:
         by_task.setdefault(sample.task, []).append(sample)
     return {task: _task_stats(by_task[task]) for task in sorted(by_task)}
 
 
-def _task_stats(samples: list[SampleRecord]) -> dict[str, Any]:
+def _task_stats(samples: list[GeneratedSample]) -> dict[str, Any]:
     thinking = [s.thinking_tokens for s in samples if s.thinking_tokens is not None]
     finished = [s.finish_reason for s in samples if s.finish_reason is not None]
     repetition = [s.repetition for s in samples if s.repetition is not None]
@@ -92,5 +103,5 @@ def _share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def _accuracy(samples: list[SampleRecord]) -> float | None:
+def _accuracy(samples: list[GeneratedSample]) -> float | None:
     return _share([bool(s.correct) for s in samples if s.correct is not None])
