@@ -29,13 +29,13 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from common import settings
+from backend.calibration_tasks import CALIBRATION_TASKS
 from backend.config import CalibrationConfig, data_file
 
 if TYPE_CHECKING:
@@ -56,41 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class CalibrationTask:
-    """A task whose rows can be calibration prompts: where its splits live and how a row renders."""
-
-    name: str
-    splits: dict[str, str]
-    """split -> file under PRUNEBOARD_DATA_DIR (JSONL)."""
-    prompt: Callable[[dict[str, Any]], str]
-    """The user turn, as the task's evaluation prompt asks it."""
-    answer: Callable[[dict[str, Any]], tuple[str, str]]
-    """(reasoning, final answer) of the reference solution."""
-
-
-def _gsm8k_prompt(row: dict[str, Any]) -> str:
-    from backend.tasks.gsm8k import PROMPT
-
-    return PROMPT.replace("{{question}}", row["question"])
-
-
-def _gsm8k_answer(row: dict[str, Any]) -> tuple[str, str]:
-    text = re.sub(r"<<[^<>]*>>", "", row["answer"])  # GSM8K's calculator annotations
-    reasoning, _, final = text.rpartition("####")
-    return reasoning.strip(), f"The answer is {final.strip()}."
-
-
-CALIBRATION_TASKS: dict[str, CalibrationTask] = {
-    "gsm8k": CalibrationTask(
-        name="gsm8k",
-        splits={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
-        prompt=_gsm8k_prompt,
-        answer=_gsm8k_answer,
-    ),
-}
-"""Prompt sources of `task-aligned` and `self-generated` calibration."""
 
 THINK_MARKERS = ("<think>", "</think>")
 """Used to wrap the reference reasoning for think models when the template does not add markers."""

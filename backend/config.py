@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from backend.model_ids import NOOP_MODEL, check_model_id
+from backend.calibration_tasks import CALIBRATION_TASKS
+from backend.model_ids import BUILTIN_LINEAR_NAMES, NOOP_MODEL, check_model_id
 from backend.pruning import get_method
 from backend.registry import UnknownName
 from backend.tasks import get_task
@@ -113,7 +114,7 @@ class CalibrationConfig(_Strict):
     path: str | None = None
     """For `text`: a plain-text file under PRUNEBOARD_DATA_DIR, relative to it (`data_file`)."""
     task: str | None = Field(None, max_length=100)
-    """For `task-aligned` and `self-generated`: the prompt source (`backend.calibration.CALIBRATION_TASKS`)."""
+    """For `task-aligned` and `self-generated`: the prompt source (`backend.calibration_tasks.CALIBRATION_TASKS`)."""
     split: Literal["train", "test"] = "train"
     """Which split of `task` to draw from; `test` is allowed but flagged as a leak when evaluated on."""
     num_samples: int = Field(8, ge=1, le=4096)
@@ -134,8 +135,6 @@ class CalibrationConfig(_Strict):
         elif self.path is not None:
             raise ValueError(f"source {self.source!r} takes no path")
         if self.source in ("task-aligned", "self-generated"):
-            from backend.calibration import CALIBRATION_TASKS  # lazy: calibration imports this module
-
             if self.task not in CALIBRATION_TASKS:
                 known = ", ".join(sorted(CALIBRATION_TASKS))
                 raise ValueError(f"source {self.source!r} needs a task, one of: {known} (got {self.task!r})")
@@ -403,8 +402,6 @@ class JobConfig(_Strict):
     def _check_recovery_targets(self) -> "JobConfig":
         if self.recovery is not None and self.recovery.enabled and self.model.startswith("builtin:") \
                 and self.model != NOOP_MODEL:
-            from backend.recovery import BUILTIN_LINEAR_NAMES  # builtin models: module names known up front
-
             unknown = [t for t in self.recovery.target_modules if t.split(".")[-1] not in BUILTIN_LINEAR_NAMES]
             if unknown:
                 raise ValueError(f"recovery.target_modules: {', '.join(unknown)} match no linear module of "

@@ -1,16 +1,15 @@
 """Per-sample records and aggregate scores built from lm-eval's logged samples.
 
-Split from `backend.evaluation` (which runs lm-eval); the record layout is documented there.
+Split from `backend.evaluation` (which runs lm-eval); the record layout is documented there. It
+read the task as `backend.prepared_task.PreparedTask`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from backend.prepared_task import PreparedTask
 from backend.result import SampleRecord, ScoreRecord
 from backend.scoring import repetition_rate, split_thinking
-
-if TYPE_CHECKING:
-    from backend.evaluation import _Prepared
 
 def _metric_key(metric: str, filter_name: str, n_filters: int) -> str:
     return metric if n_filters == 1 else f"{metric},{filter_name}"
@@ -20,7 +19,7 @@ def _count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
-def records(p: _Prepared, examples: list[dict[str, Any]], tokenizer) -> list[SampleRecord]:
+def records(p: PreparedTask, examples: list[dict[str, Any]], tokenizer) -> list[SampleRecord]:
     if p.spec.output_type == "loglikelihood":
         return [_choice_record(p, ex, tokenizer) for ex in sorted(examples, key=lambda e: e["doc_id"])]
     return _generation_records(p, examples, tokenizer)
@@ -30,7 +29,7 @@ def _example_metrics(ex: dict[str, Any], n_filters: int) -> dict[str, float]:
     return {_metric_key(m, ex["filter"], n_filters): float(ex[m]) for m in ex["metrics"]}
 
 
-def _choice_record(p: _Prepared, ex: dict[str, Any], tokenizer) -> SampleRecord:
+def _choice_record(p: PreparedTask, ex: dict[str, Any], tokenizer) -> SampleRecord:
     task, doc = p.task, ex["doc"]
     contexts = [args[0] for args in ex["arguments"]]
     continuations = [args[1] for args in ex["arguments"]]
@@ -60,7 +59,7 @@ def _choice_record(p: _Prepared, ex: dict[str, Any], tokenizer) -> SampleRecord:
     )
 
 
-def _generation_records(p: _Prepared, examples: list[dict[str, Any]], tokenizer) -> list[SampleRecord]:
+def _generation_records(p: PreparedTask, examples: list[dict[str, Any]], tokenizer) -> list[SampleRecord]:
     n_filters = len(p.lm_config.get("filter_list") or [None])
     by_doc: dict[int, list[dict[str, Any]]] = {}
     for ex in examples:
@@ -98,7 +97,7 @@ def _generation_records(p: _Prepared, examples: list[dict[str, Any]], tokenizer)
     return records
 
 
-def _trace_fields(p: _Prepared, output: str, output_tokens: int, tokenizer) -> dict[str, Any]:
+def _trace_fields(p: PreparedTask, output: str, output_tokens: int, tokenizer) -> dict[str, Any]:
     """reasoning / answer / finish_reason / thinking_tokens / truncated / repetition of a generation.
 
     Think paradigm: `split_thinking` with the task's markers (no end marker: truncated, answer "").
@@ -118,7 +117,7 @@ def _trace_fields(p: _Prepared, output: str, output_tokens: int, tokenizer) -> d
     return fields
 
 
-def aggregate(p: _Prepared, samples: list[SampleRecord]) -> list[ScoreRecord]:
+def aggregate(p: PreparedTask, samples: list[SampleRecord]) -> list[ScoreRecord]:
     """Every metric of the task over all its samples: lm-eval's `mean` and `mean_stderr`."""
     from lm_eval.api.metrics import mean, mean_stderr
 

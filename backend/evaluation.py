@@ -47,7 +47,7 @@ import hashlib
 import inspect
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -62,6 +62,7 @@ from backend.lm_eval_adapter import (
     run_task,
 )
 from backend.manifest import package_version
+from backend.prepared_task import PreparedTask
 from backend.result import SampleRecord, ScoreRecord
 from backend.scoring import (
     SCORER_VERSION,
@@ -92,23 +93,6 @@ class EvalOutput:
     """Every sample of the evaluated tasks: the completed ones passed in and the new ones."""
     task_manifest: dict[str, dict[str, Any]]
     lm_eval_version: str
-
-
-@dataclass
-class _Prepared:
-    spec: TaskSpec
-    config: TaskConfig
-    lm_config: dict[str, Any]
-    task: Any
-    n_docs: int
-    todo: list[int]
-    kept: dict[int, SampleRecord]
-    generation: dict[str, Any] | None
-    manifest: dict[str, Any]
-    weight: float = 0.0
-    metric_names: tuple[str, ...] = field(default=())
-    think: Any = None
-    """Think paradigm, generation tasks: the `backend.thinking.ThinkControl` of this task."""
 
 
 def evaluate(
@@ -234,7 +218,7 @@ def _evaluate_with_runners(model, tokenizer, tasks: list[TaskConfig], evaluation
 def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workdir: Path,
              seeds: dict[str, int], lm_eval_version: str,
              completed: dict[tuple[str, int], SampleRecord], device: str = "cpu",
-             markers: tuple[str, str] = ("<think>", "</think>"), prompt: Any = None) -> _Prepared:
+             markers: tuple[str, str] = ("<think>", "</think>"), prompt: Any = None) -> PreparedTask:
     """`prompt`: the `backend.thinking.ThinkPrompt` of prompted thinking (think paradigm) or None."""
     spec = get_task(tc.name)
     task_dir = workdir / spec.name
@@ -324,7 +308,7 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
         "scorer_version": SCORER_VERSION,
     }
     weight = _estimate_requests(task, spec, todo) * _request_cost(generation) * tc.generation.num_samples
-    return _Prepared(spec=spec, config=tc, lm_config=lm_config, task=task, n_docs=n_docs, todo=todo,
+    return PreparedTask(spec=spec, config=tc, lm_config=lm_config, task=task, n_docs=n_docs, todo=todo,
                      kept=kept, generation=generation, manifest=manifest, weight=weight,
                      metric_names=(spec.metrics or (spec.primary_metric,)) + extra_metrics, think=think)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common import settings
-from backend.config import JobConfig, canonical_dict, config_hash
-from backend.manifest import environment
+from backend.config import JobConfig, config_hash
+from backend.prune_stage import StageStart, calibrate_and_prune, check_prune_inputs, model_manifest, recover_if_configured
 
 __all__ = ["MANIFEST_NAME", "kept_model_dir", "prune_only", "save_pruned"]
 
@@ -37,69 +37,40 @@ def kept_model_dir(config: JobConfig) -> Path:
 
 
 def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None = None):
-    """Load, calibrate (when the method needs it) and prune; nothing is evaluated or queued.
+    """Load, calibrate (when the method needs it), prune and recover (when configured), with the
+    stages `backend.pipeline.run` uses (`backend.prune_stage`); nothing is evaluated or queued.
 
     Bad input (missing or empty calibration file, `seq_len` beyond the model's context, ...)
     raises ValueError before the model is loaded.
     """
-    from backend.calibration import build_calibration, check_calibration, model_context
     from backend.model_ids import NOOP_MODEL
+    from backend.models import load_model
     from backend.seeding import seed_everything
-    from backend.pruning import get_method
 
     say = progress or (lambda fraction, text: None)
     if config.model == NOOP_MODEL:
         raise ValueError("model: builtin:noop has no weights to prune")
     data_dir = settings.data_dir()
-    method_cls = get_method(config.pruning.method)
-    params = config.pruning.method_params()
-    calibrates = method_cls.uses_calibration(params)
-    if calibrates:
-        check_calibration(config.effective_calibration(), data_dir, context=model_context(config.model),
-                          default=config.calibration is None)
+    check_prune_inputs(config, data_dir)
     seed_everything(config.seed)
-
-    from backend.models import load_model
-
     say(0.0, f"loading {config.model}")
     loaded = load_model(config.model, config.hf_args(), log=lambda msg: say(0.05, msg))
-    calibration = None
-    if calibrates:
-        say(0.1, f"building calibration set ({config.effective_calibration().source})")
-        calibration = build_calibration(
-            config.effective_calibration(), loaded.tokenizer, data_dir, model=loaded.model,
-            fingerprint=loaded.fingerprint,
-            paradigm=config.paradigm, progress=lambda f, text: say(0.1 + 0.1 * f, text),
-        )
-    say(0.2, f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
-    report = method_cls().prune(
-        loaded.model, config.pruning.sparsity, params,
-        calibration.tensor if calibration is not None else None,
-        lambda f, text: say(0.2 + 0.8 * f, text),
-    )
-    if config.recovery is not None and config.recovery.enabled:  # LoRA recovery, merged (backend.recovery)
-        from backend.recovery import recover
-
-        loaded.model, report.details["recovery"] = recover(
-            loaded.model, loaded.tokenizer, config.recovery, data_dir, fingerprint=loaded.fingerprint,
-            paradigm=config.paradigm, progress=lambda f, text: say(1.0, text))
+    report, calibration = calibrate_and_prune(config, loaded, data_dir, _stages(say))
+    recover_if_configured(config, loaded, data_dir, report, _stages(say))
     say(1.0, "pruned")
-    manifest = {
-        **environment(),
-        "config_hash": config_hash(config),
-        "config": canonical_dict(config),
-        "seed": config.seed,
-        "model": {"id": config.model, "fingerprint": loaded.fingerprint, "files": loaded.files},
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "calibration": None if calibration is None else {
-            "source": calibration.source, "sha256": calibration.sha256,
-            "shape": list(calibration.tensor.shape), "from_default": config.calibration is None,
-            **calibration.details,
-        },
-        "prune_report": report.as_dict(),
-    }
-    return loaded, report, manifest
+    return loaded, report, {**model_manifest(config, loaded, calibration), "prune_report": report.as_dict()}
+
+
+_SHARES = {"calibrate": (0.1, 0.2), "prune": (0.2, 1.0), "recover": (1.0, 1.0)}
+"""Each stage's share of `prune_only`'s progress (loading takes the first tenth)."""
+
+
+def _stages(say: Callable[[float, str], None]) -> StageStart:
+    def start(name: str, text: str) -> Callable[[float, str], None]:
+        low, high = _SHARES[name]
+        say(low, text)
+        return lambda fraction, message: say(low + (high - low) * fraction, message)
+    return start
 
 
 def save_pruned(loaded, report, manifest: dict[str, Any], out_dir: str | Path) -> Path:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from backend.config import EvaluationConfig
 from backend.eval_backends import resolve_batch_size
+from backend.prepared_task import PreparedTask
 from backend.scoring import cut_at_stop
-
-if TYPE_CHECKING:
-    from backend.evaluation import _Prepared
 
 
 def build_lm_eval_task(lm_config: dict[str, Any]):
@@ -182,7 +180,7 @@ def _unpadded(context, attention, row: int) -> list[int]:
     return [t for t, m in zip(ids, attention[row].tolist()) if m]
 
 
-def run_task(lm, p: _Prepared, seeds: dict[str, int]) -> list[dict[str, Any]]:
+def run_task(lm, p: PreparedTask, seeds: dict[str, int]) -> list[dict[str, Any]]:
     """One lm-eval pass over the task's remaining documents; returns lm-eval's logged samples."""
     import numpy as np
     from lm_eval import evaluator

@@ -20,6 +20,11 @@ BUILTIN_MODELS: dict[str, str] = {
 NOOP_MODEL = "builtin:noop"
 RANDOM_MODELS = frozenset({"builtin:tiny-llama", "builtin:tiny-qwen3"})
 """Builtin models with random weights: they test the pipeline; their scores are chance level."""
+BUILTIN_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                        "attn_shortcut", "mlp_shortcut")
+"""Linear-module names inside the decoder blocks of the builtin (Llama / Qwen3) models, known before
+one loads (recovery targets are checked against them); the shortcuts exist only after `slicegpt`
+(checked again on the real model before training)."""
 
 
 BUILTIN_HUB_PAGES = {"builtin:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}

@@ -142,20 +142,22 @@ def load_model(
 def load_pruned(directory: str | Path, dtype: Any = None, device: str = "cpu") -> "torch.nn.Module":
     """A pruned model saved by PruneBoard (`save_pruned`, `save_pretrained`), in eval mode.
 
-    Width-pruned models (llm-pruner, flap: layers of different widths, `pruneboard_layer_widths` in
-    config.json) and SliceGPT models cannot be rebuilt by plain `from_pretrained`; this rebuilds their
-    shapes first. Anything else is plain `from_pretrained`.
+    A method whose saved format plain `from_pretrained` cannot rebuild (width-pruned layers of
+    different widths, SliceGPT's shortcut modules) loads it itself (`PruningMethod.load_saved`).
+    Anything else is plain `from_pretrained`.
     """
-    from backend.pruning.slicegpt import is_sliced_dir, load_sliced_model
-    from backend.pruning.width import load_pruned as load_width_pruned
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from backend.pruning import saved_format_method
 
     directory = Path(directory)
-    if is_sliced_dir(directory):
-        import torch
-
-        return load_sliced_model(directory, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
-                                 device=device).eval()
-    return load_width_pruned(directory, dtype=dtype, device=device)
+    method = saved_format_method(directory)
+    if method is not None:
+        return method.load_saved(directory, dtype=dtype, device=device).eval()
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto", trust_remote_code=False)
+    return model.to(device).eval()
 
 
 def count_parameters(model: "torch.nn.Module") -> int:
@@ -376,14 +378,11 @@ def _load_pretrained(model_id: str, revision: str | None, dtype, device: str, sa
         raise ValueError(f"{model_id}: no safetensors weights found")
     files = {p.name: _blob_sha256(p) for p in weights}
     fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    from backend.pruning.slicegpt import is_sliced_dir, load_sliced_model
+    from backend.pruning import saved_format_method
 
-    from backend.pruning.width import is_width_pruned_dir, load_pruned as load_width_pruned
-
-    if is_sliced_dir(directory):  # SliceGPT shortcut modules: plain from_pretrained cannot build them
-        model = load_sliced_model(directory, dtype=dtype, device=device)
-    elif is_width_pruned_dir(directory):  # per-layer head/channel counts differ: see backend.pruning.width
-        model = load_width_pruned(directory, dtype=dtype, device=device)
+    method = saved_format_method(directory)  # a pruned model in its method's own format
+    if method is not None:
+        model = method.load_saved(directory, dtype=dtype, device=device)
     else:  # device_map loads weights straight onto the device: no full CPU copy of a large model first
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, device_map=device,
                                                      trust_remote_code=False)

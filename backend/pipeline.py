@@ -19,8 +19,9 @@ from typing import Callable, Iterable
 from common import settings
 from backend.config import JobConfig, canonical_dict, config_hash
 from backend.events import EventSink, Progress, SampleDone
-from backend.manifest import environment
 from backend.model_ids import NOOP_MODEL
+from backend.manifest import environment
+from backend.prune_stage import calibrate_and_prune, check_prune_inputs, model_manifest, recover_if_configured
 from backend.pruning import get_method
 from backend.result import RunResult, SampleRecord
 from backend.seeding import seed_everything
@@ -62,6 +63,11 @@ class _Reporter:
     def stage_progress(self) -> Callable[[float, str], None]:
         return self.update
 
+    def start(self, name: str, text: str) -> Callable[[float, str], None]:
+        """Begin a stage and return its progress callback (`backend.prune_stage.StageStart`)."""
+        self.stage(name, text)
+        return self.update
+
     def _close(self) -> None:
         if self._stage:
             self.seconds[self._stage] = round(time.perf_counter() - self._started, 3)
@@ -78,9 +84,8 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
         return _run_noop(config, events)
     completed = list(completed)
     data_dir = settings.data_dir()
-    method_cls = get_method(config.pruning.method)
+    method = get_method(config.pruning.method)()
     _preflight(config, data_dir)
-
     reporter = _Reporter(events)
     seed_everything(config.seed)
 
@@ -88,121 +93,75 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     from backend import placement
     from backend.models import load_model
 
-    placed = placement.plan(config, method_cls)
+    placed = placement.plan(config, type(method))
     loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg),
                         offload=placed.offload)
-
-    cache_key = prune_cache_key(config, loaded.fingerprint)
-    cached = _PRUNE_CACHE.get(cache_key) if settings.prune_cache_enabled() else None
-    if cached is not None:  # the same pruning of the same weights (e.g. the other paradigm's run)
-        reporter.stage("prune", f"reusing the pruned model of an earlier run ({cache_key[:12]})")
-        loaded.model, report, calibration = cached.restore(loaded.model)
-    else:
-        calibration = None
-        if method_cls.uses_calibration(config.pruning.method_params()):
-            reporter.stage("calibrate", f"building calibration set ({config.effective_calibration().source})")
-            from backend.calibration import build_calibration
-
-            calibration = build_calibration(
-                config.effective_calibration(), loaded.tokenizer, data_dir, model=loaded.model,
-                fingerprint=loaded.fingerprint, paradigm=config.paradigm, progress=reporter.stage_progress(),
-            )
-
-        reporter.stage("prune", f"pruning with {config.pruning.method} at sparsity {config.pruning.sparsity}")
-        report = method_cls().prune(
-            loaded.model,
-            config.pruning.sparsity,
-            config.pruning.method_params(),
-            calibration.tensor if calibration is not None else None,
-            reporter.stage_progress(),
-        )
-        if settings.prune_cache_enabled():
-            _PRUNE_CACHE.put(cache_key, loaded.model, report, calibration)
+    report, calibration, reused = _prune(config, loaded, data_dir, reporter)
     seed_everything(config.seed)  # evaluation draws the same numbers whether pruning ran or was reused
-    recovery = None
-    if config.recovery is not None and config.recovery.enabled:
-        reporter.stage("recover", f"LoRA recovery, {config.recovery.steps} steps")
-        from backend.recovery import recover
-
-        loaded.model, recovery = recover(loaded.model, loaded.tokenizer, config.recovery, data_dir,
-                                         fingerprint=loaded.fingerprint, paradigm=config.paradigm,
-                                         progress=reporter.stage_progress())
-        report.details["recovery"] = recovery
-    saved_model = None
-    if config.keep_model:  # before evaluation, which never changes the weights
-        from backend.export import kept_model_dir, save_pruned
-
-        reporter.update(1.0, "saving the pruned model")
-        saved_model = str(save_pruned(loaded, report, {"config_hash": config_hash(config),
-                                                       "config": canonical_dict(config)}, kept_model_dir(config)))
+    recovery = recover_if_configured(config, loaded, data_dir, report, reporter.start)
+    saved_model = _keep_model(config, loaded, report, reporter) if config.keep_model else None
 
     reporter.stage("evaluate", f"evaluating {len(config.tasks)} task(s)")
-    from backend.evaluation import evaluate
-
     device_map = placement.spread(loaded.model, loaded.device) if placed.offload else None
+    method.before_evaluation(loaded.model)
+    evaluation = _evaluate(config, loaded, data_dir, completed, reporter, events)
+    report.details.update(method.after_evaluation(loaded.model))
 
-    if method_cls.family == "dynamic":  # routers count their decisions during the evaluation only
-        from backend.pruning.dynamic import reset_skip_counters
-
-        reset_skip_counters(loaded.model)
-
-    with tempfile.TemporaryDirectory(prefix="pruneboard-eval-") as workdir:
-        evaluation = evaluate(
-            loaded.model,
-            loaded.tokenizer,
-            list(config.tasks),
-            config.evaluation,
-            paradigm=config.paradigm,
-            dtype=loaded.dtype,
-            data_dir=data_dir,
-            workdir=Path(workdir),
-            progress=reporter.stage_progress(),
-            on_sample=lambda sample: events(SampleDone(sample)),
-            completed=completed,
-            think_markers=config.hf_args().think_markers if config.paradigm == "think" else None,
-            think_prompt=config.hf_args().think_prompt,
-        )
-
-    if method_cls.family == "dynamic":
-        from backend.pruning.dynamic import evaluation_skip_report
-
-        report.details["evaluation_skip"] = evaluation_skip_report(loaded.model)
     reporter.stage("efficiency", "measuring parameters and throughput")
-    efficiency = _efficiency(config, loaded, report.params_before, method_cls.family == "dense", placed, reporter)
+    efficiency = _efficiency(config, loaded, report.params_before, method.family == "dense", placed, reporter)
     reporter.update(1.0, "done")
-    stage_seconds = reporter.finish()
-
     manifest = {
-        **environment(),
-        "config_hash": config_hash(config),
-        "config": canonical_dict(config),
-        "seed": config.seed,
-        "model": {"id": config.model, "fingerprint": loaded.fingerprint, "files": loaded.files},
-        "device": loaded.device,
-        "dtype": loaded.dtype,
+        **model_manifest(config, loaded, calibration),
         "lm_eval_version": evaluation.lm_eval_version,
         "tasks": evaluation.task_manifest,
-        "calibration": None
-        if calibration is None
-        else {"source": calibration.source, "sha256": calibration.sha256,
-              "shape": list(calibration.tensor.shape), "from_default": config.calibration is None,
-              **calibration.details},
         **_leak_fields(config, data_dir, calibration is not None),
         "saved_model": saved_model,
         "resumed_samples": len(completed),
-        "pruned_model_reused": cached is not None,
+        "pruned_model_reused": reused,
         "placement": placed.record(device_map),
         **({"recovery": recovery} if recovery is not None else {}),
     }
-    return RunResult(
-        scores=evaluation.scores,
-        samples=evaluation.samples,
-        efficiency=efficiency,
-        prune_report=report.as_dict(),
-        manifest=manifest,
-        stage_seconds=stage_seconds,
-        trace_stats=_trace_stats(evaluation.samples),
-    )
+    return RunResult(scores=evaluation.scores, samples=evaluation.samples, efficiency=efficiency,
+                     prune_report=report.as_dict(), manifest=manifest, stage_seconds=reporter.finish(),
+                     trace_stats=_trace_stats(evaluation.samples))
+
+
+def _prune(config: JobConfig, loaded, data_dir: Path, reporter: _Reporter):
+    """(report, calibration, reused): calibrate and prune, or reuse this process's last pruning of the
+    same weights with the same settings (e.g. the other paradigm's run; `_PruneCache`)."""
+    cache_key = prune_cache_key(config, loaded.fingerprint)
+    cached = _PRUNE_CACHE.get(cache_key) if settings.prune_cache_enabled() else None
+    if cached is not None:
+        reporter.stage("prune", f"reusing the pruned model of an earlier run ({cache_key[:12]})")
+        loaded.model, report, calibration = cached.restore(loaded.model)
+        return report, calibration, True
+    report, calibration = calibrate_and_prune(config, loaded, data_dir, reporter.start)
+    if settings.prune_cache_enabled():
+        _PRUNE_CACHE.put(cache_key, loaded.model, report, calibration)
+    return report, calibration, False
+
+
+def _keep_model(config: JobConfig, loaded, report, reporter: _Reporter) -> str:
+    """Save the pruned model (`keep_model`), before evaluation, which never changes the weights."""
+    from backend.export import kept_model_dir, save_pruned
+
+    reporter.update(1.0, "saving the pruned model")
+    return str(save_pruned(loaded, report, {"config_hash": config_hash(config), "config": canonical_dict(config)},
+                           kept_model_dir(config)))
+
+
+def _evaluate(config: JobConfig, loaded, data_dir: Path, completed: list[SampleRecord], reporter: _Reporter,
+              events: EventSink):
+    from backend.evaluation import evaluate
+
+    with tempfile.TemporaryDirectory(prefix="pruneboard-eval-") as workdir:
+        return evaluate(
+            loaded.model, loaded.tokenizer, list(config.tasks), config.evaluation, paradigm=config.paradigm,
+            dtype=loaded.dtype, data_dir=data_dir, workdir=Path(workdir), progress=reporter.stage_progress(),
+            on_sample=lambda sample: events(SampleDone(sample)), completed=completed,
+            think_markers=config.hf_args().think_markers if config.paradigm == "think" else None,
+            think_prompt=config.hf_args().think_prompt,
+        )
 
 
 def _efficiency(config: JobConfig, loaded, params_before: int, dense: bool, placed, reporter: _Reporter) -> dict:
@@ -292,25 +251,14 @@ def _preflight(config: JobConfig, data_dir: Path) -> None:
     from backend.eval_backends import check_backend
 
     check_backend(config.evaluation.backend)  # vllm without the package or CUDA: a clear error
-    routed = get_method(config.pruning.method).family == "dynamic"
-    if routed and (config.keep_model or config.evaluation.backend == "vllm"):
-        raise ValueError(f"{config.pruning.method}: routers live in the Python model only; keep_model and the vllm "
-                         "backend would keep the weights without them (use the hf backend, keep_model: false)")
+    get_method(config.pruning.method).check_run(config)  # the method's own limits (e.g. routers: hf only)
     if any(get_task(task.name).runs_code for task in config.tasks):
         from backend.sandbox import require_jail
 
         require_jail()  # SandboxUnavailable: generated code is never run outside the jail
     for task in config.tasks:  # fetched here when PRUNEBOARD_USE_HUB=1, else TaskDataMissing naming the command
         ensure_task_data(task.name, data_dir)
-    if get_method(config.pruning.method).uses_calibration(config.pruning.method_params()):
-        from backend.calibration import check_calibration, model_context
-
-        check_calibration(config.effective_calibration(), data_dir, context=model_context(config.model),
-                          default=config.calibration is None)
-    if config.recovery is not None and config.recovery.enabled:
-        from backend.calibration import check_calibration, model_context
-
-        check_calibration(config.recovery.data_config(), data_dir, context=model_context(config.model))
+    check_prune_inputs(config, data_dir)
 
 
 def _leak_fields(config: JobConfig, data_dir: Path, calibrated: bool) -> dict:

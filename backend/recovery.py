@@ -38,18 +38,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from backend.config import RecoveryConfig
+from backend.model_ids import BUILTIN_LINEAR_NAMES
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BUILTIN_LINEAR_NAMES", "check_target_modules", "linear_module_names", "recover"]
+__all__ = ["check_target_modules", "linear_module_names", "recover"]
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                        "attn_shortcut", "mlp_shortcut")
-"""Linear-module names inside the decoder blocks of the builtin (Llama / Qwen3) models; the
-shortcuts exist only after `slicegpt` (checked again on the real model before training)."""
 
 
 def linear_module_names(model: "torch.nn.Module") -> list[str]:

@@ -43,7 +43,7 @@ from db import results_version
 from db.schema import AuditEntry, Job, utcnow
 from db.session import read_session, write_session
 from jobs import queue
-from jobs.baselines import baseline_needed, queue_dense_baseline
+from jobs.baselines import baseline_needed
 from jobs.limits import WorkLimitExceeded, bound
 from db.states import ACTIVE_STATES, LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound
@@ -128,7 +128,7 @@ def submit_many_as(user: User, configs: Iterable[JobConfig], force: bool = False
         _check_quota(user, sum(costly) + len(baselines))
         results = []
         for config, counts in zip(configs, costly):
-            baseline = queue_dense_baseline(config) if settings.auto_baselines() else None
+            baseline = queue.queue_dense_baseline(config) if settings.auto_baselines() else None
             if baseline is not None:  # queued for this user: it counts against their quotas
                 _audit(user, "baseline", baseline.id, {"config_hash": baseline.config_hash})
             job, existing = queue.submit(config, force=force, submitter=user.submitter)

@@ -1,5 +1,5 @@
 """Automatic dense baselines: submitting a pruned config also queues the dense run it is compared
-with, unless one exists. The leaderboard's delta and % retained need it (`db.leaderboard`).
+with, unless one exists (`jobs.queue.queue_dense_baseline`). The leaderboard's delta and % retained need it (`db.leaderboard`).
 
 The baseline of a config keeps its model, paradigm, model_args, tasks, evaluation, seed and resources, with
 pruning `dense` and no calibration or recovery; it is submitted by "system". It is not queued when
@@ -22,7 +22,7 @@ from db.schema import Job
 from db.session import read_session
 from db.states import LIVE_STATES
 
-__all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "baseline_needed", "queue_dense_baseline"]
+__all__ = ["SYSTEM_SUBMITTER", "dense_baseline_config", "baseline_needed"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +46,6 @@ def baseline_needed(config: JobConfig) -> JobConfig | None:
         logger.warning("no dense baseline for %s: %s", config.model, exc)
         return None
     return None if baseline is None or _exists(baseline) else baseline
-
-
-def queue_dense_baseline(config: JobConfig) -> Job | None:
-    """Queue the dense baseline of `config` unless it exists (see the module docstring); return the
-    new job, or None when nothing was queued."""
-    from jobs.queue import submit  # queue.submit calls this module
-
-    baseline = baseline_needed(config)
-    if baseline is None:
-        return None
-    job, existing = submit(baseline, submitter=SYSTEM_SUBMITTER)
-    if existing:
-        return None
-    logger.info("job %d queued as the dense baseline of %s (%s)", job.id, config.model, config.paradigm)
-    return job
 
 
 def _exists(baseline: JobConfig) -> bool:

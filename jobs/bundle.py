@@ -47,6 +47,7 @@ from backend.result import SampleRecord, ScoreRecord
 from db import results_version
 from db.schema import Deployment, Job, Sample, Score, Trace, utcnow
 from db.states import JobState
+from jobs import result_rows
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "BundleRun", "deployment_id", "export_bundle",
@@ -531,8 +532,6 @@ def seed_empty_database(source: str | Path | bytes, source_name: str | None = No
 
 
 def _import_prepared(session, prepared: list[_Prepared]) -> dict[str, int]:
-    from jobs.queue import write_results
-
     imported = skipped = 0
     now = utcnow()
     deployment = deployment_id(session)
@@ -548,8 +547,8 @@ def _import_prepared(session, prepared: list[_Prepared]) -> dict[str, int]:
         for score, raw in zip(item.scores, item.run.record["scores"]):
             by_version.setdefault(raw.get("scorer_version"), []).append(score)
         for version, scores in by_version.items():
-            write_results(session, job.id, scores, [], scorer_version=version)
-        write_results(session, job.id, [], item.samples)
+            result_rows.write_results(session, job.id, scores, [], scorer_version=version)
+        result_rows.write_results(session, job.id, [], item.samples)
         present.add(item.run.origin_id)
         imported += 1
     if imported:

@@ -21,19 +21,9 @@ from typing import Any
 
 from common.vocabulary import PARADIGMS
 from db.states import JobState
+from jobs.cli_errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_OK, CliError
 
 __all__ = ["main", "build_parser"]
-
-EXIT_OK, EXIT_CONFLICT, EXIT_BAD_INPUT, EXIT_AUTH = 0, 1, 2, 3
-
-
-class CliError(Exception):
-    """A one-line error for the user, with its exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
-        super().__init__(" ".join(str(message).split()))
-        self.code = code
-
 
 def build_parser() -> argparse.ArgumentParser:
     installed = os.path.basename(sys.argv[0]) == "pruneboard"  # the console command of `pip install .`

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from jobs.cli import EXIT_AUTH, EXIT_BAD_INPUT, EXIT_CONFLICT, CliError
+from jobs.cli_errors import EXIT_AUTH, EXIT_BAD_INPUT, EXIT_CONFLICT, CliError
 from jobs.cli_worker import check_server_url, read_token_file
 from db.states import JobState
 from jobs.user_client import UserApiError, UserClient

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from jobs.cli import EXIT_AUTH, EXIT_BAD_INPUT, CliError
+from jobs.cli_errors import EXIT_AUTH, EXIT_BAD_INPUT, CliError
 
 __all__ = ["run_sandboxed_file", "MAX_FILE_BYTES", "MAX_TIMEOUT_S", "SHOWN_CHARS"]
 

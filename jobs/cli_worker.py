@@ -10,7 +10,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from jobs.cli import EXIT_AUTH, EXIT_CONFLICT, CliError
+from jobs.cli_errors import EXIT_AUTH, EXIT_CONFLICT, CliError
 
 __all__ = ["run_worker", "worker_token", "read_token_file", "check_server_url"]
 

@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 from common import settings
 from backend.config import JobConfig, canonical_json, config_hash
 from backend.result import RunResult, SampleRecord
-from backend.scoring import SCORER_VERSION
 from backend.taskdata.availability import check_submission
 from common.trace_stats import trace_stats
 from db import results_version
-from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, SampleCheckpoint, Score, Trace, utcnow
+from db.schema import Job, SampleCheckpoint, utcnow
 from db.session import read_session, write_session
-from jobs.facts import run_facts, task_facts
+from jobs.baselines import SYSTEM_SUBMITTER, baseline_needed
+from jobs.facts import run_facts
+from jobs.result_rows import checkpoint_row, jsonable, sample_record, write_results
 from jobs.resources import Capabilities, claim_filter, job_requirements
 from db.states import LIVE_STATES, JobState
 from jobs.states import InvalidTransition, JobNotFound, LostClaim
@@ -57,8 +58,6 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
     """
     check_submission(config)
     if settings.auto_baselines():
-        from jobs.baselines import queue_dense_baseline
-
         queue_dense_baseline(config)  # queued first, so a worker runs the baseline before the pruned run
     digest = config_hash(config)
     with write_session() as session:
@@ -96,6 +95,19 @@ def submit(config: JobConfig, force: bool = False, submitter: str | None = None)
         session.flush()
         logger.info("job %d queued (%s)", job.id, digest[:12])
         return job, False
+
+
+def queue_dense_baseline(config: JobConfig) -> Job | None:
+    """Queue the dense baseline of `config` unless it exists (`jobs.baselines`); return the new job,
+    or None when nothing was queued."""
+    baseline = baseline_needed(config)
+    if baseline is None:
+        return None
+    job, existing = submit(baseline, submitter=SYSTEM_SUBMITTER)
+    if existing:
+        return None
+    logger.info("job %d queued as the dense baseline of %s (%s)", job.id, config.model, config.paradigm)
+    return job
 
 
 def retry(job_id: int) -> Job:
@@ -255,7 +267,7 @@ def record_sample(job_id: int, attempt: int, sample: SampleRecord) -> None:
                 SampleCheckpoint.doc_id == sample.doc_id,
             )
         )
-        session.execute(insert(SampleCheckpoint), [_checkpoint_row(job_id, attempt, sample)])
+        session.execute(insert(SampleCheckpoint), [checkpoint_row(job_id, attempt, sample)])
 
 
 def completed_samples(job_id: int) -> list[SampleRecord]:
@@ -266,7 +278,7 @@ def completed_samples(job_id: int) -> list[SampleRecord]:
             .where(SampleCheckpoint.job_id == job_id)
             .order_by(SampleCheckpoint.task, SampleCheckpoint.doc_id)
         ).all()
-        return [_sample_record(row) for row in rows]
+        return [sample_record(row) for row in rows]
 
 
 def complete(job_id: int, attempt: int, result: RunResult) -> bool:
@@ -294,11 +306,11 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
                 finished_at=now,
                 heartbeat_at=now,
                 lease_expires_at=None,
-                manifest_json=_jsonable(manifest),
-                efficiency_json=_jsonable(result.efficiency),
-                prune_report_json=_jsonable(result.prune_report),
-                stage_seconds_json=_jsonable(result.stage_seconds),
-                trace_stats_json=_jsonable(stats),
+                manifest_json=jsonable(manifest),
+                efficiency_json=jsonable(result.efficiency),
+                prune_report_json=jsonable(result.prune_report),
+                stage_seconds_json=jsonable(result.stage_seconds),
+                trace_stats_json=jsonable(stats),
             ),
             execution_options={"synchronize_session": False},
         ).rowcount
@@ -313,20 +325,6 @@ def complete(job_id: int, attempt: int, result: RunResult) -> bool:
 
     log_finished_run(job_id)
     return True
-
-
-def write_results(session: Session, job_id: int, scores: list[Any], samples: list[SampleRecord],
-                  scorer_version: str | None = SCORER_VERSION) -> None:
-    """Insert a run's scores, samples (previews) and compressed traces (within the trace cap) in the
-    caller's transaction. `scorer_version`: the scorer that produced the scores (default: this one;
-    imported runs keep the one they were scored with)."""
-    from db.traces import encode_traces
-
-    if scores:
-        session.execute(insert(Score), [_score_row(job_id, score, scorer_version) for score in scores])
-    if samples:
-        session.execute(insert(Sample), [_stored_sample_row(job_id, sample) for sample in samples])
-        session.execute(insert(Trace), encode_traces(job_id, samples, settings.trace_cap_bytes()))
 
 
 def fail(job_id: int, attempt: int, exc_type: str, message: str, log_tail: str | None = None) -> bool:
@@ -416,90 +414,3 @@ def _lock_key(session: Session, digest: str) -> None:
 
 def _lease() -> timedelta:
     return timedelta(seconds=settings.lease_seconds())
-
-
-def _finite(value: float | None) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None (Postgres JSON rejects NaN)."""
-    if isinstance(value, float):
-        return _finite(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _score_row(job_id: int, score: Any, scorer_version: str | None) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "task": score.task,
-        "metric": score.metric,
-        "value": _finite(score.value),
-        "stderr": _finite(score.stderr),
-        "higher_is_better": bool(score.higher_is_better),
-        "is_primary": bool(score.primary),
-        "comparability_key": score.comparability_key,
-        "scorer_version": scorer_version,
-        **task_facts(score.task),
-    }
-
-
-def _sample_row(job_id: int, sample: SampleRecord) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "task": sample.task,
-        "doc_id": sample.doc_id,
-        "prompt": sample.prompt,
-        "output": sample.output,
-        "extracted": sample.extracted,
-        "gold": sample.gold,
-        "correct": sample.correct,
-        "prompt_tokens": sample.prompt_tokens,
-        "output_tokens": sample.output_tokens,
-        "metrics_json": _jsonable(dict(sample.metrics)),
-        "answer": sample.answer,
-        "finish_reason": sample.finish_reason,
-        "thinking_tokens": sample.thinking_tokens,
-        "truncated": bool(sample.truncated),
-        "repetition": _finite(sample.repetition),
-    }
-
-
-def _checkpoint_row(job_id: int, attempt: int, sample: SampleRecord) -> dict[str, Any]:
-    """Checkpoints keep every text in full: a resumed attempt rebuilds the records from them."""
-    return {**_sample_row(job_id, sample), "attempt": attempt, "reasoning": sample.reasoning}
-
-
-def _stored_sample_row(job_id: int, sample: SampleRecord) -> dict[str, Any]:
-    """A final sample: previews of the long texts (the full ones go to `traces`) and flags."""
-    row = _sample_row(job_id, sample)
-    for name in ("prompt", "output", "answer"):
-        if row[name] is not None:
-            row[name] = row[name][:SAMPLE_PREVIEW_CHARS]
-    row["output_chars"] = len(sample.output)
-    return row
-
-
-def _sample_record(row: Sample | SampleCheckpoint) -> SampleRecord:
-    return SampleRecord(
-        task=row.task,
-        doc_id=row.doc_id,
-        prompt=row.prompt,
-        output=row.output,
-        extracted=row.extracted,
-        gold=row.gold,
-        correct=row.correct,
-        prompt_tokens=row.prompt_tokens,
-        output_tokens=row.output_tokens,
-        metrics={k: (math.nan if v is None else v) for k, v in (row.metrics_json or {}).items()},
-        reasoning=getattr(row, "reasoning", None),
-        answer=row.answer,
-        finish_reason=row.finish_reason,
-        thinking_tokens=row.thinking_tokens,
-        truncated=bool(row.truncated),
-        repetition=row.repetition,
-    )

@@ -338,7 +338,7 @@ def test_an_empty_database_is_seeded_once_in_one_transaction(seeded, tmp_path, m
 
     _use_database(monkeypatch, tmp_path / "broken")  # a failure midway leaves the database empty
     with monkeypatch.context() as patched:
-        patched.setattr("jobs.queue.write_results", _fail_on_second_call())
+        patched.setattr("jobs.result_rows.write_results", _fail_on_second_call())
         with pytest.raises(RuntimeError, match="disk gone"):
             app.seed_results(snapshot)
     assert _counts() == (0, 0, 0)
@@ -358,7 +358,7 @@ def test_an_empty_database_is_seeded_once_in_one_transaction(seeded, tmp_path, m
 
 
 def _fail_on_second_call():
-    from jobs.queue import write_results
+    from jobs.result_rows import write_results
 
     calls = []
 

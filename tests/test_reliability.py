@@ -22,7 +22,7 @@ from bench.kill_trials import Trials, run_kind
 from bench.sqlite_contention import contend
 from db.schema import Job, Score
 from db.session import dispose_engines, read_session
-from jobs import queue
+from jobs import queue, result_rows
 from db.states import JobState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_trial_checks_catch_a_second_completion_an_extra_score_and_a_left_checkp
     with write_session() as session:
         session.add(Score(job_id=job_id, task="synthetic-mc", metric="f1", value=0.5, stderr=None,
                           higher_is_better=True, is_primary=False, comparability_key="k"))
-        session.add(SampleCheckpoint(**queue._checkpoint_row(job_id, 9, record)))
+        session.add(SampleCheckpoint(**result_rows.checkpoint_row(job_id, 9, record)))
     problems = " ".join(trials.check(job_id, list(tmp_path.glob("local-*.log"))))
     assert "score rows" in problems and "checkpoint(s) left" in problems
 

@@ -18,7 +18,7 @@ from db.leaderboard import BoardFilters, board
 from db.schema import Job, Score
 from db.session import MIGRATIONS_DIR, dispose_engines, read_session, write_session
 from db.states import JobState
-from jobs import queue
+from jobs import queue, result_rows
 from jobs.facts import run_facts, task_facts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_submission_and_scores_store_the_facts():
     with write_session() as session:
         from backend.result import ScoreRecord
 
-        queue.write_results(session, job.id, [ScoreRecord(task="math500", metric="exact_match", value=0.5,
+        result_rows.write_results(session, job.id, [ScoreRecord(task="math500", metric="exact_match", value=0.5,
                                                           stderr=None, higher_is_better=True, primary=True,
                                                           comparability_key="k")], [])
     with read_session() as session:

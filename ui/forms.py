@@ -90,7 +90,7 @@ def tasks_by_category() -> dict[str, list[str]]:
 
 
 def calibration_tasks() -> list[str]:
-    from backend.calibration import CALIBRATION_TASKS  # lazy: calibration is heavier than the form
+    from backend.calibration_tasks import CALIBRATION_TASKS
 
     return sorted(CALIBRATION_TASKS)
 

@@ -8,6 +8,7 @@ from backend.pruning.base import (
     get_method,
     list_methods,
     register_method,
+    saved_format_method,
 )
 
-__all__ = ["PruneReport", "PruningMethod", "get_method", "list_methods", "register_method"]
+__all__ = ["PruneReport", "PruningMethod", "get_method", "list_methods", "register_method", "saved_format_method"]

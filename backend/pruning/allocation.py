@@ -28,15 +28,22 @@ equal outlier ratios in every layer give the uniform allocation (OWL divides by 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from backend.pruning.sparsity import SparsityParams
+__all__ = ["AllocationSettings", "allocate", "matrix_budgets", "outlier_ratio", "spread"]
 
-__all__ = ["allocate", "matrix_budgets", "outlier_ratio", "spread"]
+
+class AllocationSettings(Protocol):
+    """What an allocation reads of a mask method's parameters (`sparsity.SparsityParams` has them)."""
+
+    allocation: str
+    deviation: float
+    allocation_scaling: str
+    owl_m: float
 
 
 def spread(scores: list[float], target: float, deviation: float, weights: list[float] | None = None,
@@ -95,7 +102,7 @@ def allocate(
     model: "nn.Module",
     linears: list[dict[str, "nn.Linear"]],
     target: float,
-    params: "SparsityParams",
+    params: AllocationSettings,
     calibration: "torch.Tensor | None",
     progress: Callable[[float, str], None],
     *,
@@ -140,9 +147,8 @@ def _owl_scores(model, calibration, target, params, progress, device, on_move) -
 def _reconstruction_sensitivity(model, calibration, target, params, progress, device, on_move) -> list[float]:
     import torch
 
-    from backend.pruning.masks import row_mask, wanda_score
+    from backend.pruning.masks import row_budgets, row_mask, wanda_score
     from backend.pruning.sequential import InputNormStats, replay_layers
-    from backend.pruning.sparsity import row_budgets
 
     sensitivity: list[float] = []
 

@@ -11,6 +11,8 @@ from backend.registry import Registry
 from common.vocabulary import Family
 
 if TYPE_CHECKING:  # torch stays out of import time
+    from pathlib import Path
+
     import torch
 
 
@@ -97,6 +99,31 @@ class PruningMethod(abc.ABC):
         """Whether a run with these params needs calibration data (default: `needs_calibration`)."""
         return cls.needs_calibration
 
+    # --- hooks: a method's own special cases, so the pipeline and the loaders name no method ---------
+
+    @classmethod
+    def check_run(cls, config: Any) -> None:
+        """Raise ValueError when the run (a `backend.config.JobConfig`) cannot keep what this method
+        produces, before any model is loaded (default: every run can)."""
+
+    def before_evaluation(self, model: "torch.nn.Module") -> None:
+        """Called on the pruned model right before it is evaluated (default: nothing)."""
+
+    def after_evaluation(self, model: "torch.nn.Module") -> dict[str, Any]:
+        """Details to add to the prune report once the model was evaluated (default: none)."""
+        return {}
+
+    @classmethod
+    def is_saved_format(cls, directory: "Path") -> bool:
+        """Whether `directory` holds a model saved in this method's own format, one that plain
+        `from_pretrained` cannot rebuild (default: the method has none)."""
+        return False
+
+    @classmethod
+    def load_saved(cls, directory: "Path", dtype: Any = None, device: str = "cpu") -> "torch.nn.Module":
+        """Load a model in this method's saved format (asked only when `is_saved_format` is true)."""
+        raise NotImplementedError(f"{cls.name} has no saved format of its own")
+
     @abc.abstractmethod
     def prune(
         self,
@@ -127,3 +154,8 @@ def get_method(name: str) -> type[PruningMethod]:
 
 def list_methods() -> list[type[PruningMethod]]:
     return _METHODS.items()
+
+
+def saved_format_method(directory: "Path") -> type[PruningMethod] | None:
+    """The method whose own saved format `directory` holds (None: a plain `from_pretrained` model)."""
+    return next((method for method in list_methods() if method.is_saved_format(directory)), None)

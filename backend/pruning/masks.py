@@ -28,6 +28,12 @@ def smallest_mask(score: "torch.Tensor", count: int) -> "torch.Tensor":
     return mask.view_as(score)
 
 
+def row_budgets(zeros: int, rows: int) -> list[int]:
+    """`zeros` spread over `rows` as evenly as possible (the first rows take the remainder)."""
+    base, extra = divmod(zeros, rows)
+    return [base + (1 if r < extra else 0) for r in range(rows)]
+
+
 def row_mask(score: "torch.Tensor", counts: "Sequence[int] | torch.Tensor") -> "torch.Tensor":
     """True at the `counts[r]` smallest scores of each row r of a 2-D score (ties by column)."""
     import torch

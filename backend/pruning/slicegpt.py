@@ -433,6 +433,17 @@ class SliceGPT(PruningMethod):
     sparsity_meaning = "fraction of the hidden dimension sliced away (d = D - round(sparsity x D))"
 
     @classmethod
+    def is_saved_format(cls, directory: Path) -> bool:
+        return is_sliced_dir(directory)  # shortcut modules: plain from_pretrained cannot build them
+
+    @classmethod
+    def load_saved(cls, directory: Path, dtype: Any = None, device: str = "cpu") -> "nn.Module":
+        import torch
+
+        return load_sliced_model(directory, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+                                 device=device).eval()
+
+    @classmethod
     def vllm_unsupported(cls, params: BaseModel) -> str | None:
         return "its blocks carry shortcut matrices on the residual path, which vLLM's model classes do not have"
 

@@ -134,12 +134,6 @@ def check_model(model: "nn.Module", nm: tuple[int, int] | None) -> list[dict[str
     return linears
 
 
-def row_budgets(zeros: int, rows: int) -> list[int]:
-    """`zeros` spread over `rows` as evenly as possible (the first rows take the remainder)."""
-    base, extra = divmod(zeros, rows)
-    return [base + (1 if r < extra else 0) for r in range(rows)]
-
-
 class MaskPruningMethod(PruningMethod):
     """Shared orchestration of the calibrated mask methods (wanda, sparsegpt).
 

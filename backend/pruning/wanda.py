@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from backend.pruning.base import register_method
-from backend.pruning.sparsity import MaskPruningMethod, SparsityParams, row_budgets
+from backend.pruning.sparsity import MaskPruningMethod, SparsityParams
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,7 @@ class WandaParams(SparsityParams):
 def wanda_mask(weight: "torch.Tensor", input_norm: "torch.Tensor", zeros: int,
                nm: tuple[int, int] | None = None) -> "torch.Tensor":
     """Bool mask (True = zero): per row the lowest |W| x ||X|| (`zeros` spread evenly over rows), or N:M."""
-    from backend.pruning.masks import nm_mask, row_mask, wanda_score
+    from backend.pruning.masks import nm_mask, row_budgets, row_mask, wanda_score
 
     score = wanda_score(weight, input_norm)
     if nm is not None:

@@ -371,6 +371,14 @@ class WidthPruningMethod(PruningMethod):
     sparsity_meaning = "fraction of decoder-block parameters removed (heads and MLP channels, for real)"
 
     @classmethod
+    def is_saved_format(cls, directory: Path) -> bool:
+        return is_width_pruned_dir(directory)  # per-layer head/channel counts differ
+
+    @classmethod
+    def load_saved(cls, directory: Path, dtype: Any = None, device: str = "cpu") -> "nn.Module":
+        return load_pruned(directory, dtype=dtype, device=device)
+
+    @classmethod
     def check_sparsity(cls, sparsity: float) -> None:
         if sparsity <= 0:
             raise ValueError(f"{cls.name} needs a sparsity > 0 (the fraction of decoder-block parameters to remove)")

@@ -113,6 +113,18 @@ class DynamicPruningMethod(PruningMethod):
     """"module": a router before each attention and each MLP; "block": one router per decoder block."""
     per_gate_thresholds: ClassVar[bool] = False
 
+    @classmethod
+    def check_run(cls, config: Any) -> None:
+        if config.keep_model or config.evaluation.backend == "vllm":
+            raise ValueError(f"{cls.name}: routers live in the Python model only; keep_model and the vllm backend "
+                             "would keep the weights without them (use the hf backend, keep_model: false)")
+
+    def before_evaluation(self, model: "torch.nn.Module") -> None:
+        reset_skip_counters(model)  # routers count their decisions during the evaluation only
+
+    def after_evaluation(self, model: "torch.nn.Module") -> dict[str, Any]:
+        return {"evaluation_skip": evaluation_skip_report(model)}
+
     def layout(self, params: BaseModel) -> str:
         """The routers' granularity with these params (default: the class's)."""
         return self.granularity
@@ -166,7 +178,8 @@ class DynamicPruningMethod(PruningMethod):
         progress: Callable[[float, str], None],
     ) -> PruneReport:
         from backend.models import count_parameters
-        from backend.pruning.dynamic.routing import check_structure, decode_flops, install_routing
+        from backend.pruning.dynamic.routed_block import install_routing
+        from backend.pruning.dynamic.routing import check_structure, decode_flops
         from backend.pruning.dynamic.training import calibrate_thresholds, measure_skip, train_routers
         from backend.pruning.layers import get_decoder_layers
 

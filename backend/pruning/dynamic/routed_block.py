@@ -1,4 +1,5 @@
-"""The routed decoder block: `routed_forward` replaces a routed block's `forward` (see `routing`).
+"""The routed decoder block: `install_routing` gives blocks their gates and replaces each routed
+block's `forward` by `routed_forward` (see `routing` for what the gates decide).
 
 Evaluation (`routed_forward` without a training gate) skips for real: each gate decides which tokens
 run its module(s) (`Gate.decide`, by the layer's `RoutingPolicy`); the attention gathers the routed
@@ -8,16 +9,17 @@ both modules and multiplies each module's output by the gate's value (`_masked_f
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import types
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from backend.pruning.dynamic.routing import LayerRouting
+from backend.pruning.dynamic.routing import LayerRouting, RoutingPolicy, check_structure
+from backend.pruning.layers import get_decoder_layers
 
-__all__ = ["routed_forward"]
+__all__ = ["install_routing", "routed_forward"]
 
 
 def routed_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: Any = None,
@@ -207,3 +209,20 @@ def _routed_mlp(layer, x, run, count, weight=None):
     if weight is not None:
         out = out * weight.reshape(-1).index_select(0, chosen).unsqueeze(-1).to(out.dtype)
     return flat.index_add(0, chosen, out.to(flat.dtype)).view(shape)
+
+
+def install_routing(model: nn.Module, granularity: str, router_hidden: int = 0, method: str = "dynamic routing",
+                    policy: RoutingPolicy = RoutingPolicy(), exempt: tuple[int, ...] = ()) -> None:
+    """Add routers to every decoder block but `exempt` ones and make those blocks route (see the
+    module docstring)."""
+    check_structure(model, method)
+    layers = get_decoder_layers(model)
+    if len(set(exempt) & set(range(len(layers)))) == len(layers):
+        raise ValueError(f"{method}: every one of the {len(layers)} decoder layers is exempt from routing")
+    first = next(model.parameters())
+    for index, layer in enumerate(layers):
+        if index in exempt:
+            continue
+        hidden = layer.input_layernorm.weight.shape[-1]
+        layer.routing = LayerRouting(hidden, granularity, router_hidden, policy).to(first.device)
+        layer.forward = types.MethodType(routed_forward, layer)

@@ -1,6 +1,6 @@
 """Per-token routers inside the decoder blocks, with real compute skipping.
 
-`install_routing(model, granularity, router_hidden, policy=..., exempt=...)` gives every decoder
+`routed_block.install_routing(model, granularity, router_hidden, policy=..., exempt=...)` gives every decoder
 block but the `exempt` ones a `routing` module (`LayerRouting`) and replaces the block's `forward`
 with `backend.pruning.dynamic.routed_block.routed_forward`:
 
@@ -53,7 +53,6 @@ from `check_structure`, before any work.
 """
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +62,7 @@ from torch import nn
 from backend.pruning.layers import get_decoder_layers
 
 __all__ = ["Gate", "LayerRouting", "RoutingPolicy", "check_structure", "decode_flops", "force_routing",
-           "install_routing", "reset_counters", "routing_layers", "skip_ratios", "top_k_tokens"]
+           "reset_counters", "routing_layers", "skip_ratios", "top_k_tokens"]
 
 GRANULARITIES = ("module", "block")
 SELECTIONS = ("threshold", "top-k")
@@ -238,25 +237,6 @@ class LayerRouting(nn.Module):
         else:
             self.kv_kept = torch.cat([self.kv_kept, run], dim=1)
         return self.kv_kept
-
-
-def install_routing(model: nn.Module, granularity: str, router_hidden: int = 0, method: str = "dynamic routing",
-                    policy: RoutingPolicy = RoutingPolicy(), exempt: tuple[int, ...] = ()) -> None:
-    """Add routers to every decoder block but `exempt` ones and make those blocks route (see the
-    module docstring)."""
-    from backend.pruning.dynamic.routed_block import routed_forward
-
-    check_structure(model, method)
-    layers = get_decoder_layers(model)
-    if len(set(exempt) & set(range(len(layers)))) == len(layers):
-        raise ValueError(f"{method}: every one of the {len(layers)} decoder layers is exempt from routing")
-    first = next(model.parameters())
-    for index, layer in enumerate(layers):
-        if index in exempt:
-            continue
-        hidden = layer.input_layernorm.weight.shape[-1]
-        layer.routing = LayerRouting(hidden, granularity, router_hidden, policy).to(first.device)
-        layer.forward = types.MethodType(routed_forward, layer)
 
 
 def routing_layers(model: nn.Module) -> list[LayerRouting]:
