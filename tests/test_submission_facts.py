@@ -155,3 +155,47 @@ def test_the_board_reads_the_columns_not_the_config():
     assert (row["family"], row["calibration"], row["calibration_data"], bool(row["recovery"])) == (
         "width", "text", "text mine.txt 4x64 seed 1", True)
     assert "a-later-task" in shown.column_groups["reasoning"]
+
+
+def test_a_method_with_a_new_family_and_saved_format_needs_no_change_elsewhere(monkeypatch, tmp_path):
+    """Only the method's own module: the facts, the board's family filter, the family list and the
+    pruned-model loader pick it up from the registry and its hooks."""
+    from backend.models import load_pruned
+    from backend.pruning import PruningMethod, method_families, saved_format_method
+    from backend.pruning.base import _METHODS
+    from db.leaderboard import filter_options
+
+    class Loaded:
+        def eval(self):
+            return self
+
+    class Sculpted(PruningMethod):
+        name = "sculpted"
+        family = "sculpting"
+        needs_calibration = False
+
+        @classmethod
+        def is_saved_format(cls, directory):
+            return (directory / "sculpted.json").is_file()
+
+        @classmethod
+        def load_saved(cls, directory, dtype=None, device="cpu"):
+            return Loaded()
+
+        def prune(self, model, sparsity, params, calibration, progress):
+            raise NotImplementedError
+
+    list_methods()  # discover first, so the registry is complete before the new method joins
+    monkeypatch.setitem(_METHODS._items, "sculpted", Sculpted)
+    assert method_families()[-1] == "sculpting"
+    document = {**BASE, "pruning": {"method": "sculpted", "sparsity": 0.3}}
+    assert run_facts(document)["family"] == "sculpting"
+    job, _ = queue.submit(validate_config(document))
+    with write_session() as session:
+        session.get(Job, job.id).state = JobState.SUCCEEDED
+    with read_session() as session:
+        assert "sculpting" in filter_options(session)["families"]
+        assert list(board(session, BoardFilters(families=("sculpting",))).frame["method"]) == ["sculpted"]
+    (tmp_path / "sculpted.json").write_text("{}")
+    assert saved_format_method(tmp_path) is Sculpted
+    assert isinstance(load_pruned(tmp_path), Loaded)

@@ -72,7 +72,7 @@ def make_filters(model: str | None = None, paradigm: str | None = None, families
     """BoardFilters from the widget values ("(all)" / "any" / empty: no filter; sparsity in [0, 1])."""
     return lb.BoardFilters(
         model=_choice(model), paradigm=_choice(paradigm),
-        families=tuple(f for f in (families or ()) if f in lb.FAMILIES),
+        families=tuple(f for f in (families or ()) if f and f != ALL),
         sparsity_min=_number(sparsity_min), sparsity_max=_number(sparsity_max),
         calibration=_choice(calibration),
         recovery={"yes": True, "no": False}.get(recovery or "any"),

@@ -7,8 +7,9 @@ from backend.pruning.base import (
     PruningMethod,
     get_method,
     list_methods,
+    method_families,
     register_method,
     saved_format_method,
 )
 
-__all__ = ["PruneReport", "PruningMethod", "get_method", "list_methods", "register_method", "saved_format_method"]
+__all__ = ["PruneReport", "PruningMethod", "get_method", "list_methods", "method_families", "register_method", "saved_format_method"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.registry import Registry
-from common.vocabulary import Family
+from common.vocabulary import FAMILIES, Family
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pathlib import Path
@@ -71,7 +71,8 @@ class PruningMethod(abc.ABC):
     """
 
     name: ClassVar[str]
-    family: ClassVar[Family]
+    family: ClassVar[Family | str]
+    """One of `common.vocabulary.FAMILIES`; a method may bring a new one (listed after them)."""
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
     needs_calibration: ClassVar[bool] = False
@@ -154,6 +155,12 @@ def get_method(name: str) -> type[PruningMethod]:
 
 def list_methods() -> list[type[PruningMethod]]:
     return _METHODS.items()
+
+
+def method_families() -> list[str]:
+    """Families of the registered methods: `FAMILIES` order, then any new family a method brings."""
+    present = {method.family for method in list_methods()}
+    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
 
 
 def saved_format_method(directory: "Path") -> type[PruningMethod] | None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from common.vocabulary import FAMILIES, PARADIGMS
+from backend.pruning import method_families
+from common.vocabulary import PARADIGMS
 from ui import board as svc
 from ui import run_actions
 from ui.auth import user_from
@@ -26,7 +27,7 @@ def build(shared) -> None:
                                          scale=2)
         shared.board_paradigm = gr.Dropdown(label="Paradigm", choices=[svc.ALL, *PARADIGMS], value=svc.ALL,
                                             allow_custom_value=True)
-        shared.board_families = gr.Dropdown(label="Method family", choices=[svc.ALL, *FAMILIES], value=[svc.ALL],
+        shared.board_families = gr.Dropdown(label="Method family", choices=[svc.ALL, *method_families()], value=[svc.ALL],
                                             multiselect=True, scale=2, elem_id="pb-board-families")
         shared.board_calibration = gr.Dropdown(label="Calibration source", choices=[svc.ALL], value=svc.ALL,
                                                allow_custom_value=True)
@@ -142,7 +143,7 @@ def _families(families):
 def _from_url(request: gr.Request):
     """The widget values a shared link names (`ui.board_query`), with the filters' current choices."""
     params = dict(request.query_params) if request is not None else {}
-    query = parse_query(params, frozenset(FAMILIES))
+    query = parse_query(params, frozenset(method_families()))
     options = svc.filter_choices()
 
     def choice(value, choices):
