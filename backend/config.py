@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from backend.calibration_tasks import CALIBRATION_TASKS
-from backend.model_ids import BUILTIN_LINEAR_NAMES, NOOP_MODEL, check_model_id
+from backend.calibration.tasks import CALIBRATION_TASKS
+from backend.models.ids import BUILTIN_LINEAR_NAMES, NOOP_MODEL, check_model_id
 from backend.pruning import get_method
 from backend.registry import UnknownName
 from backend.tasks import get_task
@@ -114,7 +114,7 @@ class CalibrationConfig(_Strict):
     path: str | None = None
     """For `text`: a plain-text file under PRUNEBOARD_DATA_DIR, relative to it (`data_file`)."""
     task: str | None = Field(None, max_length=100)
-    """For `task-aligned` and `self-generated`: the prompt source (`backend.calibration_tasks.CALIBRATION_TASKS`)."""
+    """For `task-aligned` and `self-generated`: the prompt source (`backend.calibration.tasks.CALIBRATION_TASKS`)."""
     split: Literal["train", "test"] = "train"
     """Which split of `task` to draw from; `test` is allowed but flagged as a leak when evaluated on."""
     num_samples: int = Field(8, ge=1, le=4096)
@@ -258,7 +258,7 @@ class RecoveryConfig(_Strict):
     enabled: bool = True
     """A `recovery:` section switches recovery on; `enabled: false` keeps the section but skips it."""
     data: Literal["task-aligned", "self-generated", "text", "synthetic"] = "text"
-    """Training text, built like calibration data (`backend.calibration`) from the fields below."""
+    """Training text, built like calibration data (`backend.calibration.build`) from the fields below."""
     path: str | None = None
     """For `text`: a plain-text file under PRUNEBOARD_DATA_DIR, relative to it (`data_file`)."""
     task: str | None = Field(None, max_length=100)
@@ -329,7 +329,7 @@ class HFModelArgs(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     think_markers: tuple[str, str] | None = None
     """Think paradigm: (start, end) of the model's reasoning block; None: by model family
-    (`backend.scoring.THINK_MARKERS`, default `<think>` / `</think>`)."""
+    (`backend.evaluation.scoring.THINK_MARKERS`, default `<think>` / `</think>`)."""
     think_prompt: bool | None = None
     """Think paradigm: prompted thinking (a system instruction to reason inside the markers and the
     start marker prefilled in the reply); None: on when the chat template does not mention the start

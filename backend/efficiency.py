@@ -93,7 +93,7 @@ def measure_efficiency(model: "torch.nn.Module", tokenizer: Any, device: str, pa
     memory, device (see the module docstring)."""
     import torch
 
-    from backend.models import count_parameters
+    from backend.models.loading import count_parameters
 
     speed = measure_speed(model, tokenizer, device, probe)
     params = count_parameters(model)

@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from common import settings
-from backend.lm_eval_format import LmEvalRun
+from backend.evaluation.lm_eval_format import LmEvalRun
 
 __all__ = ["enabled_loggers", "log_run"]
 

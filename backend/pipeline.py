@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from common import settings
 from backend.config import JobConfig, canonical_dict, config_hash
 from backend.events import EventSink, Progress, SampleDone
-from backend.model_ids import NOOP_MODEL
+from backend.models.ids import NOOP_MODEL
 from backend.manifest import environment
 from backend.prune_stage import calibrate_and_prune, check_prune_inputs, model_manifest, recover_if_configured
 from backend.pruning import get_method
@@ -90,8 +90,8 @@ def run(config: JobConfig, events: EventSink, completed: Iterable[SampleRecord] 
     seed_everything(config.seed)
 
     reporter.stage("load", f"loading {config.model}")
-    from backend import placement
-    from backend.models import load_model
+    from backend.models import placement
+    from backend.models.loading import load_model
 
     placed = placement.plan(config, type(method))
     loaded = load_model(config.model, config.hf_args(), log=lambda msg: reporter.update(0.5, msg),
@@ -143,7 +143,7 @@ def _prune(config: JobConfig, loaded, data_dir: Path, reporter: _Reporter):
 
 def _keep_model(config: JobConfig, loaded, report, reporter: _Reporter) -> str:
     """Save the pruned model (`keep_model`), before evaluation, which never changes the weights."""
-    from backend.export import kept_model_dir, save_pruned
+    from backend.publish.export import kept_model_dir, save_pruned
 
     reporter.update(1.0, "saving the pruned model")
     return str(save_pruned(loaded, report, {"config_hash": config_hash(config), "config": canonical_dict(config)},
@@ -152,7 +152,7 @@ def _keep_model(config: JobConfig, loaded, report, reporter: _Reporter) -> str:
 
 def _evaluate(config: JobConfig, loaded, data_dir: Path, completed: list[SampleRecord], reporter: _Reporter,
               events: EventSink):
-    from backend.evaluation import evaluate
+    from backend.evaluation.harness import evaluate
 
     with tempfile.TemporaryDirectory(prefix="pruneboard-eval-") as workdir:
         return evaluate(
@@ -170,14 +170,14 @@ def _efficiency(config: JobConfig, loaded, params_before: int, dense: bool, plac
     The dense weights are loaded again rather than copied before pruning: a copy would double the
     memory through pruning and evaluation, a reload only briefly (the pruned model is released
     first; it is not needed after this stage)."""
-    from backend import placement
+    from backend.models import placement
     from backend.efficiency import measure_efficiency, measure_speed, with_dense_reference
 
     efficiency = measure_efficiency(loaded.model, loaded.tokenizer, loaded.device, params_before=params_before)
     if dense or not settings.efficiency_dense_reference():
         return efficiency
     reporter.update(0.5, "measuring the dense model side by side")
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     loaded.model = None
     reference = load_model(config.model, config.hf_args(), offload=placed.offload)
@@ -248,7 +248,7 @@ def _trace_stats(samples: list[SampleRecord]) -> dict:
 
 def _preflight(config: JobConfig, data_dir: Path) -> None:
     """Cheap checks that must fail before any model is loaded."""
-    from backend.eval_backends import check_backend
+    from backend.evaluation.backends import check_backend
 
     check_backend(config.evaluation.backend)  # vllm without the package or CUDA: a clear error
     get_method(config.pruning.method).check_run(config)  # the method's own limits (e.g. routers: hf only)
@@ -265,7 +265,7 @@ def _leak_fields(config: JobConfig, data_dir: Path, calibrated: bool) -> dict:
     """`calibration_leak`: the calibration text is also evaluation data of one of the run's tasks."""
     if not calibrated:
         return {"calibration_leak": False, "calibration_leak_reason": None}
-    from backend.calibration import leak_check
+    from backend.calibration.build import leak_check
 
     leak, reason = leak_check(config.effective_calibration(), [t.name for t in config.tasks], data_dir)
     return {"calibration_leak": leak, "calibration_leak_reason": reason}

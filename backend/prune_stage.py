@@ -1,4 +1,4 @@
-"""The stages a full run (`backend.pipeline.run`) and a prune-only export (`backend.export.prune_only`)
+"""The stages a full run (`backend.pipeline.run`) and a prune-only export (`backend.publish.export.prune_only`)
 share, in one place: the checks before loading, calibrate -> prune, recovery, and the manifest
 fields that describe the pruned model.
 
@@ -16,7 +16,7 @@ from backend.manifest import environment
 from backend.pruning import PruneReport, get_method
 
 if TYPE_CHECKING:
-    from backend.calibration import CalibrationSet
+    from backend.calibration.build import CalibrationSet
 
 __all__ = ["StageStart", "check_prune_inputs", "calibrate_and_prune", "recover_if_configured", "model_manifest"]
 
@@ -27,12 +27,12 @@ def check_prune_inputs(config: JobConfig, data_dir: Path) -> None:
     """The data pruning reads, checked before a model is loaded: the calibration data (missing or
     empty file, windows beyond the model's context) and the recovery data."""
     if get_method(config.pruning.method).uses_calibration(config.pruning.method_params()):
-        from backend.calibration import check_calibration, model_context
+        from backend.calibration.build import check_calibration, model_context
 
         check_calibration(config.effective_calibration(), data_dir, context=model_context(config.model),
                           default=config.calibration is None)
     if config.recovery is not None and config.recovery.enabled:
-        from backend.calibration import check_calibration, model_context
+        from backend.calibration.build import check_calibration, model_context
 
         check_calibration(config.recovery.data_config(), data_dir, context=model_context(config.model))
 
@@ -44,7 +44,7 @@ def calibrate_and_prune(config: JobConfig, loaded, data_dir: Path,
     params = config.pruning.method_params()
     calibration = None
     if method.uses_calibration(params):
-        from backend.calibration import build_calibration
+        from backend.calibration.build import build_calibration
 
         progress = start("calibrate", f"building calibration set ({config.effective_calibration().source})")
         calibration = build_calibration(config.effective_calibration(), loaded.tokenizer, data_dir,

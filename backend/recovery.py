@@ -6,7 +6,7 @@ existing run hashes are unchanged):
 ```yaml
 recovery:
   enabled: true            # false: keep the section, skip the stage
-  data: text               # text | task-aligned | self-generated | synthetic: built by backend.calibration
+  data: text               # text | task-aligned | self-generated | synthetic: built by backend.calibration.build
   path: wikitext2/train.txt   # text only; task/split for task-aligned and self-generated
   num_samples: 16          # training windows of seq_len tokens
   seq_len: 128
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from backend.config import RecoveryConfig
-from backend.model_ids import BUILTIN_LINEAR_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -107,8 +106,8 @@ def recover(
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from backend.calibration import build_calibration
-    from backend.models import count_parameters
+    from backend.calibration.build import build_calibration
+    from backend.models.loading import count_parameters
 
     check_target_modules(model, cfg.target_modules)
     started = time.perf_counter()

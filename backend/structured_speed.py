@@ -98,7 +98,7 @@ def speed_comparison(dense: "nn.Module", pruned: "nn.Module", tokenizer: Any, de
     """
     import torch
 
-    from backend.models import count_parameters
+    from backend.models.loading import count_parameters
 
     if measured is None:
         measured = measure_decode({"dense": dense, "pruned": pruned}, tokenizer, device, new_tokens, repeats)

@@ -67,7 +67,7 @@ class TaskEstimate:
 def estimate(config: JobConfig) -> dict[str, Any]:
     """The work a config asks for: per task, samples x max new tokens (an upper bound on generated
     tokens, CPU budgets where the task default applies); calibration and recovery token counts."""
-    from backend.evaluation import default_budget  # no torch at import
+    from backend.evaluation.harness import default_budget  # no torch at import
 
     tasks = []
     for tc in config.tasks:

@@ -60,10 +60,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
     from backend.config import CalibrationConfig
     from backend.efficiency import probe_ids
-    from backend.models import load_model
+    from backend.models.loading import load_model
     from backend.pruning import get_method
     from backend.pruning.dynamic.routing import decode_flops
     from backend.structured_speed import measure_decode

@@ -4,7 +4,7 @@ Two long-lived processes load the same model files (the cached SmolLM2 safetenso
 `$PRUNEBOARD_CACHE_DIR/smollm2-135m-instruct`, default the tests' cache var/test-cache if it holds
 the model, else $PRUNEBOARD_HOME/cache) in the same dtype (float32 on CPU) once each, untimed:
 
-* app: `backend.evaluation.evaluate` with task `piqa`, `limit`, `batch_size` (this file, `--side app`);
+* app: `backend.evaluation.harness.evaluate` with task `piqa`, `limit`, `batch_size` (this file, `--side app`);
 * plain: `bench/plain_lm_eval_piqa.py` under `python -I`, which imports only lm-eval, transformers
   and torch: `lm_eval.simple_evaluate` on an HFLM wrapping the model, with a task dict identical to
   PruneBoard's `piqa` config (dataset_path json + the validation JSONL this bench writes from
@@ -57,8 +57,8 @@ def app_side(batch_size: int, data_dir: Path, threads: int) -> None:
 
         torch.set_num_threads(threads)
     from backend.config import EvaluationConfig, TaskConfig
-    from backend.evaluation import evaluate
-    from backend.models import load_model
+    from backend.evaluation.harness import evaluate
+    from backend.models.loading import load_model
 
     loaded = load_model("builtin:smollm2-135m-instruct")
     print(f"READY {loaded.dtype}", flush=True)

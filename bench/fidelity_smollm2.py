@@ -86,9 +86,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from common import settings
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
     from backend.config import DEFAULT_CALIBRATION
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     loaded = load_model("builtin:smollm2-135m-instruct")
     calib = build_calibration(DEFAULT_CALIBRATION, loaded.tokenizer, settings.data_dir()).tensor

@@ -52,7 +52,7 @@ TESTS_TIMEOUT_S = 240
 def smollm2_jobs() -> dict[str, dict[str, Any]]:
     """SmolLM2 configs (only when the converted model is in the cache: the check has no network)."""
     from common import settings
-    from backend.models import CACHE_MARKER, SMOLLM2_CACHE_NAME
+    from backend.models.loading import CACHE_MARKER, SMOLLM2_CACHE_NAME
     from bench.gpu_jobs import method_config
 
     if not (settings.model_cache_dir() / SMOLLM2_CACHE_NAME / CACHE_MARKER).is_file():

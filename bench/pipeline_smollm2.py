@@ -25,7 +25,7 @@ EXAMPLES = ["smollm2-dense.yaml", "smollm2-magnitude.yaml", "smollm2-shortgpt.ya
 
 
 def main() -> None:
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     start = time.perf_counter()
     load_model("builtin:smollm2-135m-instruct")

@@ -33,9 +33,9 @@ RUNS = {
 
 def _setup():
     from common import settings
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
     from backend.config import CalibrationConfig
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     loaded = load_model(MODEL)
     cfg = CalibrationConfig(source="text", path="wikitext2/valid.txt", num_samples=32, seq_len=512, seed=0)

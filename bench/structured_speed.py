@@ -35,9 +35,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
     from backend.config import CalibrationConfig
-    from backend.models import load_model
+    from backend.models.loading import load_model
     from backend.pruning import get_method
     from backend.structured_speed import measure_decode, speed_comparison
 

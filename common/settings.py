@@ -125,7 +125,7 @@ def use_cuda() -> bool:
 
 def offload() -> str:
     """PRUNEBOARD_OFFLOAD: auto (default) | always | never. Where a run's weights live while it is
-    pruned and evaluated (`backend.placement`): `auto` holds a model larger than the GPU on CPU,
+    pruned and evaluated (`backend.models.placement`): `auto` holds a model larger than the GPU on CPU,
     prunes it one block at a time on the GPU and spreads it over the GPUs for evaluation."""
     value = (os.environ.get("PRUNEBOARD_OFFLOAD") or "auto").strip().lower()
     if value not in ("auto", "always", "never"):

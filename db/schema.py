@@ -153,7 +153,7 @@ class Score(Base):
     is_primary: Mapped[bool] = mapped_column(Boolean)
     comparability_key: Mapped[str] = mapped_column(String(500))
     scorer_version: Mapped[str | None] = mapped_column(String(32))
-    """backend.scoring.SCORER_VERSION that produced the value (None: stored before migration 0002)."""
+    """backend.evaluation.scoring.SCORER_VERSION that produced the value (None: stored before migration 0002)."""
     category: Mapped[str | None] = mapped_column(String(32))
     """The task's category (common.vocabulary.TaskCategory; NULL: a task this deployment does not know)."""
     test_time_scaling: Mapped[bool | None] = mapped_column(Boolean)

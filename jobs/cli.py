@@ -392,7 +392,7 @@ def _prune(args: argparse.Namespace) -> None:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise CliError(f"--out {out} exists and is not an empty directory")
     token = _hub_push_token(args.push_to_hub) if args.push_to_hub else None  # before the model is loaded
-    from backend.export import prune_only, save_pruned
+    from backend.publish.export import prune_only, save_pruned
 
     def progress(fraction: float, text: str) -> None:
         print(f"[{fraction * 100:3.0f}%] {text}", file=sys.stderr, flush=True)
@@ -410,7 +410,7 @@ def _prune(args: argparse.Namespace) -> None:
 
 def _hub_push_token(repo_id: str) -> str:
     from common import settings
-    from backend.hub_publish import check_repo_id
+    from backend.publish.hub import check_repo_id
 
     try:
         check_repo_id(repo_id)
@@ -426,8 +426,8 @@ def _push_pruned(saved, manifest: dict[str, Any], repo_id: str, token: str, priv
     import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
-    from backend.hub_publish import push_model
-    from backend.model_card import model_card
+    from backend.publish.hub import push_model
+    from backend.publish.model_card import model_card
 
     pruning = manifest["config"].get("pruning") or {"method": "dense", "sparsity": 0.0}
     message = f"PruneBoard: {manifest['config']['model']} pruned with {pruning['method']} at {pruning['sparsity']:g}"

@@ -282,7 +282,7 @@ def missing(configs: list[JobConfig]) -> list[str]:
     """What this host lacks to run the configs, one line per model or task (empty: nothing): models
     no worker can load, the placeholder of a model the user must name, task data that is absent."""
     from common import settings
-    from backend.model_ids import NOOP_MODEL
+    from backend.models.ids import NOOP_MODEL
     from backend.taskdata.availability import missing_task_data, submit_checks_data
 
     lines = []

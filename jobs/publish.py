@@ -3,7 +3,7 @@
     publish_run(user, job_id, repo_id, private=False) -> Pushed
 
 The run must have succeeded and kept its model (`keep_model: true`: saved under
-`backend.export.kept_model_dir`, on the machine that ran it). Who may publish: `jobs.access.
+`backend.publish.export.kept_model_dir`, on the machine that ran it). Who may publish: `jobs.access.
 require_publish` (admins; on a Space the run's submitter; hidden runs only admins). The push uses the
 deployment's token (HF_TOKEN) and a model card from the run's manifest, scores, measured speed-up and
 a link back to the run (`settings.public_url()`). Every refusal is a `PublishError` whose message
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from common import settings
-from backend.hub_publish import Pushed, check_repo_id, push_model
-from backend.model_card import RunSummary, model_card
+from backend.publish.hub import Pushed, check_repo_id, push_model
+from backend.publish.model_card import RunSummary, model_card
 from db.schema import Job, Score
 from jobs import access
 from db.states import JobState

@@ -5,12 +5,12 @@
 For every task of a succeeded run whose `TaskSpec.rescore` is set (generation tasks), each stored
 sample is scored again from its full stored text (its trace; `samples` for runs stored before
 traces existed): the answer text is the stored `answer`, or for "think" runs the answer part of the
-output read as evaluation read it (`backend.scoring.think_answer` with the markers the task manifest
+output read as evaluation read it (`backend.evaluation.scoring.think_answer` with the markers the task manifest
 records in `generation.think_markers`, `<think>` / `</think>` when it records none: no end marker,
 no answer), or the output. The sample's `extracted`, `correct` and metrics are updated, the task's
 scores are recomputed from the per-sample metrics with the aggregation of
-`backend.eval_records.aggregate` (lm-eval's `mean` and `mean_stderr`, stderr None for one sample),
-and they record the current `backend.scoring.SCORER_VERSION` and the comparability key recomputed
+`backend.evaluation.records.aggregate` (lm-eval's `mean` and `mean_stderr`, stderr None for one sample),
+and they record the current `backend.evaluation.scoring.SCORER_VERSION` and the comparability key recomputed
 with it. The run's trace statistics are recomputed. All in one transaction.
 
 Tasks without `rescore` (log-likelihood ones: their scores depend only on the model) are left
@@ -44,7 +44,7 @@ def rescore(job_id: int) -> dict[str, Any]:
 
     Raises JobNotFound for an unknown id and InvalidTransition unless the run succeeded.
     """
-    from backend import scoring
+    from backend.evaluation import scoring
     from backend.registry import UnknownName
     from backend.tasks import get_task
     from db.queries import job_trace_stats
@@ -89,7 +89,7 @@ def rescore(job_id: int) -> dict[str, Any]:
 
 
 def _rescore_task(session, job: Job, spec, key: str | None, markers: tuple[str, str]) -> dict[str, Any]:
-    from backend import scoring
+    from backend.evaluation import scoring
     from db.traces import decode_trace
 
     rows = session.scalars(
@@ -149,7 +149,7 @@ def _recorded_think_markers(task_manifest: dict[str, Any] | None) -> tuple[str, 
     Evaluation records them as `generation.think_markers` in think runs (prompted thinking only
     changes the prompt, not how the answer is read); the default markers otherwise.
     """
-    from backend.scoring import DEFAULT_THINK_MARKERS
+    from backend.evaluation.scoring import DEFAULT_THINK_MARKERS
 
     generation = (task_manifest or {}).get("generation")
     recorded = generation.get("think_markers") if isinstance(generation, dict) else None
@@ -159,7 +159,7 @@ def _recorded_think_markers(task_manifest: dict[str, Any] | None) -> tuple[str, 
 
 
 def _aggregate(values: list[float]) -> tuple[float | None, float | None]:
-    """lm-eval's `mean` and `mean_stderr` (as backend.eval_records.aggregate), non-finite -> None."""
+    """lm-eval's `mean` and `mean_stderr` (as backend.evaluation.records.aggregate), non-finite -> None."""
     from lm_eval.api.metrics import mean, mean_stderr
 
     value = float(mean(values))
@@ -171,14 +171,13 @@ def _new_key(task_manifest: dict[str, Any] | None, version: str) -> str | None:
     """The task's comparability key with the current scorer version (None: no key fields stored)."""
     if not task_manifest or not isinstance(task_manifest.get("key_fields"), dict):
         return None
-    from backend.evaluation import comparability_key
+    from backend.evaluation.harness import comparability_key
 
     return comparability_key({**task_manifest["key_fields"], "scorer": version})
 
 
 def _scorer_version() -> str:
-    from backend import scoring
-
+    from backend.evaluation import scoring
     return scoring.SCORER_VERSION
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from backend.result import SampleRecord
-from backend.scoring import SCORER_VERSION
+from backend.evaluation.scoring import SCORER_VERSION
 from common import settings
 from db.schema import SAMPLE_PREVIEW_CHARS, Sample, SampleCheckpoint, Score, Trace
 from db.traces import encode_traces

@@ -1,4 +1,4 @@
-"""A finished run as lm-eval's own files (`backend.lm_eval_format`): `python -m jobs results run-files
+"""A finished run as lm-eval's own files (`backend.evaluation.lm_eval_format`): `python -m jobs results run-files
 ID DIR` and the run detail's download in the browser.
 
     write_run_files(job_id, out_dir, include_hidden=False) -> [paths]
@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from backend.lm_eval_format import LmEvalRun, to_lm_eval, write_lm_eval_files
+from backend.evaluation.lm_eval_format import LmEvalRun, to_lm_eval, write_lm_eval_files
 from db.schema import Job
 from db.states import JobState
 

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.model_ids import NOOP_MODEL
+from backend.models.ids import NOOP_MODEL
 from backend.tasks.base import fetch_command
 from db.schema import Job
 from jobs.registry import ONLINE_STATUSES, list_workers

@@ -58,7 +58,7 @@ def smollm2():
     Tests that prune must work on a copy (`copy.deepcopy(model)`), never on this object.
     """
     os.environ.setdefault("PRUNEBOARD_CACHE_DIR", str(TEST_MODEL_CACHE))
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     loaded = load_model("builtin:smollm2-135m-instruct")
     return loaded

@@ -14,7 +14,7 @@ import torch
 
 import reference_allocation as ref
 from backend.config import CalibrationConfig, HFModelArgs
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 
 def _calibration(num_samples=8, seq_len=32, seed=0):
@@ -48,7 +48,7 @@ def test_tiny_owl_layer_sparsities_match_owl(method, owl_m, deviation):
 @pytest.mark.slow
 def test_smollm2_owl_layer_sparsities_match_owl(smollm2, shared_data):
     """CI size (4 x 128 WikiText-2 tokens); bench/fidelity_smollm2.py runs the study's calibration."""
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
 
     cfg = CalibrationConfig(source="text", path="wikitext2/valid.txt", num_samples=4, seq_len=128, seed=0)
     calib = build_calibration(cfg, smollm2.tokenizer, shared_data).tensor

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.calibration import build_calibration, check_calibration
+from backend.calibration.build import build_calibration, check_calibration
 from backend.config import CalibrationConfig
-from backend.models import load_model
+from backend.models.loading import load_model
 
 TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40))
 

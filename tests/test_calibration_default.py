@@ -41,7 +41,7 @@ def test_configs_naming_calibration_keep_their_canonical_form_and_hash(calibrati
 
 
 def test_prune_uses_the_default_and_the_manifest_says_so(shared_data):
-    from backend.export import prune_only
+    from backend.publish.export import prune_only
 
     _, _, manifest = prune_only(validate_config(BASE))
     calibration = manifest["calibration"]
@@ -53,7 +53,7 @@ def test_prune_uses_the_default_and_the_manifest_says_so(shared_data):
 
 
 def test_missing_default_data_fails_before_loading_and_says_it_is_the_default(tmp_path, monkeypatch):
-    from backend.export import prune_only
+    from backend.publish.export import prune_only
 
     monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="calibration.path: file not found.*the default calibration"):
@@ -64,7 +64,7 @@ def test_missing_default_data_fails_before_loading_and_says_it_is_the_default(tm
 
 
 def test_methods_without_calibration_ignore_the_default(tmp_path, monkeypatch):
-    from backend.export import prune_only
+    from backend.publish.export import prune_only
 
     monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(tmp_path))  # no WikiText-2 here: nothing may ask for it
     _, report, manifest = prune_only(validate_config({**BASE, "pruning": {"method": "magnitude", "sparsity": 0.5}}))

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from backend.calibration import (
+from backend.calibration.build import (
     build_calibration,
     generate_answer,
     leak_check,
@@ -17,7 +17,7 @@ from backend.calibration import (
     self_generated_key,
 )
 from backend.config import CalibrationConfig, ConfigError, validate_config
-from backend.models import load_model
+from backend.models.loading import load_model
 
 ROWS = [
     {"question": f"Tom has {i} apples and buys {i + 2} more. How many apples does he have?",
@@ -149,7 +149,7 @@ def test_sampled_self_generation_is_reproducible_per_prompt(tiny, data_dir, cali
     first = build_calibration(cfg, tiny.tokenizer, data_dir, model=tiny.model, fingerprint=tiny.fingerprint)
     stored = json.loads((calib_cache / f"{first.details['cache_key']}.json").read_text())
     torch.manual_seed(999)  # the global stream must not matter
-    from backend.calibration import _prompt_text
+    from backend.calibration.build import _prompt_text
 
     row = stored["rows"][0]
     again = generate_answer(tiny.model, tiny.tokenizer, _prompt_text(tiny.tokenizer, "gsm8k", ROWS[row]), cfg, row)
@@ -243,14 +243,14 @@ def test_smollm2_self_generated_calibration_is_stored_and_reused(smollm2, shared
 
 
 def test_pipeline_reuses_self_generated_calibration(data_dir, calib_cache, monkeypatch):
-    import backend.calibration
+    import backend.calibration.build
     from backend import pipeline
     from backend.events import Progress
 
     monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(data_dir))
     calls = []
-    real = backend.calibration.generate_answer
-    monkeypatch.setattr(backend.calibration, "generate_answer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = backend.calibration.build.generate_answer
+    monkeypatch.setattr(backend.calibration.build, "generate_answer", lambda *a, **k: calls.append(1) or real(*a, **k))
     config = validate_config({
         "model": "builtin:tiny-llama", "pruning": {"method": "shortgpt", "sparsity": 0.25},
         "calibration": {"source": "self-generated", "task": "gsm8k", "num_samples": 2, "seq_len": 64,

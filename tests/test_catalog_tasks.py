@@ -364,7 +364,7 @@ def test_missing_data_fails_the_job_before_the_model_loads(tmp_path, offline, mo
     config = validate_config({"model": "builtin:tiny-llama", "pruning": {"method": "dense", "sparsity": 0},
                               "tasks": ["arc-easy"]})
     loads = []
-    monkeypatch.setattr("backend.models.load_model", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr("backend.models.loading.load_model", lambda *a, **k: loads.append(a))
     with pytest.raises(TaskDataMissing, match=r"^task 'arc-easy' has no data under PRUNEBOARD_DATA_DIR=.*: run "
                                               r'"python -m jobs data fetch arc-easy"$'):
         pipeline.run(config, lambda event: None)
@@ -391,14 +391,14 @@ def test_tasks_never_read_the_hub_themselves(name, tmp_path, monkeypatch, punkt_
 
 @pytest.fixture(scope="module")
 def tiny():
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     return load_model("builtin:tiny-llama")
 
 
 def test_every_catalog_task_end_to_end(tiny, shared_data, tmp_path, punkt_cache):
     from backend.config import EvaluationConfig, TaskConfig
-    from backend.evaluation import evaluate
+    from backend.evaluation.harness import evaluate
 
     data_dir = write_fixtures(tmp_path / "data")
     for name in ("ifeval", "truthfulqa"):  # shared data, linked (not copied) beside the fixtures
@@ -435,7 +435,7 @@ def test_every_catalog_task_end_to_end(tiny, shared_data, tmp_path, punkt_cache)
 @pytest.mark.slow
 def test_smollm2_on_truthfulqa_mc2_and_ifeval(smollm2, shared_data, tmp_path, punkt_cache):
     from backend.config import EvaluationConfig, TaskConfig
-    from backend.evaluation import evaluate
+    from backend.evaluation.harness import evaluate
 
     tasks = [TaskConfig(name="truthfulqa-mc2", limit=10),
              TaskConfig(name="ifeval", limit=3, generation={"max_new_tokens": 64})]

@@ -147,8 +147,8 @@ def test_registry_rows():
 
 def test_code_tasks_evaluate_end_to_end_on_the_tiny_model(shared_data, tmp_path):
     """Generation through the chat template, the code filter and sandbox scoring inside lm-eval."""
-    from backend.evaluation import evaluate
-    from backend.models import load_model
+    from backend.evaluation.harness import evaluate
+    from backend.models.loading import load_model
 
     data = tmp_path / "data"
     (data / "humaneval").mkdir(parents=True)

@@ -331,7 +331,7 @@ def test_worker_fetches_missing_data_before_the_model_loads(hub, tmp_path, monke
         present_at_load.append(sorted(tree(data)))
         raise RuntimeError("stop after the preflight")
 
-    monkeypatch.setattr("backend.models.load_model", load_model)
+    monkeypatch.setattr("backend.models.loading.load_model", load_model)
     with pytest.raises(RuntimeError, match="stop after the preflight"):
         pipeline.run(validate_config(_config()), lambda event: None)
     assert present_at_load == [["piqa/dev-labels.lst", "piqa/dev.jsonl", "piqa/piqa.manifest.json"]]
@@ -345,7 +345,7 @@ def test_worker_without_hub_fails_with_the_one_line(tmp_path, monkeypatch):
     data = tmp_path / "empty"
     monkeypatch.setenv("PRUNEBOARD_DATA_DIR", str(data))
     monkeypatch.delenv("PRUNEBOARD_USE_HUB", raising=False)
-    monkeypatch.setattr("backend.models.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("backend.models.loading.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(TaskDataMissing) as info:
         pipeline.run(validate_config(_config("boolq")), lambda event: None)
     assert str(info.value) == f'task \'boolq\' has no data under PRUNEBOARD_DATA_DIR={data}: run ' \

@@ -28,7 +28,7 @@ from backend.config import (
     validate_config,
 )
 from backend.defaults import DEFAULTS_VERSION, pin_changed_defaults
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def test_pinned_v1_config_computes_what_it_computed_before(case):
 def test_pinned_empty_calibration_is_the_old_default():
     """A calibrated v1 config without a section gets `calibration: {}`: synthetic 8 x 128, seed 0, the
     same tokens as before; without a section the study's WikiText-2 text is used now."""
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
 
     document = pin_changed_defaults({**BASE, "pruning": {"method": "shortgpt", "sparsity": 0.25}}, 1)
     assert document["calibration"] == {}

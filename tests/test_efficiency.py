@@ -37,7 +37,7 @@ def test_summary_is_the_median_with_quartiles_and_extremes():
 
 
 def test_each_figure_has_the_minimum_iterations_and_seconds():
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     loaded = load_model("builtin:tiny-llama")
     probe = ProbeSettings(prompt_tokens=16, new_tokens=4, min_iterations=3, min_seconds=0.25)
@@ -84,8 +84,7 @@ def _run(method: str, sparsity: float):
 
 
 def test_a_pruned_run_measures_the_dense_model_side_by_side(monkeypatch):
-    from backend import models
-
+    from backend.models import loading as models
     loads = []
     real = models.load_model
     monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))

@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from backend.config import EvaluationConfig, TaskConfig, canonical_dict, validate_config
-from backend.eval_backends import (
+from backend.evaluation.backends import (
     CPU_AUTO_BATCH_SIZE,
     BackendUnavailable,
     check_backend,
@@ -80,18 +80,18 @@ def test_pipeline_rejects_vllm_before_loading_the_model(monkeypatch):
 
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         pytest.skip("vllm can run here")
-    import backend.models
+    import backend.models.loading
     from backend import pipeline
 
-    monkeypatch.setattr(backend.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(backend.models.loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     config = validate_config({**BASE, "evaluation": {"backend": "vllm"}})
     with pytest.raises(BackendUnavailable, match="vllm"):
         pipeline.run(config, lambda event: None)
 
 
 def test_auto_batch_size_evaluates_on_cpu(tmp_path):
-    from backend.evaluation import evaluate
-    from backend.models import load_model
+    from backend.evaluation.harness import evaluate
+    from backend.models.loading import load_model
 
     tiny = load_model("builtin:tiny-llama")
     outputs = {}
@@ -108,7 +108,7 @@ def test_auto_batch_size_evaluates_on_cpu(tmp_path):
 
 def test_efficiency_records_sparsity_throughput_latency_and_device():
     from backend.efficiency import measure_efficiency
-    from backend.models import count_parameters, load_model
+    from backend.models.loading import count_parameters, load_model
     from backend.pruning import get_method
 
     loaded = load_model("builtin:tiny-llama")
@@ -141,8 +141,8 @@ def test_vllm_backend_matches_hf_on_a_pruned_model(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("vllm needs a CUDA GPU")
-    from backend.evaluation import evaluate
-    from backend.models import load_model
+    from backend.evaluation.harness import evaluate
+    from backend.models.loading import load_model
     from backend.pruning import get_method
 
     loaded = load_model("builtin:smollm2-135m-instruct")

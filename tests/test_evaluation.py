@@ -1,4 +1,4 @@
-"""`backend.evaluation.evaluate` end to end on the tiny random Llama (and, marked slow, on SmolLM2)."""
+"""`backend.evaluation.harness.evaluate` end to end on the tiny random Llama (and, marked slow, on SmolLM2)."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backend.config import EvaluationConfig, TaskConfig
-from backend.evaluation import THINK_BUDGET_FACTOR, EvalOutput, evaluate
+from backend.evaluation.harness import THINK_BUDGET_FACTOR, EvalOutput, evaluate
 from backend.events import Cancelled
 from backend.result import SampleRecord
 from backend.tasks import get_task
@@ -18,7 +18,7 @@ SYNTHETIC = ["synthetic-arith", "synthetic-mc"]
 
 @pytest.fixture(scope="module")
 def tiny():
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     return load_model("builtin:tiny-llama")
 
@@ -190,8 +190,8 @@ def test_comparability_key_tracks_evaluation_settings(tiny, tmp_path):
 
 
 def test_think_paradigm_widens_the_default_budget_and_strips_reasoning(tiny, tmp_path):
-    from backend.evaluation import _with_reasoning_strip
-    from backend.scoring import reasoning_filter
+    from backend.evaluation.harness import _with_reasoning_strip
+    from backend.evaluation.scoring import reasoning_filter
 
     tasks = [TaskConfig(name="synthetic-arith", limit=1)]
     output = run(tiny, tasks, tmp_path / "data", tmp_path / "work", paradigm="think")

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend.config import validate_config
-from backend.export import MANIFEST_NAME, prune_only, save_pruned
+from backend.publish.export import MANIFEST_NAME, prune_only, save_pruned
 from jobs.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,12 +68,12 @@ def test_jobs_prune_cli_end_to_end(tmp_path):
 
 
 def _fail_if_loaded(monkeypatch):
-    import backend.models
+    import backend.models.loading
 
     def boom(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(backend.models, "load_model", boom)
+    monkeypatch.setattr(backend.models.loading, "load_model", boom)
 
 
 def test_empty_calibration_file_fails_before_loading(tmp_path, monkeypatch, capsys):

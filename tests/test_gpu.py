@@ -14,7 +14,7 @@ config run on the CPU in float32 in this process (`PRUNEBOARD_WORKER_DEVICE=cpu`
   random weights, so many multiple-choice options sit closer than bfloat16's resolution (3 significant
   digits) and a few of the 40 rows may flip.
 
-And offloaded pruning (`backend.placement`) on CUDA: one block on the GPU at a time, the same
+And offloaded pruning (`backend.models.placement`) on CUDA: one block on the GPU at a time, the same
 weights as the in-memory CUDA run, and an evaluation device map in the manifest.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ BF16_SCORE_TOLERANCE = 0.15
 
 def _run(document: dict, monkeypatch, *, device: str, dtype: str | None = None) -> tuple[dict, object]:
     """(structure of the pruned model as evaluated, RunResult) of one pipeline run on `device`."""
-    from backend import evaluation
+    from backend.evaluation import harness as evaluation
     from backend.config import validate_config
     from backend.pipeline import run
 
@@ -126,7 +126,7 @@ def test_cuda_bfloat16_job_succeeds_and_scores_agree_with_the_cpu(method, monkey
 
 def test_offloaded_pruning_keeps_one_block_on_the_gpu_and_equals_the_in_memory_run():
     from backend.config import HFModelArgs
-    from backend.models import count_parameters, load_model, state_dict_sha256
+    from backend.models.loading import count_parameters, load_model, state_dict_sha256
     from backend.pruning import get_method
     from backend.pruning.layers import get_decoder_layers
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend import models
+from backend.models import loading as models
 from common import settings
 from backend.config import HFModelArgs
-from backend.models import CHATML_TEMPLATE, count_parameters, load_model, state_dict_sha256
+from backend.models.loading import CHATML_TEMPLATE, count_parameters, load_model, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["builtin:tiny-llama", "builtin:tiny-qwen3"]
@@ -32,7 +32,7 @@ def test_tiny_model_is_identical_when_built_twice(model_id):
 
 def test_tiny_models_are_identical_across_processes():
     code = (
-        "from backend.models import load_model, state_dict_sha256\n"
+        "from backend.models.loading import load_model, state_dict_sha256\n"
         f"print(' '.join(state_dict_sha256(load_model(m).model) for m in {TINY!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

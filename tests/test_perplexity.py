@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.config import ConfigError, TaskConfig, validate_config
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.tasks import get_task
 from backend.tasks.wikitext2_ppl import DATA_FILE, run
 
@@ -91,7 +91,7 @@ def test_window_is_for_perplexity_tasks_only():
 
 def test_evaluate_runs_perplexity_beside_lm_eval_tasks(tiny, data_dir, tmp_path):
     from backend.config import EvaluationConfig
-    from backend.evaluation import evaluate
+    from backend.evaluation.harness import evaluate
 
     fractions = []
     out = evaluate(tiny.model, tiny.tokenizer,

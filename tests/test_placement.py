@@ -1,10 +1,10 @@
-"""Offloaded pruning (backend.placement): the plan per mode, the weight-size estimate, and, forced on
+"""Offloaded pruning (backend.models.placement): the plan per mode, the weight-size estimate, and, forced on
 CPU, runs whose weights equal the in-memory run's bit for bit with the same scores and outputs."""
 from __future__ import annotations
 
 import pytest
 
-from backend import placement
+from backend.models import placement
 from backend.config import validate_config
 from backend.pruning import get_method
 
@@ -64,7 +64,7 @@ def test_auto_offloads_only_weights_larger_than_the_gpu(monkeypatch):
 
 
 def test_weight_bytes_are_the_weight_files_of_a_directory(tmp_path):
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     assert placement.weight_bytes("builtin:tiny-llama") is None
     loaded = load_model("builtin:tiny-llama")
@@ -82,8 +82,8 @@ def test_spread_leaves_a_cpu_model_where_it_is():
 
 def _run(cfg, monkeypatch, mode: str):
     """(pruned weights' sha256, result) of one pipeline run with PRUNEBOARD_OFFLOAD=mode."""
-    from backend import evaluation
-    from backend.models import state_dict_sha256
+    from backend.evaluation import harness as evaluation
+    from backend.models.loading import state_dict_sha256
     from backend.pipeline import run
 
     monkeypatch.setenv("PRUNEBOARD_OFFLOAD", mode)
@@ -125,7 +125,7 @@ def test_a_worker_set_to_cpu_computes_on_cpu_even_beside_a_gpu(monkeypatch):
     import torch
 
     from common import settings
-    from backend.models import _device_and_dtype
+    from backend.models.loading import _device_and_dtype
     from backend.pruning.sequential import default_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from backend.config import PruningConfig
-from backend.models import count_parameters, load_model, state_dict_sha256
+from backend.models.loading import count_parameters, load_model, state_dict_sha256
 from backend.pruning import get_method
 
 

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from backend.calibration import build_calibration
+from backend.calibration.build import build_calibration
 from backend.config import CalibrationConfig, HFModelArgs, validate_config
 from backend.events import Cancelled
-from backend.models import count_parameters, load_model
+from backend.models.loading import count_parameters, load_model
 from backend.pruning import get_method
 from backend.pruning.depth import cache_block_inputs, lm_nll, nll_from
 from backend.pruning.layers import get_decoder_layers

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from backend.config import HFModelArgs, PruningConfig
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 from backend.pruning.dynamic import evaluation_skip_report, reset_skip_counters
 from backend.pruning.dynamic.routing import LayerRouting, force_routing, routing_layers, skip_ratios

@@ -15,7 +15,7 @@ import torch
 
 import reference_dynamic as ref
 from backend.config import CalibrationConfig, HFModelArgs, validate_config
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 from backend.pruning.dynamic import evaluation_skip_report, reset_skip_counters
 from backend.pruning.layers import get_decoder_layers
@@ -241,7 +241,7 @@ def test_mod_causal_threshold_is_still_there_by_name():
 
 @pytest.fixture(scope="module")
 def smollm2_router_calibration(smollm2, shared_data):
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
 
     cfg = CalibrationConfig(source="text", path="wikitext2/valid.txt", num_samples=4, seq_len=64, seed=0)
     return build_calibration(cfg, smollm2.tokenizer, shared_data).tensor

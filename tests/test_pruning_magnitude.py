@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 from backend.pruning.layers import count_linear_zeros, get_decoder_layers, prunable_linears
 from backend.pruning.magnitude import magnitude_mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 from backend.pruning.sequential import HessianStats, InputNormStats, replay_layers
 

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
-from backend.calibration import build_calibration
+from backend.calibration.build import build_calibration
 from backend.config import CalibrationConfig, HFModelArgs
 from backend.events import Cancelled
-from backend.models import count_parameters, load_model
+from backend.models.loading import count_parameters, load_model
 from backend.pruning import get_method
 from backend.pruning.layers import get_decoder_layers
 from backend.pruning.shortgpt import block_influence, layers_to_remove

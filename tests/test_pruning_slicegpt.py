@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.config import HFModelArgs
-from backend.models import count_parameters, load_model
+from backend.models.loading import count_parameters, load_model
 from backend.pruning import get_method
 from backend.pruning.slicegpt import SlicedDecoderLayer, load_sliced
 
@@ -74,7 +74,7 @@ def test_slicing_shrinks_matrices_and_generates_with_cache(model_id):
 
 
 def test_save_and_reload_gives_identical_logits(tmp_path):
-    from backend.export import save_pruned
+    from backend.publish.export import save_pruned
 
     loaded = _tiny()
     report = _prune(loaded.model, 0.25)
@@ -87,7 +87,7 @@ def test_save_and_reload_gives_identical_logits(tmp_path):
     reloaded = load_model(str(tmp_path / "sliced"), HFModelArgs(dtype="float32"))  # the project loader
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(ids).logits, loaded.model(ids).logits, atol=0, rtol=0)
-    from backend.models import load_pruned
+    from backend.models.loading import load_pruned
 
     with torch.no_grad():
         torch.testing.assert_close(load_pruned(tmp_path / "sliced")(ids).logits, loaded.model(ids).logits,

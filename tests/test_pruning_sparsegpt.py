@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from backend.calibration import build_calibration
+from backend.calibration.build import build_calibration
 from backend.config import CalibrationConfig
 from backend.pruning import get_method
 from backend.pruning.layers import count_linear_zeros

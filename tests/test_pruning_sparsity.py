@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from backend.config import ConfigError, validate_config
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 from backend.pruning.allocation import spread
 from backend.pruning.layers import get_decoder_layers, prunable_linears

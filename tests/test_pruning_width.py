@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend.config import HFModelArgs, validate_config
-from backend.models import count_parameters, load_model, load_pruned
+from backend.models.loading import count_parameters, load_model, load_pruned
 from backend.pruning import get_method
 from backend.pruning.flap import FlapParams
 from backend.pruning.layers import get_decoder_layers
@@ -99,7 +99,7 @@ def test_meets_the_parameter_target_and_still_generates(model_id, method, params
 @pytest.mark.parametrize("model_id", MODELS)
 @pytest.mark.parametrize("method", ["llm-pruner", "flap"])
 def test_save_and_reload_gives_identical_logits(tmp_path, model_id, method):
-    from backend.export import prune_only, save_pruned
+    from backend.publish.export import prune_only, save_pruned
 
     params = {"keep_first_layers": 1, "keep_last_layers": 1} if method == "llm-pruner" else {}
     config = validate_config({"model": model_id, "tasks": ["synthetic-mc"], "seed": 0,
@@ -241,7 +241,7 @@ def test_flap_bias_compensation_keeps_the_output_mean(monkeypatch, model_id):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, params", [("llm-pruner", LLMPrunerParams()), ("flap", FlapParams())])
 def test_smollm2_quarter_width(smollm2, shared_data, method, params):
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
     from backend.config import CalibrationConfig
 
     model = copy.deepcopy(smollm2.model)

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
 from backend.config import validate_config
-from backend.model_card import load_format, model_card
+from backend.publish.model_card import load_format, model_card
 from db.session import dispose_engines
 from hub_server import TEST_TOKEN, FakeHub
 from jobs import access, queue
@@ -101,7 +101,7 @@ def test_a_width_pruned_model_card_says_how_to_load_it(hub, tmp_path):
     assert "cannot build" in card.text
     with pytest.raises(Exception):  # what the card warns of
         AutoModelForCausalLM.from_pretrained(pulled)
-    from backend.models import load_pruned
+    from backend.models.loading import load_pruned
 
     torch.testing.assert_close(logits(load_pruned(pulled)), logits(load_pruned(out)), atol=0, rtol=0)
 
@@ -117,12 +117,12 @@ def test_routed_models_get_a_card_that_says_the_routers_need_pruneboard(tmp_path
 
 
 def fail_if_loaded(monkeypatch):
-    import backend.models
+    import backend.models.loading
 
     def boom(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(backend.models, "load_model", boom)
+    monkeypatch.setattr(backend.models.loading, "load_model", boom)
 
 
 def test_push_without_a_token_or_with_a_bad_repo_exits_2_before_pruning(tmp_path, monkeypatch, capsys):

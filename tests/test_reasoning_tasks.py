@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import scoring
+from backend.evaluation import scoring
 from backend.config import ConfigError, EvaluationConfig, TaskConfig, config_hash, validate_config
 from backend.tasks import get_task
 from backend.tasks.base import TaskDataMissing
@@ -163,7 +163,7 @@ def test_reasoning_task_builds_with_our_filter(name, rows, shared_data, tmp_path
     # our extractor, explicitly, and no take_first: all k responses reach process_results
     [answer_filter] = config["filter_list"]
     assert [f["function"] for f in answer_filter["filter"]] == ["custom"]
-    assert answer_filter["filter"][0]["filter_fn"].__module__ in ("backend.scoring", "backend.tasks.jeebench")
+    assert answer_filter["filter"][0]["filter_fn"].__module__ in ("backend.evaluation.scoring", "backend.tasks.jeebench")
     task = _lm_eval_task(config)
     assert len(task.eval_docs) == rows
     doc = task.eval_docs[0]
@@ -221,7 +221,7 @@ def test_gpqa_is_bring_your_own_data_with_deterministic_shuffle(gpqa_dir, tmp_pa
 
 
 def test_default_budgets_by_paradigm_and_device():
-    from backend.evaluation import THINK_BUDGET_FACTOR, default_budget
+    from backend.evaluation.harness import THINK_BUDGET_FACTOR, default_budget
 
     spec = get_task("aime24")
     assert default_budget(spec, "instruct", "cpu") == 1024
@@ -255,13 +255,13 @@ def test_test_time_scaling_config_validation_and_hashes():
 
 @pytest.fixture(scope="module")
 def tiny_qwen3():
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     return load_model("builtin:tiny-qwen3")
 
 
 def test_budget_forcing_cuts_thinking_at_n_tokens(tiny_qwen3):
-    from backend.thinking import ThinkControl, generate_controlled
+    from backend.evaluation.thinking import ThinkControl, generate_controlled
 
     tok = tiny_qwen3.tokenizer
     prompt = tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
@@ -303,7 +303,7 @@ class ByteTokenizer:
 
 
 def test_extend_thinking_replaces_the_end_marker_by_wait():
-    from backend.thinking import WAIT, ThinkControl, generate_controlled
+    from backend.evaluation.thinking import WAIT, ThinkControl, generate_controlled
 
     tok = ByteTokenizer()
     early = list(b"hmm 5</think>")
@@ -384,7 +384,7 @@ def test_think_paradigm_sampling_and_budget_forcing_end_to_end(shared_data, monk
 
 
 def test_evaluate_think_markers_override(tmp_path, shared_data, tiny_qwen3):
-    from backend.evaluation import evaluate
+    from backend.evaluation.harness import evaluate
 
     out = evaluate(tiny_qwen3.model, tiny_qwen3.tokenizer,
                    [TaskConfig(name="aime25", limit=1, generation={"max_new_tokens": 6})],
@@ -400,7 +400,7 @@ def test_smollm2_math500_records_answers_and_traces(smollm2, shared_data, tmp_pa
     """SmolLM2-135M-Instruct on 3 MATH-500 problems (128 new tokens: CPU-sized); every field filled."""
     import time
 
-    from backend.evaluation import evaluate
+    from backend.evaluation.harness import evaluate
     from common.trace_stats import trace_stats
 
     tasks = [TaskConfig(name="math500", limit=3, generation={"max_new_tokens": 128})]

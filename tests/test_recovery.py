@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from backend.config import ConfigError, HFModelArgs, RecoveryConfig, validate_config
-from backend.models import count_parameters, load_model
+from backend.models.loading import count_parameters, load_model
 from backend.pruning import get_method
 from backend.recovery import check_target_modules, recover
 
@@ -108,7 +108,7 @@ def test_pipeline_runs_a_recover_stage_after_slicegpt():
 
 
 def test_prune_only_export_includes_recovery(tmp_path):
-    from backend.export import prune_only
+    from backend.publish.export import prune_only
 
     config = validate_config({
         **BASE, "pruning": {"method": "magnitude", "sparsity": 0.5},

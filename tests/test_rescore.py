@@ -7,9 +7,9 @@ import math
 import pytest
 from sqlalchemy import select
 
-from backend import scoring
+from backend.evaluation import scoring
 from backend.config import validate_config
-from backend.evaluation import comparability_key
+from backend.evaluation.harness import comparability_key
 from backend.result import RunResult, SampleRecord, ScoreRecord
 from backend.tasks import get_task
 from db import queries

@@ -1,5 +1,5 @@
 """A run as lm-eval's own files (`python -m jobs results run-files`, jobs.run_files,
-backend.lm_eval_format), read back with lm-eval's own code: its file-name helpers, the `datasets`
+backend.evaluation.lm_eval_format), read back with lm-eval's own code: its file-name helpers, the `datasets`
 json loader its tracker reads results with, and `make_table`."""
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def test_a_code_task_job_fails_before_loading_its_model_without_a_jail(monkeypat
 
     monkeypatch.setenv("PRUNEBOARD_BWRAP", str(tmp_path / "no-bwrap-here"))
     monkeypatch.delenv("PRUNEBOARD_UNSAFE_SANDBOX", raising=False)
-    monkeypatch.setattr("backend.models.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("backend.models.loading.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     config = validate_config({"model": "builtin:tiny-llama", "tasks": ["humaneval"]})
     with pytest.raises(SandboxUnavailable, match="bubblewrap is not installed"):
         pipeline.run(config, lambda event: None)

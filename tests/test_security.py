@@ -165,7 +165,7 @@ def test_data_paths_outside_the_data_dir_are_refused_at_submit(monkeypatch, tmp_
 
 
 def test_the_worker_refuses_a_data_path_that_leads_out_at_run_time(monkeypatch, tmp_path):
-    from backend.calibration import check_calibration
+    from backend.calibration.build import check_calibration
 
     data = tmp_path / "data"
     data.mkdir()

@@ -20,9 +20,9 @@ import torch
 import yaml
 
 import reference_structured as ref
-from backend.calibration import build_calibration
+from backend.calibration.build import build_calibration
 from backend.config import CalibrationConfig, HFModelArgs, validate_config
-from backend.models import load_model
+from backend.models.loading import load_model
 from backend.pruning import get_method
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def test_tiny_depth_export_matches_reference(method, params, tmp_path):
 
 @pytest.mark.parametrize("standardize", ["per-layer", "per-module-type"])
 def test_tiny_flap_export_matches_reference(standardize, tmp_path):
-    from backend.models import load_pruned
+    from backend.models.loading import load_pruned
 
     config = tiny_config("flap", 0.3, standardize=standardize)
     out, manifest = export(tmp_path, config)
@@ -226,7 +226,7 @@ def test_tiny_flap_export_matches_reference(standardize, tmp_path):
     {"keep_first_layers": 0, "keep_last_layers": 0, "importance": "whole-group"},
 ])
 def test_tiny_llm_pruner_export_matches_reference(params, tmp_path):
-    from backend.models import load_pruned
+    from backend.models.loading import load_pruned
 
     sparsity = 0.2 if params["keep_first_layers"] else 0.3
     config = tiny_config("llm-pruner", sparsity, **params)
@@ -237,7 +237,7 @@ def test_tiny_llm_pruner_export_matches_reference(params, tmp_path):
 
 @pytest.mark.parametrize("importance", ["element1", "whole-group"])
 def test_tiny_llm_pruner_global_export_matches_reference(importance, tmp_path):
-    from backend.models import load_pruned
+    from backend.models.loading import load_pruned
 
     config = tiny_config("llm-pruner", 0.3, scope="global", importance=importance, keep_first_layers=0,
                          keep_last_layers=0)

@@ -160,7 +160,7 @@ def test_the_board_reads_the_columns_not_the_config():
 def test_a_method_with_a_new_family_and_saved_format_needs_no_change_elsewhere(monkeypatch, tmp_path):
     """Only the method's own module: the facts, the board's family filter, the family list and the
     pruned-model loader pick it up from the registry and its hooks."""
-    from backend.models import load_pruned
+    from backend.models.loading import load_pruned
     from backend.pruning import PruningMethod, method_families, saved_format_method
     from backend.pruning.base import _METHODS
     from db.leaderboard import filter_options

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import scoring
+from backend.evaluation import scoring
 from backend.tasks import get_task, list_tasks
 from backend.tasks.base import TaskDataMissing
 from backend.tasks.synthetic import generate_arith_rows, generate_mc_rows
@@ -51,7 +51,7 @@ def test_registry_lists_every_task_with_a_consistent_spec():
 
 def test_task_modules_import_without_torch_or_lm_eval():
     code = (
-        "import sys; from backend.tasks import list_tasks; import backend.scoring; list_tasks(); "
+        "import sys; from backend.tasks import list_tasks; import backend.evaluation.scoring; list_tasks(); "
         "bad = [m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

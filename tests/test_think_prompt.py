@@ -6,16 +6,16 @@ from types import SimpleNamespace
 import pytest
 
 from backend.config import EvaluationConfig, TaskConfig, validate_config
-from backend.evaluation import evaluate
-from backend.scoring import split_thinking, strip_reasoning
-from backend.thinking import ThinkPrompt, apply_think_prompt, template_has_thinking
+from backend.evaluation.harness import evaluate
+from backend.evaluation.scoring import split_thinking, strip_reasoning
+from backend.evaluation.thinking import ThinkPrompt, apply_think_prompt, template_has_thinking
 
 PROMPT = ThinkPrompt.for_markers(("<think>", "</think>"))
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from backend.models import load_model
+    from backend.models.loading import load_model
 
     return load_model("builtin:tiny-llama")
 
@@ -111,7 +111,7 @@ def test_budget_forcing_with_prompted_thinking(tiny, tmp_path):
 def test_end_of_turn_inside_the_prompted_block_closes_it_and_asks_for_the_answer():
     from test_reasoning_tasks import ByteTokenizer, ScriptedModel
 
-    from backend.thinking import ThinkControl, close_and_answer, generate_controlled
+    from backend.evaluation.thinking import ThinkControl, close_and_answer, generate_controlled
 
     tok = ByteTokenizer()
     control = ThinkControl(markers=("<think>", "</think>"), stops=("Q:",), prompt=PROMPT)

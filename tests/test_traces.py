@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from backend.config import validate_config
 from backend.result import RunResult, SampleRecord, ScoreRecord
-from backend.scoring import SCORER_VERSION
+from backend.evaluation.scoring import SCORER_VERSION
 from common.trace_stats import LENGTH_BUCKETS, length_bucket, trace_stats
 from db import queries
 from db.schema import SAMPLE_PREVIEW_CHARS, Job, Sample, Score, Trace

@@ -27,7 +27,7 @@ def _perplexity(model, tokenizer, data_dir) -> float:
 
 @pytest.mark.slow
 def test_sparsegpt_le_wanda_lt_magnitude_at_half_sparsity(smollm2, shared_data):
-    from backend.calibration import build_calibration
+    from backend.calibration.build import build_calibration
 
     calibration = build_calibration(CALIBRATION, smollm2.tokenizer, shared_data).tensor
     runs = {"magnitude": {}, "wanda": {}, "sparsegpt": {}, "wanda 2:4": {"pattern": "2:4"}}

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from backend.model_ids import RANDOM_MODELS, hub_page
+from backend.models.ids import RANDOM_MODELS, hub_page
 from backend.references import compare_run
 from db import leaderboard as lb
 from db import plot_data, queries

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from backend.model_ids import RANDOM_MODELS
+from backend.models.ids import RANDOM_MODELS
 
 OUTCOMES = ("all", "all-correct", "only-a", "only-b", "only-c", "all-wrong", "answers-differ")
 """Same values as `db.compare.OUTCOMES` (kept here so the renderers import without the database)."""

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from common import settings
 from common.vocabulary import FAMILIES, PARADIGMS, TASK_CATEGORIES  # noqa: F401  (PARADIGMS: the Submit tab)
 from backend.config import ConfigError, JobConfig, config_hash, validate_config
-from backend.model_ids import BUILTIN_MODELS, NOOP_MODEL
+from backend.models.ids import BUILTIN_MODELS, NOOP_MODEL
 from backend.pruning import get_method, list_methods
 from backend.tasks import get_task, list_tasks
 from backend.work import TaskEstimate, estimate, task_rows  # noqa: F401  (the Submit tab's estimate)
@@ -90,7 +90,7 @@ def tasks_by_category() -> dict[str, list[str]]:
 
 
 def calibration_tasks() -> list[str]:
-    from backend.calibration_tasks import CALIBRATION_TASKS
+    from backend.calibration.tasks import CALIBRATION_TASKS
 
     return sorted(CALIBRATION_TASKS)
 

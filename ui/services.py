@@ -14,7 +14,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from backend.config import ConfigError, JobConfig, config_hash, parse_config_text
-from backend.model_ids import model_label
+from backend.models.ids import model_label
 from db import queries
 from db.schema import Job
 from db.session import read_session

@@ -79,7 +79,7 @@ class PruningMethod(abc.ABC):
     sparsity_meaning: ClassVar[str] = "fraction of weights set to zero"
     layerwise: ClassVar[bool] = False
     """Prunes one decoder block at a time (`backend.pruning.sequential.replay_layers`) and runs nothing
-    else on the accelerator, so the model's weights may stay on CPU (`backend.placement`: offload)."""
+    else on the accelerator, so the model's weights may stay on CPU (`backend.models.placement`: offload)."""
 
     @classmethod
     def check_sparsity(cls, sparsity: float) -> None:

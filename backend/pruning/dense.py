@@ -39,7 +39,7 @@ class Dense(PruningMethod):
         calibration: "torch.Tensor | None",
         progress: Callable[[float, str], None],
     ) -> PruneReport:
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
         from backend.pruning.layers import count_linear_zeros
 
         self.check_sparsity(sparsity)

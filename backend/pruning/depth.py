@@ -170,7 +170,7 @@ def depth_report(method: str, model: "nn.Module", sparsity: float, params_before
                  removed: list[int], scores: Sequence[float], score_name: str, score_rule: str,
                  **extra: Any) -> PruneReport:
     """The common depth report, measured on the pruned model."""
-    from backend.models import count_parameters
+    from backend.models.loading import count_parameters
 
     return PruneReport(
         method=method,
@@ -227,7 +227,7 @@ class DepthPruningMethod(PruningMethod):
 
     def prune(self, model: "nn.Module", sparsity: float, params: BaseModel | None,
               calibration: "torch.Tensor | None", progress: ProgressFn) -> PruneReport:
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
         from backend.pruning.layers import get_decoder_layers, remove_layers
 
         params = params if params is not None else self.Params()

@@ -37,7 +37,7 @@ Save and reload: the sliced shapes are recorded in `config.slicegpt` ({"hidden_s
 which `save_pretrained` writes into config.json. `AutoModelForCausalLM.from_pretrained` cannot
 build the shortcut modules, so use `load_sliced(dir)` (model and tokenizer), or
 `restore_sliced_structure(model, config.slicegpt)` on a freshly built dense model before loading the
-state dict. `backend.models.load_model` on such a directory goes through `load_sliced` too.
+state dict. `backend.models.loading.load_model` on such a directory goes through `load_sliced` too.
 
 Supported: Llama-style blocks (`input_layernorm`, `self_attn.{q,k,v,o}_proj`, `post_attention_layernorm`,
 `mlp.{gate,up,down}_proj`) with RMSNorm `weight * x / rms` (Llama, Mistral, Qwen2, Qwen3; Qwen3's
@@ -387,7 +387,7 @@ def is_sliced_dir(directory: str | Path) -> bool:
 
 
 def load_sliced_model(directory: str | Path, dtype=None, device: str = "cpu"):
-    """The sliced model saved in `directory` (by `save_pretrained` or `backend.export.save_pruned`)."""
+    """The sliced model saved in `directory` (by `save_pretrained` or `backend.publish.export.save_pruned`)."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -455,7 +455,7 @@ class SliceGPT(PruningMethod):
         calibration: "torch.Tensor | None",
         progress: Callable[[float, str], None],
     ) -> PruneReport:
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
 
         if calibration is None:
             raise ValueError("slicegpt needs calibration data")

@@ -219,7 +219,7 @@ class PrunedStats:
 
     @classmethod
     def begin(cls, model: "nn.Module") -> "PrunedStats":
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
 
         return cls(model, count_parameters(model))
 
@@ -227,7 +227,7 @@ class PrunedStats:
                comparison_group: str, extra: dict[str, Any]) -> PruneReport:
         import torch
 
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
         from backend.pruning.layers import get_decoder_layers, prunable_linears
 
         per_layer, zeros_all, total_all = [], 0, 0

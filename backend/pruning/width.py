@@ -14,7 +14,7 @@ Layers may end up with different widths. `record_layer_widths` stores them in th
 `pruneboard_layer_widths` (one dict per layer: `heads`, `kv_heads`, `intermediate`, `o_bias`,
 `down_bias`), which `save_pretrained` writes into config.json. Plain `from_pretrained` cannot build
 such a model (it would make every layer full width), so reload with `load_pruned(dir)` (also exported
-as `backend.models.load_pruned`): it builds the model from the config, shrinks each layer to its
+as `backend.models.loading.load_pruned`): it builds the model from the config, shrinks each layer to its
 recorded shape, then loads the saved tensors (strictly: a missing or extra tensor is an error).
 
 `WidthPruningMethod.prune` is the lifecycle the width methods share (default params, sparsity and
@@ -397,7 +397,7 @@ class WidthPruningMethod(PruningMethod):
 
     def prune(self, model: "nn.Module", sparsity: float, params: BaseModel | None,
               calibration: "torch.Tensor | None", progress: ProgressFn) -> PruneReport:
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
         from backend.pruning.layers import get_decoder_layers
 
         params = params if isinstance(params, self.Params) else self.Params()

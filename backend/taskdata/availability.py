@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import settings
 from backend.config import ConfigError, JobConfig
-from backend.model_ids import NOOP_MODEL
+from backend.models.ids import NOOP_MODEL
 from backend.taskdata.sources import get_source
 from backend.tasks import get_task
 from backend.tasks.base import TaskDataMissing, hub_enabled, missing_data_message

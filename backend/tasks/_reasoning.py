@@ -2,7 +2,7 @@
 
 Every reasoning task is an lm-eval `generate_until` task through the chat template with:
 
-* one filter, `answer`, running our extractor (`backend.scoring`) on every response, WITHOUT
+* one filter, `answer`, running our extractor (`backend.evaluation.scoring`) on every response, WITHOUT
   lm-eval's `take_first`, so `process_results` sees all `k` responses of a document when
   `generation.num_samples` = k > 1 (lm-eval `repeats`);
 * `process_results` from `scored_results(score)`: the task's metrics on the first response
@@ -13,14 +13,14 @@ Every reasoning task is an lm-eval `generate_until` task through the chat templa
 * CPU-conservative default budgets, larger ones on GPU workers (see `budgets`).
 
 lm-eval's own `aime`, `gpqa` and `minerva_math` tasks extract answers with regexes; ours read
-`\\boxed{}` / letters with `backend.scoring` and compare with math-verify. The filter and the
+`\\boxed{}` / letters with `backend.evaluation.scoring` and compare with math-verify. The filter and the
 comparison are set explicitly in each task's config (tests check it).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from backend.scoring import majority_vote, pass_at_k
+from backend.evaluation.scoring import majority_vote, pass_at_k
 from backend.tasks._common import CHAT_STOP_SEQUENCES
 
 CPU_MAX_NEW_TOKENS = 1024

@@ -52,7 +52,7 @@ class TaskSpec:
     metrics: tuple[str, ...] = field(default=())
     default_max_new_tokens: int = 256
     rescore: Callable[["SampleRecord"], tuple[str | None, dict[str, float]]] | None = None
-    """Generation tasks: score a stored sample again with the current `backend.scoring` functions,
+    """Generation tasks: score a stored sample again with the current `backend.evaluation.scoring` functions,
     without the model. Gets the sample with its full texts, `answer` being the text the task's
     filters read (the output after any reasoning block); returns (extracted answer, metrics), the
     metrics keyed as in `metrics`. None: not rescorable (log-likelihood scores depend only on the
@@ -67,7 +67,7 @@ class TaskSpec:
     """Generation tasks whose scoring takes k samples per prompt (`generation.num_samples` > 1:
     `pass@1`, `pass@k`, `maj@k`) and whose metrics survive budget forcing."""
     runner: Callable[..., Any] | None = None
-    """Tasks that run outside lm-eval (output_type `perplexity`): called by `backend.evaluation`
+    """Tasks that run outside lm-eval (output_type `perplexity`): called by `backend.evaluation.harness`
     as `runner(model, tokenizer, task_config, *, data_dir, dtype, batch_size, progress, on_sample,
     completed) -> (scores, samples, task_manifest)`; `build` is then unused."""
     lm_eval_task: str | None = None

@@ -5,7 +5,7 @@ Data (under PRUNEBOARD_DATA_DIR, read in place):
   `aime/amc23.jsonl` (question, answer as a number), `math500/test.jsonl` (problem, answer in LaTeX).
 
 Prompt: the problem, then "Reason step by step, then write your final answer inside \\boxed{}."
-through the chat template (zero-shot). Scoring (`backend.scoring`): `extract_math_answer` (last
+through the chat template (zero-shot). Scoring (`backend.evaluation.scoring`): `extract_math_answer` (last
 `\\boxed{}`, else "the answer is ...", else the last number) compared to the gold answer with
 `math_equal` (math-verify equivalence: `\\frac{1}{2}` == `0.5`, `(3, \\pi/2)` ==
 `\\left( 3, \\frac{\\pi}{2} \\right)`). Metric `exact_match` (primary); with `num_samples` k > 1
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.scoring import extract_math_answer, math_equal, math_filter
+from backend.evaluation.scoring import extract_math_answer, math_equal, math_filter
 from backend.tasks._common import json_dataset, require_files
 from backend.tasks._reasoning import (
     MATH_INSTRUCTION,

@@ -13,7 +13,7 @@ stripped.
 
 The four options are shuffled per row with a fixed seed (`SEED` and the row's index, so the same
 file always gives the same order and the same gold letter); the prompt lists them as (A)-(D) and
-asks for "The answer is (X)". Scoring: `backend.scoring.extract_choice_letter` ("The answer is
+asks for "The answer is (X)". Scoring: `backend.evaluation.scoring.extract_choice_letter` ("The answer is
 (C)", "**C**", `\\boxed{C}`, "Answer: C", else the last standalone A-D), `exact_match` against
 the gold letter (primary); `num_samples` k > 1 adds `pass@1`, `pass@k`, `maj@k`.
 """
@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from backend.scoring import extract_choice_letter, letter_filter
+from backend.evaluation.scoring import extract_choice_letter, letter_filter
 from backend.tasks._common import json_dataset, read_jsonl, require_files, write_jsonl
 from backend.tasks._reasoning import (
     answer_filter,

@@ -4,7 +4,7 @@ Data: `gsm8k/test.jsonl` (question, answer ending in `#### N`) under PRUNEBOARD_
 place; `gsm8k/train.jsonl`, when present, is the few-shot pool (its worked answers, `#### N`
 included, are the assistant turns).
 
-Scoring uses our own filters from `backend.scoring` instead of lm-eval's regexes, with the same
+Scoring uses our own filters from `backend.evaluation.scoring` instead of lm-eval's regexes, with the same
 names as lm-eval's gsm8k task:
 * `exact_match,strict-match`: an explicitly marked answer (`#### N`, `\\boxed{N}`, "The answer is N").
 * `exact_match,flexible-extract` (primary): the last number in the reply. Chat models rarely write
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backend.scoring import (
+from backend.evaluation.scoring import (
     exact_match,
     extract_gsm8k_gold,
     flexible_filter,

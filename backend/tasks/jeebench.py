@@ -3,7 +3,7 @@
 Data: `jeebench/dataset.json` under PRUNEBOARD_DATA_DIR (a JSON list; `question` already lists the
 options (A)-(D) for the MCQ types), rewritten as JSONL in the work directory.
 
-Each type gets its own closing instruction and scorer (`backend.scoring.jee_score`):
+Each type gets its own closing instruction and scorer (`backend.evaluation.scoring.jee_score`):
 
 | type | instruction asks for | extracted with | `exact_match` | `partial_credit` |
 |---|---|---|---|---|
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from backend.scoring import extract_jee_answer, jee_score
+from backend.evaluation.scoring import extract_jee_answer, jee_score
 from backend.tasks._common import json_dataset, require_files, write_jsonl
 from backend.tasks._reasoning import (
     answer_filter,

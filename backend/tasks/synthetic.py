@@ -6,7 +6,7 @@
   SmolLM2-135M scores well above the 0.5 of chance.
 * `synthetic-arith`: short-answer arithmetic through the chat template ("What is 17 + 25? Answer
   with the number only."), scored by exact match on the last number of the reply
-  (`backend.scoring.flexible_filter`, our own filter in place of lm-eval's regex).
+  (`backend.evaluation.scoring.flexible_filter`, our own filter in place of lm-eval's regex).
 
 `build` writes the rows as JSONL into the work directory; the same code and seed always give the
 same bytes (tests check it), and the file's sha256 goes into the task manifest.
@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from backend.scoring import exact_match, flexible_filter
+from backend.evaluation.scoring import exact_match, flexible_filter
 from backend.tasks._common import CHAT_STOP_SEQUENCES, json_dataset, write_jsonl
 from backend.tasks.base import TaskSpec, register_task
 

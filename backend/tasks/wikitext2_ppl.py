@@ -72,7 +72,7 @@ def run(model, tokenizer, tc, *, data_dir: Path, dtype: str, batch_size: int,
         progress: Callable[[float, str], None], on_sample: Callable[[Any], None],
         completed: Iterable[Any] = ()):
     """Evaluate perplexity; returns (scores, samples, task_manifest)."""
-    from backend.evaluation import comparability_key
+    from backend.evaluation.harness import comparability_key
     from backend.result import SampleRecord, ScoreRecord
 
     require_files(NAME, data_dir, (DATA_FILE,))

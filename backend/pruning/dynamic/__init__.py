@@ -177,7 +177,7 @@ class DynamicPruningMethod(PruningMethod):
         calibration: "torch.Tensor | None",
         progress: Callable[[float, str], None],
     ) -> PruneReport:
-        from backend.models import count_parameters
+        from backend.models.loading import count_parameters
         from backend.pruning.dynamic.routed_block import install_routing
         from backend.pruning.dynamic.routing import check_structure, decode_flops
         from backend.pruning.dynamic.training import calibrate_thresholds, measure_skip, train_routers

@@ -30,11 +30,11 @@ Sample records:
 * generation tasks: `prompt` is the chat-templated text, `output` the full reply, `extracted` the
   primary filter's answer (of the first sample when `num_samples` > 1); `reasoning`, `answer`,
   `truncated`, `finish_reason`, `thinking_tokens` and `repetition` as in `eval_records._trace_fields`.
-* think paradigm: stop strings apply only after the end-of-thinking marker (`backend.thinking`);
+* think paradigm: stop strings apply only after the end-of-thinking marker (`backend.evaluation.thinking`);
   `thinking_budget` / `extend_thinking` generate one sequence at a time. Prompted thinking
   (`think_prompt`; auto: when the chat template does not mention the start marker, e.g. SmolLM2's
   ChatML): generation prompts get a system instruction to reason inside the markers and end with
-  the start marker (`backend.thinking.ThinkPrompt`), recorded as `generation.think_prompt` in the
+  the start marker (`backend.evaluation.thinking.ThinkPrompt`), recorded as `generation.think_prompt` in the
   task manifest and comparability key (absent when not used, so other keys are unchanged).
 Token counts use the model's tokenizer without added special tokens.
 
@@ -52,19 +52,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from backend.config import EvaluationConfig, TaskConfig
-from backend.eval_backends import fixed_batch_size
-from backend.eval_records import aggregate
-from backend.eval_records import records as build_records
-from backend.lm_eval_adapter import (
+from backend.evaluation.backends import fixed_batch_size
+from backend.evaluation.records import aggregate
+from backend.evaluation.records import records as build_records
+from backend.evaluation.lm_eval_adapter import (
     ProgressTracker,
     build_lm_eval_task,
     make_evaluation_lm,
     run_task,
 )
 from backend.manifest import package_version
-from backend.prepared_task import PreparedTask
+from backend.evaluation.prepared import PreparedTask
 from backend.result import SampleRecord, ScoreRecord
-from backend.scoring import (
+from backend.evaluation.scoring import (
     SCORER_VERSION,
     reasoning_filter,
     think_answer,
@@ -125,7 +125,7 @@ def evaluate(
     prompt = _think_prompt(tokenizer, markers, think_prompt) if paradigm == "think" else None
     generates = any(get_task(tc.name).output_type == "generate" for tc in tasks)
     if prompt is not None and generates and evaluation.backend != "hf":
-        from backend.eval_backends import BackendUnavailable
+        from backend.evaluation.backends import BackendUnavailable
 
         raise BackendUnavailable("prompted thinking (think paradigm on a model whose chat template has no "
                                  "thinking mode) needs evaluation.backend 'hf'; or set model_args.think_prompt false")
@@ -219,7 +219,7 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
              seeds: dict[str, int], lm_eval_version: str,
              completed: dict[tuple[str, int], SampleRecord], device: str = "cpu",
              markers: tuple[str, str] = ("<think>", "</think>"), prompt: Any = None) -> PreparedTask:
-    """`prompt`: the `backend.thinking.ThinkPrompt` of prompted thinking (think paradigm) or None."""
+    """`prompt`: the `backend.evaluation.thinking.ThinkPrompt` of prompted thinking (think paradigm) or None."""
     spec = get_task(tc.name)
     task_dir = workdir / spec.name
     lm_config = spec.build(data_dir, task_dir)
@@ -232,7 +232,7 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
         generation = _generation_kwargs(spec, lm_config.get("generation_kwargs") or {}, tc, paradigm, device)
         scaling = _scaling_fields(tc)
         if paradigm == "think":
-            from backend.thinking import ThinkControl
+            from backend.evaluation.thinking import ThinkControl
 
             # Stop strings apply only after the reasoning: lm-eval stops at EOS, we stop and cut.
             think = ThinkControl(markers=markers, stops=tuple(generation["until"]),
@@ -356,7 +356,7 @@ def think_markers_for_model(model) -> tuple[str, str]:
 
 def _think_prompt(tokenizer, markers: tuple[str, str], forced: bool | None):
     """The `ThinkPrompt` of the think paradigm, or None (forced off, or the template thinks natively)."""
-    from backend.thinking import ThinkPrompt, template_has_thinking
+    from backend.evaluation.thinking import ThinkPrompt, template_has_thinking
 
     use = (not template_has_thinking(tokenizer, markers[0])) if forced is None else forced
     return ThinkPrompt.for_markers(markers) if use else None

@@ -105,7 +105,7 @@ def weight_bytes(model_id: str, revision: str | None = None) -> int | None:
     if not directory.is_dir():
         from huggingface_hub import snapshot_download
 
-        from backend.models import HUB_PATTERNS
+        from backend.models.loading import HUB_PATTERNS
 
         directory = Path(snapshot_download(model_id, revision=revision, allow_patterns=HUB_PATTERNS))
     files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from common import settings
-from backend.calibration_tasks import CALIBRATION_TASKS
+from backend.calibration.tasks import CALIBRATION_TASKS
 from backend.config import CalibrationConfig, data_file
 
 if TYPE_CHECKING:
@@ -134,8 +134,7 @@ def _check_calibration(cfg: CalibrationConfig, data_dir: Path, context: int | No
 
 def model_context(model_id: str) -> int | None:
     """The context a model declares, known before loading it (builtins, local directories); else None."""
-    from backend import models
-
+    from backend.models import loading as models
     if model_id in models.TINY_RECIPES:
         return int(models.TINY_SHAPE["max_position_embeddings"])
     if model_id == models.SMOLLM2_ID:

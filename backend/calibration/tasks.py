@@ -1,6 +1,6 @@
 """The tasks whose rows can be calibration prompts (`task-aligned` and `self-generated` sources):
 where their splits live and how a row renders. The config checks a calibration task's name against
-them, and `backend.calibration` builds the data from them."""
+them, and `backend.calibration.build` builds the data from them."""
 from __future__ import annotations
 
 import re

@@ -100,7 +100,7 @@ def _front_matter(base: str, method: str) -> dict[str, Any]:
 
 
 def _is_hub_id(model: str) -> bool:
-    from backend.model_ids import is_hub_id
+    from backend.models.ids import is_hub_id
 
     return is_hub_id(model) and not Path(model).exists()  # a local directory can look like owner/name
 
@@ -179,7 +179,7 @@ def _loading(fmt: str, repo_id: str, method: str) -> list[str]:
         what = ("SliceGPT's rotated, sliced layers and shortcut matrices" if fmt == "sliced"
                 else f"{method}'s layers of different widths (`pruneboard_layer_widths` in config.json)")
         return [f"Plain `from_pretrained` cannot build {what}. With PruneBoard on the Python path:", "",
-                "```python", "from huggingface_hub import snapshot_download", "from backend.models import load_pruned",
+                "```python", "from huggingface_hub import snapshot_download", "from backend.models.loading import load_pruned",
                 "", f'model = load_pruned(snapshot_download("{repo}"))', "```"]
     return [f"{method} adds per-token routers (under `model.layers.*.routing` in the weights) that transformers "
             "does not know: plain `from_pretrained` loads the decoder weights and ignores the routers (it reports "

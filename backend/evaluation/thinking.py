@@ -1,10 +1,10 @@
 """Generation control for "think" models: stop strings after the reasoning, budget forcing, "Wait".
 
-Used by `backend.evaluation`'s lm-eval model wrapper in the think paradigm (torch is imported lazily).
+Used by `backend.evaluation.harness`'s lm-eval model wrapper in the think paradigm (torch is imported lazily).
 
 * `StopAfterThinking`: a batched stopping criterion. A row stops once one of the task's stop
   strings appears AFTER the end-of-thinking marker; stop strings inside the reasoning are ignored.
-  (lm-eval itself then only cuts at EOS; `backend.scoring.cut_at_stop` cuts the text at the first
+  (lm-eval itself then only cuts at EOS; `backend.evaluation.scoring.cut_at_stop` cuts the text at the first
   stop string after the marker.)
 * `generate_controlled`: one sequence at a time, for `thinking_budget` (budget forcing: at N
   reasoning tokens the end marker is appended and the model answers with the budget left) and
@@ -13,7 +13,7 @@ Used by `backend.evaluation`'s lm-eval model wrapper in the think paradigm (torc
 * `ThinkPrompt` / `apply_think_prompt`: prompted thinking for a model whose chat template has no
   thinking mode (e.g. SmolLM2's ChatML): a system instruction asks for reasoning inside the markers
   and the assistant turn is prefilled with the start marker, so generation starts inside the block
-  and the output holds only the end marker (`backend.scoring.split_thinking` handles that). Small
+  and the output holds only the end marker (`backend.evaluation.scoring.split_thinking` handles that). Small
   models rarely write the end marker themselves (SmolLM2-135M: never), so a reply that ends its turn
   (EOS) inside the prompted block has its reasoning closed there: `ThinkPrompt.close` (the end
   marker and a blank line) replaces the EOS and the model answers with the budget left

@@ -1,4 +1,4 @@
-"""One task made ready for its lm-eval pass: what `backend.evaluation` prepares and what the lm-eval
+"""One task made ready for its lm-eval pass: what `backend.evaluation.harness` prepares and what the lm-eval
 adapter (`lm_eval_adapter`) and the record builder (`eval_records`) read."""
 from __future__ import annotations
 
@@ -30,4 +30,4 @@ class PreparedTask:
     weight: float = 0.0
     metric_names: tuple[str, ...] = field(default=())
     think: Any = None
-    """Think paradigm, generation tasks: the `backend.thinking.ThinkControl` of this task."""
+    """Think paradigm, generation tasks: the `backend.evaluation.thinking.ThinkControl` of this task."""

@@ -12,7 +12,7 @@ prune report, calibration, model fingerprint, library versions), so
 `AutoModelForCausalLM.from_pretrained(DIR)` gives back the pruned model with identical logits.
 Unstructured sparsity is stored as explicit zeros in dense tensors. Width-pruned models (llm-pruner,
 flap) have layers of different widths (`pruneboard_layer_widths` in config.json) that plain
-`from_pretrained` cannot build: reload them with `backend.models.load_pruned(DIR)` (or `load_model(DIR)`).
+`from_pretrained` cannot build: reload them with `backend.models.loading.load_pruned(DIR)` (or `load_model(DIR)`).
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def prune_only(config: JobConfig, progress: Callable[[float, str], None] | None 
     Bad input (missing or empty calibration file, `seq_len` beyond the model's context, ...)
     raises ValueError before the model is loaded.
     """
-    from backend.model_ids import NOOP_MODEL
-    from backend.models import load_model
+    from backend.models.ids import NOOP_MODEL
+    from backend.models.loading import load_model
     from backend.seeding import seed_everything
 
     say = progress or (lambda fraction, text: None)

@@ -1,6 +1,6 @@
 """Evaluation back ends and batch sizes: `evaluation.backend` (hf | vllm) and `evaluation.batch_size`.
 
-* `hf` (default): lm-eval's HFLM on the in-memory pruned model (`backend.lm_eval_adapter`).
+* `hf` (default): lm-eval's HFLM on the in-memory pruned model (`backend.evaluation.lm_eval_adapter`).
 * `vllm`: CUDA workers with `vllm` installed (an optional extra, not in requirements.txt:
   `pip install vllm` on the GPU worker). vLLM cannot take an in-memory torch module, so the pruned
   model and its tokenizer are saved (`save_pretrained`, safetensors; depth-pruned models carry their
@@ -81,7 +81,7 @@ def make_vllm_lm(model, tokenizer, batch_size: int | str, tracker, workdir: Path
     check_backend("vllm")
     from lm_eval.models.vllm_causallms import VLLM
 
-    from backend.scoring import cut_at_stop
+    from backend.evaluation.scoring import cut_at_stop
 
     directory = save_for_vllm(model, tokenizer, workdir / "vllm-model")
 

