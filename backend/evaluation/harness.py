@@ -61,7 +61,7 @@ from backend.evaluation.lm_eval_adapter import (
     make_evaluation_lm,
     run_task,
 )
-from backend.manifest import package_version
+from backend.manifest import file_sha256, package_version
 from backend.evaluation.prepared import PreparedTask
 from backend.result import SampleRecord, ScoreRecord
 from backend.evaluation.scoring import (
@@ -291,7 +291,7 @@ def _prepare(tc: TaskConfig, *, paradigm: str, dtype: str, data_dir: Path, workd
         "key_fields": key_fields,
         "task_config_sha256": config_sha,
         "lm_eval_config": canonical_config,
-        "data_files": {f: _sha256_file(data_dir / f) for f in spec.data_files if (data_dir / f).is_file()},
+        "data_files": {f: file_sha256(data_dir / f) for f in spec.data_files if (data_dir / f).is_file()},
         "dataset_files": data_sha,
         "docs": n_docs,
         "docs_available": total,
@@ -412,7 +412,7 @@ def _used_splits(lm_config: dict[str, Any], num_fewshot: int) -> list[str]:
 
 def _dataset_sha256(lm_config: dict[str, Any]) -> dict[str, str]:
     files = (lm_config.get("dataset_kwargs") or {}).get("data_files") or {}
-    return {split: _sha256_file(Path(path)) for split, path in sorted(files.items())}
+    return {split: file_sha256(Path(path)) for split, path in sorted(files.items())}
 
 
 def _canonical(value: Any) -> Any:
@@ -442,13 +442,6 @@ def _canonical(value: Any) -> Any:
 def _sha256_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _estimate_requests(task, spec: TaskSpec, todo: list[int]) -> int:

