@@ -380,9 +380,9 @@ def access_delete_all() -> None:
         access.delete_run(admin, job_id, "clearing")
 
 
-def test_the_shipped_snapshot_is_its_parts():
-    """The shipped snapshot joins exactly the committed parts (results/build_snapshot.py build), each
-    a run of the study's grid; how much of the grid is done is reported by `build_snapshot.py list`."""
+def test_the_shipped_snapshot_is_its_parts_and_covers_the_study():
+    """The shipped snapshot joins exactly the committed parts (results/build_snapshot.py build): one
+    run per point of the study's grid (40), at least 12 methods besides dense."""
     snapshot = ROOT / "results" / "snapshot.jsonl.gz"
     parts = sorted((ROOT / "results" / "parts").glob("*.jsonl.gz"))
     if not snapshot.is_file():
@@ -395,3 +395,4 @@ def test_the_shipped_snapshot_is_its_parts():
     assert set(summary["methods"]) == methods
     assert summary["models"] == [MODEL] and summary["paradigms"] == ["instruct", "think"]
     assert snapshot.stat().st_size <= 8 * 1024 * 1024
+    assert summary["runs"] >= 40 and len(set(summary["methods"]) - {"dense"}) >= 12
