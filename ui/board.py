@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from backend.pruning import method_families
 from backend.models.ids import RANDOM_MODELS, hub_page
 from backend.references import compare_run
 from db import leaderboard as lb
@@ -72,7 +73,7 @@ def make_filters(model: str | None = None, paradigm: str | None = None, families
     """BoardFilters from the widget values ("(all)" / "any" / empty: no filter; sparsity in [0, 1])."""
     return lb.BoardFilters(
         model=_choice(model), paradigm=_choice(paradigm),
-        families=tuple(f for f in (families or ()) if f and f != ALL),
+        families=tuple(f for f in (families or ()) if f in method_families()),
         sparsity_min=_number(sparsity_min), sparsity_max=_number(sparsity_max),
         calibration=_choice(calibration),
         recovery={"yes": True, "no": False}.get(recovery or "any"),
