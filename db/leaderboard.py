@@ -43,7 +43,7 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.vocabulary import ANSWER_CATEGORIES, FAMILIES
+from common.vocabulary import ANSWER_CATEGORIES, FAMILIES, ordered_families
 from db.schema import Job, Score
 from db.states import JobState
 
@@ -116,7 +116,7 @@ def filter_options(session: Session) -> dict[str, Any]:
     return {
         "models": sorted({run.model for run in runs}),
         "paradigms": sorted({run.paradigm for run in runs}),
-        "families": _ordered_families({run.family for run in runs}),
+        "families": ordered_families({run.family for run in runs}),
         "calibrations": sorted({run.calibration for run in runs if run.calibration}),
         "sparsity": (min(sparsities), max(sparsities)) if sparsities else (0.0, 0.0),
     }
@@ -204,11 +204,6 @@ def export_board(board: Board, fmt: str) -> str:
 
 
 # --- loading ----------------------------------------------------------------------------------
-
-
-def _ordered_families(present: set[str]) -> list[str]:
-    """`FAMILIES` order, then families unknown to it (a method may bring a new one)."""
-    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
 
 
 def _latest_subquery(model: str | None, paradigm: str | None):

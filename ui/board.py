@@ -71,9 +71,10 @@ def make_filters(model: str | None = None, paradigm: str | None = None, families
                  sparsity_min: float | None = None, sparsity_max: float | None = None,
                  calibration: str | None = None, recovery: str | None = "any", search: str | None = "") -> lb.BoardFilters:
     """BoardFilters from the widget values ("(all)" / "any" / empty: no filter; sparsity in [0, 1])."""
+    known_families = set(method_families())
     return lb.BoardFilters(
         model=_choice(model), paradigm=_choice(paradigm),
-        families=tuple(f for f in (families or ()) if f in method_families()),
+        families=tuple(f for f in (families or ()) if f in known_families),
         sparsity_min=_number(sparsity_min), sparsity_max=_number(sparsity_max),
         calibration=_choice(calibration),
         recovery={"yes": True, "no": False}.get(recovery or "any"),

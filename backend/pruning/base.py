@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.registry import Registry
-from common.vocabulary import FAMILIES, Family
+from common.vocabulary import Family, ordered_families
 
 if TYPE_CHECKING:  # torch stays out of import time
     from pathlib import Path
@@ -159,8 +159,7 @@ def list_methods() -> list[type[PruningMethod]]:
 
 def method_families() -> list[str]:
     """Families of the registered methods: `FAMILIES` order, then any new family a method brings."""
-    present = {method.family for method in list_methods()}
-    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
+    return ordered_families({method.family for method in list_methods()})
 
 
 def saved_format_method(directory: "Path") -> type[PruningMethod] | None:

@@ -13,9 +13,10 @@ Structures ("groups") that can be removed from a decoder block:
 Layers may end up with different widths. `record_layer_widths` stores them in the config as
 `pruneboard_layer_widths` (one dict per layer: `heads`, `kv_heads`, `intermediate`, `o_bias`,
 `down_bias`), which `save_pretrained` writes into config.json. Plain `from_pretrained` cannot build
-such a model (it would make every layer full width), so reload with `load_pruned(dir)` (also exported
-as `backend.models.loading.load_pruned`): it builds the model from the config, shrinks each layer to its
-recorded shape, then loads the saved tensors (strictly: a missing or extra tensor is an error).
+such a model (it would make every layer full width), so reload with `backend.models.loading.load_pruned(dir)`,
+which hands it to `load_width_pruned` (this class's saved format): it builds the model from the config,
+shrinks each layer to its recorded shape, then loads the saved tensors (strictly: a missing or extra
+tensor is an error).
 
 `WidthPruningMethod.prune` is the lifecycle the width methods share (default params, sparsity and
 calibration checks, the parameter target round(sparsity x decoder-block parameters), removal for
@@ -52,7 +53,7 @@ __all__ = [
     "head_group_rows",
     "is_width_pruned_dir",
     "layer_widths",
-    "load_pruned",
+    "load_width_pruned",
     "prune_attention_groups",
     "prune_mlp_channels",
     "record_layer_widths",
@@ -291,14 +292,12 @@ def is_width_pruned_dir(directory: str | Path) -> bool:
         return False
 
 
-def load_pruned(directory: str | Path, dtype: "torch.dtype | str | None" = None,
+def load_width_pruned(directory: str | Path, dtype: "torch.dtype | str | None" = None,
                 device: str = "cpu") -> "nn.Module":
-    """Load a model saved by PruneBoard, width-pruned or not, in eval mode.
-
-    Without `pruneboard_layer_widths` in its config this is plain `from_pretrained`. With it, the model
-    is built from the config, each layer is shrunk to its recorded shape, and the saved tensors are
-    loaded strictly (only a tied lm_head may be absent from the files).
-    """
+    """Load a width-pruned model saved by PruneBoard, in eval mode: the model is built from the
+    config, each layer is shrunk to its recorded shape (`pruneboard_layer_widths`), and the saved
+    tensors are loaded strictly (only a tied lm_head may be absent from the files). Other models:
+    `backend.models.loading.load_pruned`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -308,8 +307,7 @@ def load_pruned(directory: str | Path, dtype: "torch.dtype | str | None" = None,
     config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     widths = getattr(config, WIDTHS_KEY, None)
     if not widths:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto", trust_remote_code=False)
-        return model.to(device).eval()
+        raise ValueError(f"{directory}: no {WIDTHS_KEY} in config.json, not a width-pruned model")
     state = _read_state_dict(directory)
     if dtype is None:
         dtype = next(iter(state.values())).dtype
@@ -376,7 +374,7 @@ class WidthPruningMethod(PruningMethod):
 
     @classmethod
     def load_saved(cls, directory: Path, dtype: Any = None, device: str = "cpu") -> "nn.Module":
-        return load_pruned(directory, dtype=dtype, device=device)
+        return load_width_pruned(directory, dtype=dtype, device=device)
 
     @classmethod
     def check_sparsity(cls, sparsity: float) -> None:
